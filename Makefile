@@ -1,0 +1,36 @@
+# Two commands for a fresh machine:
+#   make demo   set up .venv and run the end-to-end demo on the bundled tiny default
+#   make test   set up .venv with the test extras and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test bench clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Stamps are rebuilt when pyproject.toml changes.
+$(VENV)/.installed-main: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps "bfcl-eval==2026.3.23"
+	touch $(VENV)/.installed-main $@
+
+demo: $(VENV)/.installed-main
+	$(PY) -m ttpa_jax.demo $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(VENV)/.installed-test
+	$(PY) bench/train_step.py
+	$(PY) bench/decode.py
+
+clean-venv:
+	rm -rf $(VENV)
