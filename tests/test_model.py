@@ -1,0 +1,187 @@
+"""The NNX decoder against transformers' PyTorch models, and the HF checkpoint round trip."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import ttpa_jax
+from ttpa_jax.config import ConfigError, list_presets, load_config
+from ttpa_jax.hf_io import CheckpointError
+from ttpa_jax.model import abstract_model, count_params
+
+from helpers import left_padded_batch, tiny_hf_model, torch_logits
+
+
+def _compare(hf_model, tmp_path, lengths, atol=1e-4, **load_kw):
+    hf_model.save_pretrained(tmp_path)
+    model = ttpa_jax.load_pretrained(tmp_path, **load_kw)
+    ids, mask = left_padded_batch(hf_model.config.vocab_size, lengths)
+    ref = torch_logits(hf_model, ids, mask)
+    out = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    real = mask.astype(bool)
+    np.testing.assert_allclose(out[real], ref[real], atol=atol, rtol=0)
+    return model, ids, mask
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_qwen2_logits_match_transformers(tmp_path, tie):
+    _compare(tiny_hf_model("qwen2", tie=tie), tmp_path, [12, 7, 3])
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_llama3_rope_scaling_beyond_original_context(tmp_path, tie):
+    # original_max_position_embeddings is 16; 40 tokens exercise the scaled low frequencies.
+    hf = tiny_hf_model("llama", tie=tie)
+    assert hf.config.num_attention_heads // hf.config.num_key_value_heads == 4  # GQA ratio above 2
+    _compare(hf, tmp_path, [40, 33, 5])
+
+
+def test_llama_attention_and_mlp_bias(tmp_path):
+    _compare(tiny_hf_model("llama", attention_bias=True, mlp_bias=True, head_dim=16), tmp_path, [9, 4])
+
+
+def test_old_style_rope_config_is_read(tmp_path):
+    hf = tiny_hf_model("llama")
+    hf.save_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    rp = d.pop("rope_parameters")
+    d["rope_theta"] = rp.pop("rope_theta")
+    d["rope_scaling"] = rp
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    cfg = load_config(tmp_path)
+    assert cfg.rope_theta == 500000.0 and cfg.rope_scaling_dict["factor"] == 8.0
+    model = ttpa_jax.load_pretrained(tmp_path)
+    ids, mask = left_padded_batch(96, [30])
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))), torch_logits(hf, ids, mask), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_round_trip_through_transformers(tmp_path, family):
+    hf = tiny_hf_model(family, tie=family == "llama")
+    model, ids, mask = _compare(hf, tmp_path / "src", [10, 6])
+    out_dir = ttpa_jax.save_pretrained(model, tmp_path / "exported")
+    for f in ("config.json", "generation_config.json", "model.safetensors"):
+        assert (out_dir / f).is_file()
+    back = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(torch_logits(back, ids, mask)[real], ours[real], atol=1e-5, rtol=0)
+    again = ttpa_jax.load_pretrained(out_dir)
+    np.testing.assert_array_equal(np.asarray(again(jnp.asarray(ids), jnp.asarray(mask))), ours)
+
+
+def test_bf16_checkpoint_loads(tmp_path):
+    hf = tiny_hf_model("qwen2").to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    model = ttpa_jax.load_pretrained(tmp_path)
+    assert model.param_dtype == jnp.bfloat16 and model.embed_tokens.weight[...].dtype == jnp.bfloat16
+    # Upcast to fp32 on load: exactly the bf16 values, compared against the fp32 torch model.
+    model32 = ttpa_jax.load_pretrained(tmp_path, dtype=jnp.float32)
+    ids, mask = left_padded_batch(96, [8, 5])
+    ref = torch_logits(hf.float(), ids, mask)
+    np.testing.assert_allclose(np.asarray(model32(jnp.asarray(ids), jnp.asarray(mask)))[mask == 1], ref[mask == 1], atol=1e-4)
+    out_bf16 = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    assert out_bf16.dtype == np.float32
+    assert np.abs(out_bf16 - ref)[mask == 1].max() < 0.1
+
+
+def test_sharded_checkpoint_loads_and_sharded_export(tmp_path):
+    hf = tiny_hf_model("llama")
+    hf.save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    assert (tmp_path / "src" / "model.safetensors.index.json").is_file()
+    model, ids, mask = _compare(hf, tmp_path / "src2", [6])  # single file, for reference
+    sharded = ttpa_jax.load_pretrained(tmp_path / "src")
+    np.testing.assert_array_equal(np.asarray(sharded(jnp.asarray(ids), jnp.asarray(mask))),
+                                  np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))))
+    out = ttpa_jax.save_pretrained(sharded, tmp_path / "out", max_shard_bytes=50_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    back = AutoModelForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(torch_logits(back, ids, mask), torch_logits(hf, ids, mask), atol=1e-6)
+
+
+def test_bf16_compute_and_remat_run(tmp_path):
+    hf = tiny_hf_model("qwen2")
+    model, ids, mask = _compare(hf, tmp_path, [7, 7])
+    remat = ttpa_jax.load_pretrained(tmp_path, remat=True)
+    np.testing.assert_allclose(np.asarray(remat(jnp.asarray(ids), jnp.asarray(mask))),
+                               np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))), atol=1e-6)
+    bf16 = ttpa_jax.load_pretrained(tmp_path, dtype=jnp.float32, compute_dtype=jnp.bfloat16)
+    out = np.asarray(bf16(jnp.asarray(ids), jnp.asarray(mask)))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.abs(out - torch_logits(hf, ids, mask)).max() < 0.1
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_preset_parameter_count_matches_transformers(preset):
+    cfg = load_config(preset)
+    hf_cfg = AutoConfig.for_model(**cfg.to_hf_dict())
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(hf_cfg)
+    assert count_params(abstract_model(cfg)) == sum(p.numel() for p in hf.parameters())
+
+
+def test_init_model_from_preset():
+    model = ttpa_jax.init_model("tiny-qwen2", seed=3)
+    logits = model(jnp.ones((1, 5), jnp.int32))
+    assert logits.shape == (1, 5, model.config.vocab_size)
+
+
+# ------------------------------------------------------------------ corrupt inputs
+def test_missing_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_hf_model("qwen2").save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing tensor model\.layers\.1\.mlp\.up_proj\.weight"):
+        ttpa_jax.load_pretrained(tmp_path)
+
+
+def test_unexpected_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_hf_model("qwen2").save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.layers.7.extra.weight"] = torch.zeros(3)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"unexpected tensor model\.layers\.7\.extra\.weight"):
+        ttpa_jax.load_pretrained(tmp_path)
+
+
+def test_wrong_shape_is_named(tmp_path):
+    tiny_hf_model("qwen2").save_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    d["intermediate_size"] = 128
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=r"mlp\.(down|gate|up)_proj\.weight has shape \[.*\], the config expects"):
+        ttpa_jax.load_pretrained(tmp_path)
+
+
+def test_unknown_model_type(tmp_path):
+    tiny_hf_model("qwen2").save_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    d["model_type"] = "gpt_neox"
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=r"model_type 'gpt_neox' is not supported"):
+        ttpa_jax.load_pretrained(tmp_path)
+
+
+def test_missing_config_json(tmp_path):
+    tiny_hf_model("qwen2").save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"missing config\.json"):
+        ttpa_jax.load_pretrained(tmp_path)
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(load_config("tiny-qwen2").to_hf_dict()))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(CheckpointError, match=r"pickle checkpoints are not loaded"):
+        ttpa_jax.load_pretrained(tmp_path)
