@@ -253,6 +253,23 @@ def parse(text: Any, format: Format = "auto") -> ParseResult:
     return result
 
 
+def parse_value(value: Any) -> ParseResult:
+    """Like ``parse`` for output that is already decoded: a list of calls, one call, or anything.
+
+    Never raises; entries that are not calls are reported as errors.
+    """
+    if isinstance(value, str):
+        return parse(value)
+    items = value if isinstance(value, list) else [value]
+    calls, errors = [], []
+    for i, item in enumerate(items):
+        try:
+            calls.append(normalize_call(item))
+        except (ValueError, RecursionError) as e:
+            errors.append(f"call {i}: {e}")
+    return _result(calls, errors, "")
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering and OpenAI messages
 
