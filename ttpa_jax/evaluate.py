@@ -218,8 +218,11 @@ def read_predictions(path: str | Path, items: Sequence[EvalItem]) -> dict[Key, P
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Normalised SFT records of a JSONL file (errors name file:line and field)."""
-    return [normalize_record(obj, where(path, lineno)) for lineno, obj in iter_jsonl(path)]
+    """Normalised SFT records of a JSONL file (errors name file:line and field). A record without
+    ``id`` gets its line number as id, the key its predictions use."""
+    return [
+        {"id": str(lineno), **normalize_record(obj, where(path, lineno))} for lineno, obj in iter_jsonl(path)
+    ]
 
 
 def generate_predictions(items: Sequence[EvalItem], model_dir: str, max_new_tokens: int, batch_size: int) -> dict[Key, str]:
