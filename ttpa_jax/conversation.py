@@ -123,7 +123,7 @@ def normalize_message(msg: Any, where: str, field: str, tool_names: set[str] | N
         if content is None and not calls:
             raise _fail(where, f"{field}.content", "missing (an assistant message needs content or tool_calls)")
         out["content"] = "" if content is None else content
-    elif role == "tool" and isinstance(content, (dict, list)):
+    elif role == "tool" and content is not None and not isinstance(content, str):
         out["content"] = json.dumps(content, ensure_ascii=False)
     elif content is None:
         raise _fail(where, f"{field}.content", "missing")

@@ -32,7 +32,7 @@ from ttpa_jax import esm
 from ttpa_jax.conversation import iter_turns, normalize_record
 from ttpa_jax.jsonl import DataError, iter_jsonl, where
 from ttpa_jax.return_values import check_answer
-from ttpa_jax.toolcalls import Format, calls_from_message, parse
+from ttpa_jax.toolcalls import Format, calls_from_message, parse, parse_value
 
 Prediction = str | list[Any]
 Key = tuple[str, int]
@@ -113,7 +113,7 @@ def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Predicti
                 tally["answer_unjudged"] += 1
             row.update(return_values={"needed": needed, "found": found})
         else:
-            no_call = not (parse(pred, format).calls if isinstance(pred, str) else pred)
+            no_call = not (parse(pred, format) if isinstance(pred, str) else parse_value(pred)).calls
             tally.update(text=1, text_ok=no_call)
             row.update(no_call=no_call)
         per_turn.append(row)
@@ -152,6 +152,7 @@ _ROWS = [
 ] + [(f"Errors: {t}", t, "count") for t in esm.ERROR_TYPES] + [
     ("Tool-call turns scored", "scored_tool_call_turns", "count"),
     ("Answer turns judged", "judged_answer_turns", "count"),
+    ("Answer turns unjudged (no result value in the reference)", "unjudged_answer_turns", "count"),
     ("Missing predictions", "missing_predictions", "count"),
 ]
 
