@@ -84,13 +84,13 @@ def load_pretrained(
     *,
     compute_dtype=None,
     remat: bool = False,
-    shardings: Callable[[tuple, tuple], jax.sharding.Sharding] | None = None,
+    shardings: Callable[[tuple, tuple, tuple | None], jax.sharding.Sharding] | None = None,
 ) -> Transformer:
     """Build the model from a local HF checkpoint directory.
 
     dtype: parameter dtype (default: the checkpoint's own). compute_dtype: activations (default: dtype).
-    shardings: optional ``fn(state_path, shape) -> Sharding``; each tensor is then assembled from the
-    slices its devices need.
+    shardings: optional ``fn(state_path, shape, logical_axes) -> Sharding``; each tensor is then
+    assembled from the slices its devices need (see ``sharding.loader_shardings``).
     """
     model_dir = Path(path)
     if not model_dir.is_dir():
@@ -143,7 +143,7 @@ def load_pretrained(
                 else:
                     sl = h.get_slice(name)
                     loaded[p] = jax.make_array_from_callback(
-                        want, shardings(p, want), lambda idx, sl=sl: np.asarray(sl[idx]).astype(dtype)
+                        want, shardings(p, want, var.get_metadata().get("axes")), lambda idx, sl=sl: np.asarray(sl[idx]).astype(dtype)
                     )
     new_flat = [(p, v.replace(loaded[p])) for p, v in flat]
     return nnx.merge(graphdef, nnx.from_flat_state(new_flat))

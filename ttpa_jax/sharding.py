@@ -1,0 +1,127 @@
+"""One device mesh with axes ("data", "fsdp", "tensor") and a small table mapping the parameters'
+logical axis names onto it.
+
+Every parameter carries logical ``axes`` metadata (see ``model.py``); ``RULES`` says which mesh axis
+shards each logical axis. A dimension that does not divide evenly by its mesh axis is replicated
+instead. Batches are sharded over ("data", "fsdp") on their first dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (None: replicated)
+RULES: dict[str, str | None] = {
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "norm": None,
+    "lora_rank": None,
+}
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:
+    """Resolve one -1 entry to fill the devices; check the product."""
+    dims = [data, fsdp, tensor]
+    if dims.count(-1) > 1:
+        raise ValueError("mesh: at most one of data/fsdp/tensor may be -1")
+    if -1 in dims:
+        known = math.prod(d for d in dims if d != -1)
+        if n_devices % known:
+            raise ValueError(f"mesh: {n_devices} devices do not divide by {known}")
+        dims[dims.index(-1)] = n_devices // known
+    if math.prod(dims) > n_devices:
+        raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(dims)} but there are only {n_devices} devices")
+    return tuple(dims)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
+    """A mesh over ``devices`` (default: all). A fully specified shape smaller than the device count
+    uses the first devices (single-process runs only)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    n = math.prod(shape)
+    if n < len(devices) and jax.process_count() > 1:
+        raise ValueError(f"mesh: a multi-process run must use all {len(devices)} devices, not {n}")
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
+
+
+def spec_for(axes: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """PartitionSpec for a parameter of logical ``axes`` and ``shape``; indivisible dims are replicated."""
+    if not axes:
+        return P()
+    out, used = [], set()
+    for name, dim in zip(axes, shape):
+        mesh_axis = RULES.get(name)
+        if mesh_axis is None or mesh_axis in used or dim % mesh.shape[mesh_axis]:
+            out.append(None)
+        else:
+            out.append(mesh_axis)
+            used.add(mesh_axis)
+    return P(*out)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh):
+    """A tree of NamedShardings matching ``state`` (Variables' ``axes`` metadata decide)."""
+
+    def one(var):
+        axes = var.get_metadata().get("axes") if isinstance(var, nnx.Variable) else None
+        return NamedSharding(mesh, spec_for(axes, tuple(var.shape), mesh))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def place_state(state: nnx.State, mesh: Mesh) -> nnx.State:
+    """Put every leaf of ``state`` onto its shards."""
+    shardings = state_shardings(state, mesh)
+    return jax.tree.map(lambda v, s: v.replace(jax.device_put(v[...], s)), state, shardings,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def loader_shardings(mesh: Mesh):
+    """``fn(state_path, shape) -> Sharding`` for ``load_pretrained``: tensors land on their shards."""
+    def fn(path, shape, axes):
+        return NamedSharding(mesh, spec_for(axes, shape, mesh))
+
+    return fn
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Process-local numpy batch -> global arrays sharded over the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a run's arrays live: a mesh plus the helpers to put state and batches on it."""
+
+    mesh: Mesh
+
+    def state(self, state):
+        return place_state(state, self.mesh)
+
+    def shardings(self, state):
+        return state_shardings(state, self.mesh)
+
+    def batch(self, batch):
+        return put_batch(batch, self.mesh)
+
+    @property
+    def batch_divisor(self) -> int:
+        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]

@@ -1,0 +1,313 @@
+"""The training loop shared by every objective: build the model, tokenize the data, jit one step,
+checkpoint, resume.
+
+The step is a pure ``jax.jit`` function of (trainable, frozen, reference, optimizer state, batch,
+key): the model is split with ``nnx.split`` outside and merged inside. With LoRA, the trainable part
+is the ``nnx.LoRAParam`` adapters (float32) and the frozen base is stored in the compute dtype; the
+DPO reference is the same network with adapters off. Without LoRA every ``nnx.Param`` trains in
+float32 and the DPO reference is a frozen copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+
+from ttpa_jax import dataset as ds
+from ttpa_jax.checkpoint import Checkpoints
+from ttpa_jax.lora import apply_lora
+from ttpa_jax.model import Ctx, Transformer
+from ttpa_jax.objectives import SFT, Objective, make_dpo, reference_logps
+from ttpa_jax.optim import make_optimizer, schedule
+from ttpa_jax.run_log import RunLog
+from ttpa_jax.sharding import Placement, loader_shardings, make_mesh
+from ttpa_jax.train_config import TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/Inf; the run stopped and kept its last good checkpoint."""
+
+
+# --------------------------------------------------------------------------- model
+def build_model(cfg: TrainConfig, placement: Placement | None = None) -> Transformer:
+    """The base model (from an HF directory or a preset) with LoRA adapters attached when rank > 0."""
+    from ttpa_jax.hf_io import load_pretrained
+    from ttpa_jax.model import init_model
+
+    compute = jnp.dtype(cfg.dtype)
+    base_dtype = compute if cfg.lora.rank > 0 else jnp.float32  # trainable weights are fp32
+    if Path(cfg.model).is_dir():
+        shardings = loader_shardings(placement.mesh) if placement else None
+        model = load_pretrained(cfg.model, dtype=base_dtype, compute_dtype=compute, remat=cfg.remat, shardings=shardings)
+    else:
+        model = init_model(cfg.model, seed=cfg.seed, dtype=compute, param_dtype=base_dtype, remat=cfg.remat)
+    return apply_lora(model, cfg.lora, seed=cfg.seed)
+
+
+def split_model(model: Transformer, lora: bool):
+    """(graphdef, trainable, frozen): adapters vs the rest with LoRA, all Params vs the rest without."""
+    return nnx.split(model, nnx.LoRAParam if lora else nnx.Param, ...)
+
+
+def make_objective(cfg: TrainConfig) -> Objective:
+    if cfg.objective == "sft":
+        return SFT
+    d = cfg.dpo
+    return make_dpo(d.beta, d.loss_type, d.label_smoothing, d.sft_weight)
+
+
+# --------------------------------------------------------------------------- step
+def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, accum: int, lora: bool):
+    """jit(step)(trainable, frozen, ref_params, opt_state, batch, key) -> (trainable, opt_state, metrics)."""
+
+    def reference(trainable, frozen, ref_params):
+        if lora:
+            base = nnx.merge(graphdef, jax.lax.stop_gradient(trainable), frozen)
+            return lambda ids, mask: base(ids, mask, ctx=Ctx(lora=False))
+        if ref_params is not None:
+            ref = nnx.merge(graphdef, ref_params, frozen)
+            return lambda ids, mask: ref(ids, mask)
+        return None
+
+    def loss_fn(trainable, frozen, ref_params, batch, norms, key):
+        model = nnx.merge(graphdef, trainable, frozen)
+        ref = reference(trainable, frozen, ref_params) if objective.needs_reference else None
+        return objective.loss(model, ref, batch, Ctx(lora=True, dropout_key=key), norms)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(trainable, frozen, ref_params, opt_state, batch, key):
+        norms = objective.normalizers(batch)
+        if accum == 1:
+            (_, sums), grads = grad_fn(trainable, frozen, ref_params, batch, norms, key)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                mb, i = xs
+                (_, s), g = grad_fn(trainable, frozen, ref_params, mb, norms, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, (g, s)), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda: grad_fn(trainable, frozen, ref_params, first, norms, key))
+            (_, sums_shape), grads_shape = shapes
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
+            (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+        metrics = objective.finalize(sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        return trainable, opt_state, metrics
+
+    return jax.jit(step, donate_argnums=(0, 3))
+
+
+# --------------------------------------------------------------------------- helpers
+def tokenizer_dir(cfg: TrainConfig) -> Path:
+    d = Path(cfg.tokenizer or cfg.model)
+    if not d.is_dir():
+        raise ValueError(f"--model {cfg.model} is a preset: give --tokenizer DIR (a directory with a tokenizer and chat template)")
+    return d
+
+
+def weight_fn_for(cfg: TrainConfig):
+    """TL-Training's loss weights (MAE, PKT) for SFT, or None for the plain assistant mask."""
+    if cfg.objective != "sft" or not (cfg.mae or cfg.pkt_wmax):
+        return None, {}
+    from ttpa_jax.tl_weights import make_weight_fn
+
+    return make_weight_fn(mae=cfg.mae, pkt_wmax=cfg.pkt_wmax), {"mae": cfg.mae, "pkt_wmax": cfg.pkt_wmax}
+
+
+def total_steps(cfg: TrainConfig, num_records: int) -> int:
+    if cfg.steps > 0:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * num_records / cfg.dataset.batch_size))
+
+
+def write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    if jax.process_index() == 0:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _host_metrics(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# --------------------------------------------------------------------------- loop
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Run (or resume) training; returns a summary with the final metrics and the run directory."""
+    from ttpa_jax.loader import Loader
+
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    lora = cfg.lora.rank > 0
+    placement = Placement(make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    if cfg.dataset.batch_size % (placement.batch_divisor * cfg.optim.grad_accum):
+        raise ValueError(
+            f"dataset.batch_size {cfg.dataset.batch_size} must divide by grad_accum ({cfg.optim.grad_accum}) "
+            f"times the data-parallel devices ({placement.batch_divisor})"
+        )
+
+    tok_dir = tokenizer_dir(cfg)
+    weight_fn, weight_opts = weight_fn_for(cfg)
+    kind = "sft" if cfg.objective == "sft" else "preference"
+    prepare = lambda: ds.prepare(  # noqa: E731
+        cfg.data, tok_dir, run_dir / "data", kind=kind, fmt=cfg.dataset.format,
+        max_length=cfg.dataset.max_length, overflow=cfg.dataset.overflow,
+        weight_fn=weight_fn, weight_options=weight_opts, progress=progress and jax.process_index() == 0,
+    )
+    if jax.process_index() == 0:  # process 0 first; the others then reuse its file (or build their own
+        prepare()                 # copy when the run directory is not on a shared filesystem)
+    _sync("prepare-data")
+    records, stats = prepare()
+    _say(f"data: {stats.summary()}")
+    if stats.written == 0:
+        raise ValueError(f"{cfg.data}: no usable records ({stats.summary()})")
+
+    model = build_model(cfg, placement)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    graphdef, trainable, frozen = split_model(model, lora)
+    trainable = placement.state(jax.tree.map(lambda x: x.astype(jnp.float32), trainable))
+    frozen = placement.state(frozen)
+    objective = make_objective(cfg)
+    ref_params = None
+    if objective.needs_reference and not lora and not cfg.dpo.precompute_ref:
+        ref_params = jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.dtype)), trainable)
+    steps = total_steps(cfg, stats.written)
+    tx = make_optimizer(cfg.optim, steps)
+    opt_state = jax.jit(tx.init)(trainable)
+    lr_at = schedule(cfg.optim, steps)
+
+    if objective.needs_reference and cfg.dpo.precompute_ref:
+        records = precompute_reference(graphdef, trainable, frozen, lora, records, cfg, placement, pad_id)
+
+    ckpts = Checkpoints(run_dir, keep=cfg.keep)
+    start = ckpts.latest_step() or 0
+    loader = Loader(
+        records, cfg.dataset.format, global_batch=cfg.dataset.batch_size, seed=cfg.seed, shuffle=cfg.dataset.shuffle,
+        pad_id=pad_id, pad_multiple=cfg.dataset.pad_multiple, max_length=cfg.dataset.max_length,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    if start:
+        trainable, opt_state, meta = ckpts.restore(start, trainable, opt_state)
+        loader.set_state(meta["data_state"])
+        _say(f"resumed from {ckpts.dir / str(start)} (step {start} of {steps})")
+    if start >= steps:
+        _say(f"already trained: step {start} of {steps}")
+        return {"run_dir": str(run_dir), "step": start, "steps": steps, "metrics": {}}
+
+    step_fn = make_train_step(graphdef, objective, tx, cfg.optim.grad_accum, lora)
+    log = RunLog(run_dir, start, steps, progress=progress)
+    base_key = jax.random.key(cfg.seed)
+    last_saved, metrics, step = start, {}, start
+
+    def save(at: int) -> None:
+        nonlocal last_saved
+        ckpts.save(at, trainable, opt_state, {"step": at, "data_state": loader.get_state(), "config": cfg.to_dict()})
+        last_saved = at
+
+    try:
+        for step in range(start + 1, steps + 1):
+            t0 = time.perf_counter()
+            host_batch = next(loader)
+            batch = placement.batch(host_batch)
+            trainable, opt_state, out = step_fn(trainable, frozen, ref_params, opt_state, batch,
+                                                jax.random.fold_in(base_key, step))
+            metrics = _host_metrics(out)
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                raise TrainingDiverged(
+                    f"step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}: training diverged; "
+                    f"the last good checkpoint is step {last_saved} in {ckpts.dir} (lower --optim.lr or check the data)"
+                )
+            tokens = sum(int(v.sum()) for k, v in host_batch.items() if k.endswith("mask")) * jax.process_count()
+            metrics.update(learning_rate=float(lr_at(step - 1)), tokens_per_s=tokens / (time.perf_counter() - t0))
+            if step % cfg.log_every == 0 or step == steps:
+                log.log(step, metrics)
+            log.advance()
+            if step % cfg.save_every == 0 or step == steps:
+                save(step)
+            if cfg.stop_after and step - start >= cfg.stop_after and step < steps:
+                if last_saved != step:
+                    save(step)
+                _say(f"stopped after {cfg.stop_after} steps at step {step}; rerun the same command to continue")
+                break
+    finally:
+        log.close()
+        ckpts.close()
+    return {"run_dir": str(run_dir), "step": step, "steps": steps, "metrics": metrics, "data": dataclasses.asdict(stats)}
+
+
+def _say(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- reference pass
+def precompute_reference(graphdef, trainable, frozen, lora, records: Path, cfg: TrainConfig, placement, pad_id) -> Path:
+    """One pass over the preference data computing reference log-probs; writes a second record file
+    with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists."""
+    from ttpa_jax.example_proto import decode_example, encode_example
+    from ttpa_jax.loader import collate
+    from ttpa_jax.recordio import RecordWriter, open_source
+
+    out = records.with_name(records.stem + "-ref" + records.suffix)
+    marker = out.with_name(out.name + ".json")
+    fp = json.loads((records.parent / "stats.json").read_text())["fingerprint"]
+    if out.is_file() and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
+        return out
+
+    @jax.jit
+    def ref_logps(trainable, frozen, batch):
+        m = nnx.merge(graphdef, trainable, frozen)
+        return reference_logps(lambda ids, mask: m(ids, mask, ctx=Ctx(lora=False)), batch)
+
+    src = open_source(records, cfg.dataset.format)
+    examples = [decode_example(src[i]) for i in range(len(src))]
+    per = cfg.dataset.batch_size
+    results: list[tuple[float, float]] = []
+    for i in range(0, len(examples), per):
+        chunk = examples[i:i + per]
+        chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
+        host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length)
+        n_proc, p = jax.process_count(), jax.process_index()
+        local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
+        rc, rr = jax.device_get(_gather(ref_logps(trainable, frozen, placement.batch(local))))
+        results.extend(zip(np.asarray(rc).tolist(), np.asarray(rr).tolist()))
+    if jax.process_index() == 0:
+        tmp = out.with_name(out.name + ".tmp")
+        with RecordWriter(tmp, cfg.dataset.format) as w:
+            for ex, (rc, rr) in zip(examples, results):
+                w.write(encode_example({**ex, "ref_chosen_logp": np.array([rc], np.float32),
+                                        "ref_rejected_logp": np.array([rr], np.float32)}))
+        tmp.replace(out)
+        marker.write_text(json.dumps({"fingerprint": fp}))
+    _sync("precompute_reference")
+    return out
+
+
+def _gather(x):
+    """Fully replicate (multi-host safe) so every process can read the result."""
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return x
+    return multihost_utils.process_allgather(x, tiled=True)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
