@@ -1,0 +1,68 @@
+"""Simulated executors for the bundled tool library, one module per domain.
+
+``executor_for(tool)`` gives the executor of a tool, or ``None`` when the package has none for it:
+a tool has a bundled executor when its name is registered here *and* its parameters schema is the
+bundled one (a user's tool that only shares a name is not run by code written for another schema).
+
+    >>> from ttpa_jax import toolbox
+    >>> toolbox.execute("convert_temperature", {"value": 100, "from_scale": "celsius", "to_scale": "fahrenheit"})
+    {'result': 212, 'scale': 'fahrenheit'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ttpa_jax.tool_library import Tool, argument_errors, bundled_tools
+from ttpa_jax.toolbox import (calendar, finance, food, health, maps, math_units, messaging,  # noqa: F401
+                              shopping, travel, weather)
+from ttpa_jax.toolbox.registry import REGISTRY, Phrasing, ToolError, ToolSpec, run_spec, stable_rng
+
+__all__ = ["REGISTRY", "Phrasing", "ToolError", "ToolSpec", "domains", "execute", "executor_for",
+           "spec_for", "stable_rng"]
+
+
+def _bundled_by_name() -> dict[str, Tool]:
+    return {tool.name: tool for tool in bundled_tools()}
+
+
+def domains() -> dict[str, list[str]]:
+    """Domain name -> names of its bundled tools."""
+    out: dict[str, list[str]] = {}
+    for spec in REGISTRY.values():
+        out.setdefault(spec.domain, []).append(spec.name)
+    return out
+
+
+def spec_for(tool: Tool) -> ToolSpec | None:
+    """The registered spec serving ``tool``: same name and same parameters schema as bundled."""
+    spec = REGISTRY.get(tool.name)
+    bundled = _bundled_by_name().get(tool.name)
+    if spec is None or bundled is None or bundled.parameters != tool.parameters:
+        return None
+    return spec
+
+
+def run_tool(tool: Tool, spec: ToolSpec, arguments: Any) -> dict[str, Any]:
+    """Validate against the schema, then run; invalid arguments give ``{"error": ...}``."""
+    errors = argument_errors(tool, arguments)
+    if errors:
+        return {"error": "invalid arguments: " + "; ".join(errors)}
+    return run_spec(spec, arguments)
+
+
+def executor_for(tool: Tool) -> Callable[[Any], dict[str, Any]] | None:
+    """A function ``arguments -> result`` for the tool, or ``None`` when none is bundled."""
+    spec = spec_for(tool)
+    if spec is None:
+        return None
+    return lambda arguments: run_tool(tool, spec, arguments)
+
+
+def execute(name: str, arguments: Any) -> dict[str, Any]:
+    """Run a bundled tool by name."""
+    tool = _bundled_by_name().get(name)
+    if tool is None or name not in REGISTRY:
+        return {"error": f"unknown tool {name!r}"}
+    return run_tool(tool, REGISTRY[name], arguments)
