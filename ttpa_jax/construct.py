@@ -69,9 +69,9 @@ class ConstructConfig:
     max_candidates: int = 8
     """Most tools shown to the model per record."""
     split: float = 0.0
-    """Held-out fraction. Tools are partitioned first (per domain); this fraction of records goes to
-    OUT with `.test` inserted before the suffix (data/sft.jsonl -> data/sft.test.jsonl) and uses only
-    the held-out tools; the rest go to OUT and use only the others. 0 writes OUT alone."""
+    """Held-out fraction. Tools are partitioned first (per domain). This fraction of the records uses
+    only the held-out tools and goes to OUT with `.test` inserted before its suffix (data/sft.jsonl
+    gives data/sft.test.jsonl); the rest use only the other tools and go to OUT. 0: OUT alone."""
     max_attempts: int = 4
     """Attempts per record before it is given up (a rejected or failed attempt is retried with a
     new draw)."""

@@ -29,7 +29,7 @@ CONNECTORS = [", then ", " and then ", ", and after that "]
 SCENARIO_LEADS = ["{person} needs to {body}.", "{person} is planning the day and has to {body}.",
                   "Today {person} wants to {body}."]
 SCENARIO_FOLLOW_UP = " Afterwards {person} also wants to {body}."
-ANSWER_FRAMES = ["{label}: {facts}.", "For {label}, I found {facts}.", "Here is {label}: {facts}."]
+ANSWER_FRAMES = ["{label}: {facts}.", "For {label}, I found {facts}.", "Results for {label}: {facts}."]
 ERROR_FRAME = "I could not get {label}: {error}."
 MAX_FACTS = 4
 

@@ -14,7 +14,8 @@ def _minutes(hhmm: str) -> int:
 
 
 def _reminder_phrase(reminder: dict) -> str:
-    return f"with a {reminder['method']} reminder {reminder['minutes_before']} minutes ahead"
+    article = "an" if reminder["method"][:1] in "aeiou" else "a"
+    return f"with {article} {reminder['method']} reminder {reminder['minutes_before']} minutes ahead"
 
 
 def _event_id(rng) -> str:

@@ -1,0 +1,113 @@
+"""Validation of constructed records: leakage, schema, answer values, recoverable facts."""
+
+import copy
+import json
+
+from ttpa_jax import toolbox
+from ttpa_jax.tool_library import bundled_tools
+from ttpa_jax.validate import check_record, leaked_names, mentions, salient_items
+
+BY_NAME = {t.name: t for t in bundled_tools()}
+FLIGHT_ARGS = {"origin": "Lyon", "destination": "Oslo", "departure_date": "2025-03-14", "passengers": 2}
+
+
+def _record(query, calls, answer=None, tools=("search_flights", "book_flight", "get_current_weather")):
+    """A record with one user turn; ``calls`` are (name, arguments); results come from the executors."""
+    messages = [{"role": "user", "content": query}]
+    results = []
+    for i, (name, args) in enumerate(calls):
+        result = toolbox.execute(name, args)
+        results.append(result)
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "id": f"call_{i}", "function": {"name": name, "arguments": args}}]})
+        messages.append({"role": "tool", "tool_call_id": f"call_{i}", "name": name, "content": json.dumps(result)})
+    if answer is None:
+        answer = " ".join(str(v) for (name, args), r in zip(calls, results) for _, v in salient_items(r, args)[:2])
+    messages.append({"role": "assistant", "content": answer})
+    return {"id": "x", "tools": [BY_NAME[n].schema for n in tools], "messages": messages}
+
+
+def _reasons(record, **kw):
+    return {r.reason for r in check_record(record, **kw)}
+
+
+def test_a_clean_record_passes():
+    record = _record("Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?",
+                     [("search_flights", FLIGHT_ARGS)])
+    assert check_record(record) == []
+
+
+def test_query_naming_a_tool_is_rejected_in_every_split_form():
+    for name in ["search_flights", "search flights", "Search-Flights", "searchFlights", "SEARCHFLIGHTS",
+                 "get current weather", "book_flight"]:
+        record = _record(f"Please {name} from Lyon to Oslo on 2025-03-14 for 2 travellers.",
+                         [("search_flights", FLIGHT_ARGS)])
+        assert "query_names_tool" in _reasons(record), name
+
+
+def test_query_naming_a_parameter_is_rejected_but_everyday_words_are_not():
+    leaky = _record("Find flights from Lyon to Oslo, departure date 2025-03-14, for 2 travellers.",
+                    [("search_flights", FLIGHT_ARGS)])
+    assert _reasons(leaky) == {"query_names_parameter"}
+    # A distractor's parameter counts too (book_flight has passenger_name).
+    assert leaked_names("the passenger-name is Ana", [BY_NAME["book_flight"]]) == ([], ["passenger_name"])
+    # Single-word parameter names (origin, destination, city, units) are plain words.
+    plain = _record("Find flights with origin Lyon and destination Oslo on 2025-03-14 for 2 travellers in any city.",
+                    [("search_flights", FLIGHT_ARGS)])
+    assert check_record(plain) == []
+
+
+def test_schema_validation_rejects_bad_calls():
+    for bad in [{**FLIGHT_ARGS, "passengers": "two"}, {**FLIGHT_ARGS, "seat": "window"},
+                {k: v for k, v in FLIGHT_ARGS.items() if k != "origin"},
+                {**FLIGHT_ARGS, "departure_date": "14/03/2025"}, {**FLIGHT_ARGS, "passengers": 12}]:
+        record = _record("Find flights from Lyon to Oslo on 2025-03-14 for 2 travellers two window 12 14/03/2025.",
+                         [("search_flights", bad)], answer="Nothing found.")
+        assert "invalid_call" in _reasons(record), bad
+    unknown = _record("Rent a car in Lyon.", [("rent_car", {"pickup_city": "Lyon", "pickup_date": "2025-03-01",
+                                                             "days": 2})])
+    assert "unknown_tool" in _reasons(unknown)
+
+
+def test_answer_must_carry_returned_values():
+    record = _record("Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?",
+                     [("search_flights", FLIGHT_ARGS)], answer="I found some flights from Lyon to Oslo.")
+    assert _reasons(record) == {"answer_missing_values"}
+
+
+def test_facts_must_be_recoverable_from_the_query_or_earlier_results():
+    search = toolbox.execute("search_flights", FLIGHT_ARGS)
+    flight_id = search["flights"][0]["flight_id"]
+    calls = [("search_flights", FLIGHT_ARGS), ("book_flight", {"flight_id": flight_id, "passenger_name": "Ana Silva"})]
+    good = _record("Find flights from Lyon to Oslo on 2025-03-14 for 2 travellers, then book the cheapest one "
+                   "for Ana Silva.", calls)
+    assert check_record(good) == []
+    missing_name = _record("Find flights from Lyon to Oslo on 2025-03-14 for 2 travellers, then book the cheapest "
+                           "one for me.", calls)
+    assert _reasons(missing_name) == {"unrecoverable_argument"}
+    # A value from a *later* result does not count.
+    reordered = copy.deepcopy(good)
+    reordered["messages"] = [reordered["messages"][0]] + reordered["messages"][3:5] + reordered["messages"][1:3] \
+        + reordered["messages"][5:]
+    assert "unrecoverable_argument" in _reasons(reordered)
+
+
+def test_shape_and_call_count():
+    record = _record("Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?",
+                     [("search_flights", FLIGHT_ARGS)])
+    assert _reasons(record, min_calls=2, max_calls=7) == {"call_count"}
+    truncated = copy.deepcopy(record)
+    truncated["messages"] = truncated["messages"][:-1]
+    assert _reasons(truncated) == {"malformed_record"}
+    orphan = copy.deepcopy(record)
+    orphan["messages"][2]["tool_call_id"] = "call_9"
+    assert _reasons(orphan) == {"malformed_record"}
+
+
+def test_mentions():
+    assert mentions("It costs 1,234.50 dollars", 1234.5)
+    assert mentions("about 14.3 degrees", 14.27)
+    assert not mentions("about 14.3 degrees", 14.2)
+    assert mentions("Unit: m.", "m") and not mentions("meters", "m")
+    assert mentions("flight FL-1234 leaves", "FL-1234") and not mentions("flight FL-12345", "FL-1234")
+    assert not mentions("yes", True)
