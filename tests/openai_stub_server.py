@@ -3,6 +3,7 @@
 It plays a generator model for the construction prompts of ``ttpa_jax.generators.openai_prompts``
 and misbehaves on a fixed schedule: it refuses ``response_format`` json_schema, and by request
 number returns 500, 429, content that is not JSON, a body that is not JSON, or replies too slowly.
+With ``refuse_key`` it answers 401 to everything.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def _fake_reply(step: str, context: dict[str, Any], instructions: str, n: int) -
 
 
 class StubState:
-    def __init__(self, slow_seconds: float):
+    def __init__(self, slow_seconds: float, refuse_key: bool):
         self.lock = threading.Lock()
+        self.refuse_key = refuse_key
+        self.steps: list[str] = []
         self.requests = 0
         self.slow_seconds = slow_seconds
         self.events: Counter = Counter()
@@ -93,6 +96,8 @@ def _handler(state: StubState):
                     refuse, n = False, state.requests
                     event = "bad_body" if n % BAD_BODY_EVERY == 0 else SCHEDULE.get(n % PERIOD, "ok")
                     state.events[event] += 1
+            if state.refuse_key:
+                return self._error(401, "Incorrect API key provided")
             if refuse:
                 return self._error(400, "response_format of type json_schema is not supported by this server")
             if event == "server_error":
@@ -105,6 +110,8 @@ def _handler(state: StubState):
                 time.sleep(state.slow_seconds)
             user = body["messages"][1]["content"]
             step = re.match(r"# Step: (\w+)", user).group(1)
+            with state.lock:
+                state.steps.append(step)
             instructions, context = user.split(CONTEXT_MARKER, 1)
             content = ("{\"oops\": " if event == "malformed_content"
                        else json.dumps(_fake_reply(step, json.loads(context), instructions, n)))
@@ -120,8 +127,8 @@ def _handler(state: StubState):
 class StubServer:
     """``with StubServer() as s: ... s.base_url ...``"""
 
-    def __init__(self, slow_seconds: float = 0.6):
-        self.state = StubState(slow_seconds)
+    def __init__(self, slow_seconds: float = 0.6, refuse_key: bool = False):
+        self.state = StubState(slow_seconds, refuse_key)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -10,6 +10,7 @@ import pytest
 from openai_stub_server import StubServer
 from ttpa_jax.construct import ConstructConfig, construct
 from ttpa_jax.generators.openai_chat import extract_json, public_url
+from ttpa_jax.generators.protocol import EndpointError
 from ttpa_jax.jsonl import read_jsonl
 from ttpa_jax.tool_library import bundled_tools
 from ttpa_jax.validate import check_record
@@ -98,6 +99,29 @@ def test_failures_are_counted_when_the_server_never_answers_well(tmp_path, tools
     assert set(summary.failures) <= {"server_error", "rate_limited", "timeout", "bad_response", "malformed_reply"}
     assert summary.made + summary.given_up == 4
     assert summary.attempts == summary.made + summary.rejected_instances + sum(summary.failures.values())
+
+
+def test_forward_mode_writes_the_query_first_and_its_defects_are_counted(tmp_path, tools_file, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with StubServer(slow_seconds=0.6) as server:
+        # The stub's forward queries state no values, so the calls' facts are not in the query.
+        summary = construct(_config(tmp_path, tools_file, server.base_url, num=3, mode="forward", max_attempts=1))
+        steps = list(server.state.steps)
+    assert "scenario" not in steps and "query" not in steps
+    assert steps.index("forward_query") < steps.index("tools") < steps.index("call")
+    assert summary.made == 0 and summary.given_up == 3
+    assert summary.rejected["unrecoverable_argument"] == summary.rejected_instances == 3
+    assert "not in the query" in summary.examples["unrecoverable_argument"]
+    assert "unrecoverable_argument: 3" in summary.format()
+
+
+def test_a_refused_key_stops_the_run_with_a_clear_message(tmp_path, tools_file, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with StubServer(refuse_key=True) as server:
+        with pytest.raises(EndpointError) as e:
+            construct(_config(tmp_path, tools_file, server.base_url, num=5))
+    assert "OPENAI_API_KEY" in str(e.value) and "401" in str(e.value) and SECRET not in str(e.value)
+    assert (tmp_path / "sft.jsonl").read_text() == ""
 
 
 def test_missing_api_key_is_one_clear_error(tmp_path, tools_file):

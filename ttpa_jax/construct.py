@@ -107,7 +107,8 @@ class ConstructConfig:
 
 @dataclass
 class ConstructSummary:
-    """What a run did. ``rejected`` counts each broken rule (a record may break several)."""
+    """What a run did. ``rejected`` counts each broken rule (a record may break several);
+    ``examples`` keeps the first detail seen for each rejection or failure reason."""
 
     requested: int = 0
     already_present: int = 0
@@ -117,6 +118,7 @@ class ConstructSummary:
     rejected_instances: int = 0
     rejected: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
     stats: GenerationStats = field(default_factory=GenerationStats)
     outputs: list[str] = field(default_factory=list)
 
@@ -131,8 +133,9 @@ class ConstructSummary:
                  f"{self.given_up} given up, of {self.requested} requested ({', '.join(self.outputs)})",
                  f"attempts: {self.attempts}; rejected: {self.rejected_instances}; "
                  f"failed: {sum(self.failures.values())}"]
-        lines += [f"  rejected, {reason}: {n}" for reason, n in sorted(self.rejected.items())]
-        lines += [f"  failed, {reason}: {n}" for reason, n in sorted(self.failures.items())]
+        for kind, counts in (("rejected", self.rejected), ("failed", self.failures)):
+            lines += [f"  {kind}, {reason}: {n} (e.g. {self.examples.get(reason, '')[:160]})"
+                      for reason, n in sorted(counts.items())]
         if s.requests:
             lines.append(f"requests: {s.requests}; retries: {s.retries}; malformed replies: {s.malformed}; "
                          f"structured-output fallbacks: {s.structured_output_fallbacks}")
@@ -245,6 +248,7 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                     await run_episode(gen, ep, executors)
                 except GenerationFailure as e:
                     summary.failures[e.reason] += 1
+                    summary.examples.setdefault(e.reason, e.detail)
                     continue
                 meta = {"run": signature, "split": side.name, "index": index, "attempt": attempt}
                 record = to_record(ep, ids[index], cfg.system_prompt, meta)
@@ -252,6 +256,8 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                 if rejections:
                     summary.rejected_instances += 1
                     summary.rejected.update({r.reason for r in rejections})
+                    for r in rejections:
+                        summary.examples.setdefault(r.reason, r.detail)
                     continue
                 log.append(record)
                 summary.made += 1
@@ -263,7 +269,15 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
             for index in pending:
                 await make(index)
 
-        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+        workers = [asyncio.ensure_future(worker()) for _ in range(cfg.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # Stop the other workers before the file closes (a refused endpoint ends the run).
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
 
 
 def plan_sides(cfg: ConstructConfig, library: list[Tool]) -> list[Side]:
