@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ttpa_jax
-from ttpa_jax.decode import _prefill_and_decode, continue_decoding, generate, stop_hits
+from ttpa_jax.decode import _prefill_and_decode, continue_decoding, generate, prompt_bucket, round_up, stop_hits
 from ttpa_jax.prompts import left_pad
 from ttpa_jax.sampling import Sampling, top_k_filter, top_p_filter
 
@@ -66,6 +66,13 @@ def test_prompt_lengths_in_one_bucket_share_a_compiled_loop(qwen):
     ids2, mask2 = left_padded_batch(96, [20, 2, 5], seed=6)  # width 20 instead of 12: same bucket of 32
     generate(model, ids2, mask2, max_new_tokens=N_NEW, eos_ids=())
     assert _prefill_and_decode._cache_size() == before
+
+
+def test_prompt_bucket():
+    assert [prompt_bucket(n, 32) for n in (1, 12, 32, 33, 100, 257, 500, 1000, 1025, 3000)] == \
+        [32, 32, 32, 64, 128, 288, 512, 1024, 1152, 3072]
+    assert all(n <= prompt_bucket(n, 32) <= max(round_up(n, 32), 1.125 * n) for n in range(1, 9000))
+    assert len({prompt_bucket(n, 32) for n in range(2049, 4097)}) == 8  # 8 widths per doubling
 
 
 def expected_stop(tokens, eos, seqs):

@@ -103,6 +103,14 @@ def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
+def prompt_bucket(width: int, bucket: int = DEFAULT_BUCKET) -> int:
+    """Padded prompt width: a multiple of ``bucket``, coarser for long prompts (a multiple of a
+    sixteenth of the next power of two), so a data set of varied lengths compiles at most 8 loops per
+    doubling of length and a long prompt is padded by less than an eighth."""
+    step = max(bucket, (1 << max(0, (width - 1).bit_length())) // 16)
+    return round_up(width, step)
+
+
 def stop_hits(tokens, step, stop_seqs) -> jax.Array:
     """[B] bool: the tokens ending at column ``step[b]`` of ``tokens [B, N]`` equal a stop sequence."""
     hit = jnp.zeros(step.shape, bool)
@@ -232,8 +240,8 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, sampling: S
              bucket: int = DEFAULT_BUCKET, keep_cache: bool = False) -> DecodeResult:
     """Decode a batch of left-padded prompts ``prompt_ids, prompt_mask [B, T]``.
 
-    The prompt width is left-padded to a multiple of ``bucket`` so that prompts of varied length
-    share one compiled loop. Rows end at an ``eos_ids`` token (default: the config's), after a
+    The prompt width is left-padded to a bucket (``prompt_bucket``: a multiple of ``bucket``) so
+    that prompts of varied length share one compiled loop. Rows end at an ``eos_ids`` token (default: the config's), after a
     ``stop_token_seqs`` sequence, or after ``max_new_tokens``. ``key`` seeds sampling: one key split
     over the rows, or ``[B]`` keys, one per row (a row's draws depend only on its key and step). ``keep_cache`` returns the cache in ``.state``
     for ``continue_decoding``.
@@ -243,7 +251,7 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, sampling: S
     B, T = prompt_ids.shape
     if not prompt_mask[:, -1].all():
         raise ValueError("prompts must be left padded: the last column of prompt_mask must be all true")
-    P = round_up(T, bucket)
+    P = prompt_bucket(T, bucket)
     spec = _spec(model, max_new_tokens, sampling, eos_ids, stop_token_seqs, record_k)
     ids = np.full((B, P), spec.pad_id, np.int32)
     mask = np.zeros((B, P), bool)
@@ -288,5 +296,5 @@ def continue_decoding(model, base: DecodeResult, rows, steps, forced_tokens, *, 
     return DecodeResult(res.tokens[:R], res.lengths[:R], res.top_probs[:R], res.top_ids[:R])
 
 
-__all__ = ["generate", "continue_decoding", "DecodeResult", "DecodeState", "Sampling", "GREEDY", "round_up",
+__all__ = ["generate", "continue_decoding", "DecodeResult", "DecodeState", "Sampling", "GREEDY", "prompt_bucket",
            "stop_hits", "LoopSpec"]

@@ -52,7 +52,8 @@ class GenerateArgs:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Parameter and compute dtype ("auto": the checkpoint's)."""
     bucket: int = 32
-    """Prompt widths are padded to a multiple of this, so varied lengths share compiled loops."""
+    """Prompt widths are padded to buckets (multiples of this, coarser for long prompts), so varied
+    lengths share compiled loops."""
     progress: bool = True
     """Show a progress bar."""
 
