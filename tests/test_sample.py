@@ -12,6 +12,7 @@ import pytest
 import ttpa_jax
 from ttpa_jax import esm
 from ttpa_jax.conversation import normalize_preference
+from ttpa_jax.jsonl import DataError
 from ttpa_jax.prompts import load_tokenizer
 from ttpa_jax.sample import Candidate, Prompt, SampleConfig, pair_records, sample
 from ttpa_jax.toolcalls import render
@@ -97,6 +98,8 @@ def test_sample_trajectory_mode_python_entry(tiny, tmp_path):
     again = SampleConfig(**{**cfg.__dict__, "out": tmp_path / "b.jsonl"})
     sample(again, model=model, tokenizer=tok)
     assert (tmp_path / "b.jsonl").read_text() == cfg.out.read_text()  # same seed, same samples
+    with pytest.raises(DataError, match="unknown error type 'bogus'"):
+        sample(SampleConfig(**{**cfg.__dict__, "weights": {"bogus": 1.0}}), model=model, tokenizer=tok)
 
 
 def test_pair_records_from_scored_candidates():

@@ -204,6 +204,10 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
     from ttpa_jax.config import load_config
     from ttpa_jax.generate import load_model
 
+    unknown = sorted(set(config.weights) - set(esm.ERROR_TYPES))
+    if unknown:
+        raise DataError(f"--weights: unknown error type {unknown[0]!r} (known: {', '.join(esm.ERROR_TYPES)})")
+    weights = esm.ErrorWeights(**config.weights)
     tokenizer = load_tokenizer(config.model) if tokenizer is None else tokenizer
     cfg_model = model.config if model is not None else load_config(config.model)
     n_records, prompts = read_prompts(config.data, tokenizer, config.max_new_tokens, cfg_model.max_position_embeddings)
@@ -218,7 +222,6 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
             all_cands, n_points = tps_candidates(model, tokenizer, prompts, config, eos, bar)
         else:
             all_cands = trajectory_candidates(model, tokenizer, prompts, config, eos, bar)
-    weights = esm.ErrorWeights(**config.weights)
     errors, exact, records = Counter(), 0, []
     for prompt, cands in zip(prompts, all_cands, strict=True):
         scores = [esm.score(c.text, prompt.gold, prompt.tools, weights, config.format) for c in cands]
