@@ -105,7 +105,7 @@ def build_messages(step: str, ep: Episode, **extra: Any) -> list[dict[str, str]]
     text = INSTRUCTIONS[step].format(calls=calls, rounds=rounds, follow_up=follow_up, left=left, source=source,
                                      forbidden=forbidden_words(ep.candidates))
     context = context_for(step, ep, **extra)
-    user = f"# Step: {step}\n{text}\n\n{CONTEXT_MARKER}{json.dumps(context, ensure_ascii=False, indent=1)}"
+    user = f"# Step: {step}\n{text}\n\n{CONTEXT_MARKER}{json.dumps(context, ensure_ascii=False)}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
