@@ -51,7 +51,7 @@ def test_template_output_is_valid_sft_data(made):
                 assert len(m["tool_calls"]) == 1 and isinstance(m["tool_calls"][0]["function"]["arguments"], dict)
             if m["role"] == "tool":
                 json.loads(m["content"])
-        assert r["meta"]["scenario"] and r["meta"]["run"]["generator"] == "template"
+        assert r["meta"]["scenario"] and r["meta"]["generator"] == "template"
     assert any(r["meta"]["turns"] == 2 for r in records), "some records have a follow-up turn"
     assert len({r["meta"]["num_calls"] for r in records}) >= 4
 
@@ -85,7 +85,7 @@ def test_forward_mode(tmp_path):
     summary = construct(_cfg(tmp_path / "fwd.jsonl", num=12, mode="forward"))
     records = read_jsonl(tmp_path / "fwd.jsonl")
     assert summary.made + summary.given_up == 12 and len(records) == summary.made > 0
-    assert all(r["id"].startswith("fwd-s5-") and r["meta"]["run"]["mode"] == "forward" for r in records)
+    assert all(r["id"].startswith("fwd-s5-") and r["meta"]["mode"] == "forward" for r in records)
     assert all(check_record(r, 2, 7) == [] for r in records)
 
 

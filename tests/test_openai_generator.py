@@ -69,7 +69,7 @@ def test_openai_generator_survives_a_misbehaving_server(tmp_path, tools_file, mo
     assert len({r["id"] for r in records}) == 12
     for r in records:
         assert check_record(r, 2, 3) == []
-        assert r["meta"]["run"]["generator"] == "openai" and r["meta"]["run"]["model"] == "stub-model"
+        assert r["meta"]["generator"] == "openai" and r["meta"]["model"] == "stub-model"
     # Tools without an executor were played by the model; bundled ones ran their executor.
     played = {name for r in records for name in r["meta"]["played_by_generator"]}
     assert played and played <= {"find_train", "order_pizza", "estimate_paint"}

@@ -204,20 +204,20 @@ def check_config(cfg: ConstructConfig) -> None:
 
 
 def run_signature(cfg: ConstructConfig, gen: Generator, library: list[Tool]) -> dict[str, Any]:
-    """The settings a record's content depends on; a resumed file must have been made with them."""
+    """The settings a record's content depends on, written into every record's ``meta``; a resumed
+    file must have been made with the same ones."""
     return {**gen.describe(), "mode": cfg.mode, "seed": cfg.seed, "library": fingerprint(library),
-            "split": cfg.split, "min_calls": cfg.min_calls, "max_calls": cfg.max_calls,
+            "split_fraction": cfg.split, "min_calls": cfg.min_calls, "max_calls": cfg.max_calls,
             "follow_up": cfg.follow_up, "min_candidates": cfg.min_candidates,
             "max_candidates": cfg.max_candidates, "system_prompt": cfg.system_prompt}
 
 
-# Recorded in meta["run"] but free to change between a run and its continuation.
+# Recorded in meta but free to change between a run and its continuation.
 NOT_COMPARED_ON_RESUME = {"base_url"}
 
 
 def _check_resumable(log: RecordLog, signature: dict[str, Any]) -> None:
-    for meta in list(log.records.values())[:1]:
-        old = meta.get("run", {})
+    for old in list(log.records.values())[:1]:
         diff = [k for k in signature if k not in NOT_COMPARED_ON_RESUME and old.get(k) != signature[k]]
         if diff:
             raise ConfigError(f"{log.path} holds records made with other settings ({', '.join(diff)}); "
@@ -250,7 +250,7 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                     summary.failures[e.reason] += 1
                     summary.examples.setdefault(e.reason, e.detail)
                     continue
-                meta = {"run": signature, "split": side.name, "index": index, "attempt": attempt}
+                meta = {**signature, "split": side.name, "index": index, "attempt": attempt}
                 record = to_record(ep, ids[index], cfg.system_prompt, meta)
                 rejections = check_record(record, cfg.min_calls, cfg.max_calls)
                 if rejections:
