@@ -111,3 +111,20 @@ def test_mentions():
     assert mentions("Unit: m.", "m") and not mentions("meters", "m")
     assert mentions("flight FL-1234 leaves", "FL-1234") and not mentions("flight FL-12345", "FL-1234")
     assert not mentions("yes", True)
+
+
+def test_validate_cli_reports_rejections_by_reason(tmp_path, capsys):
+    from ttpa_jax.validate import main
+
+    clean = _record("Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?",
+                    [("search_flights", FLIGHT_ARGS)])
+    leaky = _record("Please search_flights from Lyon to Oslo on 2025-03-14 for 2 travellers.",
+                    [("search_flights", FLIGHT_ARGS)])
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [clean, leaky, clean]) + "\n")
+    assert main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 of 3 records pass" in out and f"query_names_tool: 1 (e.g. {path}:2:" in out
+    path.write_text(json.dumps(clean) + "\n")
+    assert main([str(path)]) == 0
+    assert main([str(tmp_path / "missing.jsonl")]) == 2
