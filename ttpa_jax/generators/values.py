@@ -20,7 +20,8 @@ OPTIONAL_RATE = 0.5
 NAME_POOLS: list[tuple[str, Any]] = [
     ("email", vocab.email), ("recipient", vocab.email), ("country", vocab.COUNTRIES),
     ("city", vocab.CITIES), ("origin", vocab.CITIES), ("destination", vocab.CITIES),
-    ("region", vocab.REGIONS), ("address", vocab.address), ("name", vocab.person),
+    ("region", vocab.REGIONS), ("address", vocab.address), ("product", vocab.PRODUCT_QUERIES),
+    ("name", vocab.person),
     ("phone", vocab.phone), ("dish", vocab.DISHES), ("food", vocab.FOODS), ("query", vocab.PRODUCT_QUERIES),
     ("title", vocab.EVENT_TITLES), ("subject", vocab.EMAIL_SUBJECTS), ("reason", vocab.VISIT_REASONS),
 ]
