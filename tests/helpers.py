@@ -50,3 +50,61 @@ def left_padded_batch(vocab: int, lengths: list[int], seed: int = 0):
 def torch_logits(model, ids, mask) -> np.ndarray:
     with torch.no_grad():
         return model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.float().numpy()
+
+
+# ------------------------------------------------------------------ tool-use data for training tests
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "description": "Time in a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"]}}},
+]
+CITIES = ["Paris", "Lyon", "Rome", "Oslo", "Lima", "Kyiv", "Doha", "Baku", "Nice", "Bern"]
+
+
+def _call(name, city):
+    return {"role": "assistant", "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {"city": city}}}]}
+
+
+def sft_records(n: int, seed: int = 0) -> list[dict]:
+    """Short tool-use conversations: query -> call -> result -> answer."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        city, tool = rng.choice(CITIES), rng.choice(["get_weather", "get_time"])
+        q = f"What is the {'weather' if tool == 'get_weather' else 'time'} in {city}?"
+        out.append({"id": f"r{i}", "tools": TOOLS, "messages": [
+            {"role": "user", "content": q}, _call(tool, city),
+            {"role": "tool", "name": tool, "content": json.dumps({"value": i})},
+            {"role": "assistant", "content": f"It is {i}."}]})
+    return out
+
+
+def preference_records(n: int, seed: int = 0) -> list[dict]:
+    """Pairs whose chosen calls the right tool and rejected the other one."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        city, tool = rng.choice(CITIES), rng.choice(["get_weather", "get_time"])
+        other = "get_time" if tool == "get_weather" else "get_weather"
+        q = f"What is the {'weather' if tool == 'get_weather' else 'time'} in {city}?"
+        out.append({"prompt": [{"role": "user", "content": q}], "chosen": [_call(tool, city)],
+                    "rejected": [_call(other, city)], "tools": TOOLS})
+    return out
+
+
+def write_jsonl(path, records) -> str:
+    import json
+
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)

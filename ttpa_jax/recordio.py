@@ -108,20 +108,23 @@ class TFRecordSource:
                 self._offsets.append((pos + 12, n))
                 pos += 12 + n + 4
                 f.seek(pos)
-        self._file = None
+        self._fd = None
 
     def __len__(self) -> int:
         return len(self._offsets)
 
     def __getitem__(self, i: int) -> bytes:
-        if self._file is None:
-            self._file = open(self.path, "rb")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
         start, n = self._offsets[i]
-        self._file.seek(start)
-        return self._file.read(n)
+        return os.pread(self._fd, n, start)  # positional read: safe from several threads at once
 
     def __getstate__(self):  # picklable for grain workers: reopen lazily
-        return {"path": self.path, "_offsets": self._offsets, "_file": None}
+        return {"path": self.path, "_offsets": self._offsets, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __repr__(self) -> str:
         return f"TFRecordSource({self.path!r}, {len(self)} records)"

@@ -13,6 +13,7 @@ import math
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -72,21 +73,34 @@ def spec_for(axes: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*out)
 
 
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
 def state_shardings(state: nnx.State, mesh: Mesh):
-    """A tree of NamedShardings matching ``state`` (Variables' ``axes`` metadata decide)."""
+    """``state`` with each Variable's value replaced by its NamedSharding (its ``axes`` metadata
+    decide), so the tree has the same structure as the arrays it describes (usable as jit shardings)."""
 
     def one(var):
-        axes = var.get_metadata().get("axes") if isinstance(var, nnx.Variable) else None
-        return NamedSharding(mesh, spec_for(axes, tuple(var.shape), mesh))
+        spec = spec_for(var.get_metadata().get("axes"), tuple(var.shape), mesh)
+        return var.replace(NamedSharding(mesh, spec))
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(one, state, is_leaf=_is_var)
 
 
 def place_state(state: nnx.State, mesh: Mesh) -> nnx.State:
     """Put every leaf of ``state`` onto its shards."""
-    shardings = state_shardings(state, mesh)
-    return jax.tree.map(lambda v, s: v.replace(jax.device_put(v[...], s)), state, shardings,
-                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.device_put(state, state_shardings(state, mesh))
+
+
+def optimizer_shardings(tx, params, param_shardings, mesh: Mesh):
+    """Shardings for ``tx.init(params)``: moments follow their parameter, counters are replicated."""
+    abstract = jax.eval_shape(tx.init, params)
+    return optax.tree_map_params(
+        tx, lambda _, s: s, abstract, param_shardings,
+        transform_non_params=lambda _: NamedSharding(mesh, P()),
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
 
 
 def loader_shardings(mesh: Mesh):
@@ -118,6 +132,15 @@ class Placement:
 
     def shardings(self, state):
         return state_shardings(state, self.mesh)
+
+    def optimizer_state(self, tx, params):
+        """``tx.init(params)`` created directly on its shards."""
+        out = optimizer_shardings(tx, params, self.shardings(params), self.mesh)
+        return jax.jit(tx.init, out_shardings=out)(params)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
 
     def batch(self, batch):
         return put_batch(batch, self.mesh)

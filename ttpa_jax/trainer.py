@@ -67,8 +67,12 @@ def make_objective(cfg: TrainConfig) -> Objective:
 
 
 # --------------------------------------------------------------------------- step
-def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, accum: int, lora: bool):
-    """jit(step)(trainable, frozen, ref_params, opt_state, batch, key) -> (trainable, opt_state, metrics)."""
+def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransformation, accum: int, lora: bool,
+                    out_shardings=None):
+    """jit(step)(trainable, frozen, ref_params, opt_state, batch, key) -> (trainable, opt_state, metrics).
+
+    ``out_shardings``: (trainable, opt_state, metrics) shardings, so every step keeps the same layout.
+    """
 
     def reference(trainable, frozen, ref_params):
         if lora:
@@ -104,12 +108,12 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
             (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
         metrics = objective.finalize(sums)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         return trainable, opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 3))
+    return jax.jit(step, donate_argnums=(0, 3), out_shardings=out_shardings)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,7 +191,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         ref_params = jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.dtype)), trainable)
     steps = total_steps(cfg, stats.written)
     tx = make_optimizer(cfg.optim, steps)
-    opt_state = jax.jit(tx.init)(trainable)
+    opt_state = placement.optimizer_state(tx, trainable)
     lr_at = schedule(cfg.optim, steps)
 
     if objective.needs_reference and cfg.dpo.precompute_ref:
@@ -208,7 +212,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         _say(f"already trained: step {start} of {steps}")
         return {"run_dir": str(run_dir), "step": start, "steps": steps, "metrics": {}}
 
-    step_fn = make_train_step(graphdef, objective, tx, cfg.optim.grad_accum, lora)
+    out_shardings = (placement.shardings(trainable), jax.tree.map(lambda x: x.sharding, opt_state),
+                     placement.replicated)
+    step_fn = make_train_step(graphdef, objective, tx, cfg.optim.grad_accum, lora, out_shardings)
     log = RunLog(run_dir, start, steps, progress=progress)
     base_key = jax.random.key(cfg.seed)
     last_saved, metrics, step = start, {}, start
