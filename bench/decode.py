@@ -1,0 +1,148 @@
+"""Decoding benchmark: our jitted greedy decode against transformers' ``generate``, and TPS branching
+from a forked KV cache against branching by re-prefilling every branched prefix.
+
+A random ~22M-parameter Llama 3 checkpoint is made with transformers and saved to a temp dir; both
+sides decode the same left-padded batch with no EOS stop (every row runs the full budget). Timings
+are medians of several runs after a warm-up run (which also compiles). Prints ratios.
+
+    python bench/decode.py            # about 2-3 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import ttpa_jax
+from ttpa_jax.decode import generate
+from ttpa_jax.model import count_params
+from ttpa_jax.prompts import left_pad
+from ttpa_jax.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps
+
+
+def make_checkpoint(path: str) -> None:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True, rope_theta=500000.0, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+
+
+def prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.RandomState(seed)
+    return [rng.randint(2, 32000, rng.randint(lo, hi + 1)).tolist() for _ in range(n)]
+
+
+def median_times(fns, runs: int) -> list[float]:
+    """Median wall time of each function after a warm-up call (which compiles). Runs alternate
+    between the functions, so a load change on the machine hits all of them alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+def bench_greedy(model, hf, batch, n_new, runs):
+    ids, mask = left_pad(batch, 0)
+    t_ids, t_mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+    def ours():
+        return generate(model, ids, mask, max_new_tokens=n_new, eos_ids=())
+
+    def theirs():
+        with torch.no_grad():
+            return hf.generate(t_ids, attention_mask=t_mask, max_new_tokens=n_new, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+
+    same = bool((ours().tokens == theirs()[:, ids.shape[1]:].numpy()).all())
+    return (*median_times([ours, theirs], runs), same)
+
+
+def tps_by_reprefill(model, batch, n_new, cfg: TPSConfig):
+    """The comparison: the same branches, each decoded by prefilling prompt + prefix + forced token."""
+    ids, mask = left_pad(batch, 0)
+    base = generate(model, ids, mask, max_new_tokens=n_new, eos_ids=(), record_k=cfg.top_k)
+    branch_prompts, starts = [], []
+    for r in range(len(batch)):
+        n = int(base.lengths[r])
+        gaps = probability_gaps(base.top_probs[r, :n])
+        for s in select_branch_points(gaps, cfg.epsilon, cfg.dynamic_m, cfg.max_branch_points):
+            for tok, _, _ in alternatives(base.top_ids[r, s], base.top_probs[r, s], int(base.tokens[r, s]), cfg.top_k):
+                branch_prompts.append(batch[r] + base.tokens[r, :s].tolist() + [tok])
+                starts.append(s)
+    b_ids, b_mask = left_pad(branch_prompts, 0)
+    cont = generate(model, b_ids, b_mask, max_new_tokens=n_new - 1 - min(starts), eos_ids=())
+    return [cont.tokens[j, : n_new - 1 - s].tolist() for j, s in enumerate(starts)]
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per measurement (median reported)")
+    ap.add_argument("--batch", type=int, default=8, help="prompts per batch")
+    ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory() as d:
+        make_checkpoint(d)
+        hf = LlamaForCausalLM.from_pretrained(d).eval()
+        model = ttpa_jax.load_pretrained(d)
+    n_params = count_params(model)
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; jax {__import__('jax').__version__}, torch {torch.__version__}")
+    print(f"model: random Llama 3, {n_params / 1e6:.1f}M parameters, fp32")
+
+    batch = prompts(args.batch, 24, 56)
+    t_ours, t_hf, same = bench_greedy(model, hf, batch, args.new_tokens, args.runs)
+    n_tok = args.batch * args.new_tokens
+    print(f"\ngreedy decode, batch {args.batch}, prompts 24-56 tokens, {args.new_tokens} new tokens "
+          f"(median of {args.runs}); identical tokens: {same}")
+    print(f"  ttpa_jax.decode.generate     {n_tok / t_ours:8.1f} tok/s  ({t_ours * 1e3:.0f} ms)")
+    print(f"  transformers generate        {n_tok / t_hf:8.1f} tok/s  ({t_hf * 1e3:.0f} ms)")
+    print(f"  ratio (ours / transformers)  {t_hf / t_ours:8.2f}x")
+
+    tool_prompts = prompts(4, 160, 224, seed=1)  # tool-schema prompts are long
+    cfg = TPSConfig(epsilon=1.0, top_k=2, max_branch_points=4)  # 4 branch points per prompt: 16 branches
+    n_new = 32
+
+    def forked():
+        return tps(model, tool_prompts, max_new_tokens=n_new, config=cfg, batch_size=4, eos_ids=())
+
+    def reprefill():
+        return tps_by_reprefill(model, tool_prompts, n_new, cfg)
+
+    res = forked()
+    same = [b.tokens[b.position + 1:] for r in res for b in r.branches] == reprefill()
+    t_fork, t_re = median_times([forked, reprefill], args.runs)
+    print(f"\nTPS, 4 prompts of 160-224 tokens, {n_new} new tokens, 4 branch points x 1 alternative each "
+          f"(greedy pass included in both; median of {args.runs}); identical branches: {same}")
+    print(f"  branches from a forked cache {t_fork * 1e3:8.0f} ms")
+    print(f"  branches by re-prefill       {t_re * 1e3:8.0f} ms")
+    print(f"  ratio (re-prefill / forked)  {t_re / t_fork:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
