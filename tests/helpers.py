@@ -86,14 +86,14 @@ def sft_records(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def preference_records(n: int, seed: int = 0) -> list[dict]:
+def preference_records(n: int, seed: int = 0, tools=("get_weather", "get_time")) -> list[dict]:
     """Pairs whose chosen calls the right tool and rejected the other one."""
     import random
 
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        city, tool = rng.choice(CITIES), rng.choice(["get_weather", "get_time"])
+        city, tool = rng.choice(CITIES), rng.choice(list(tools))
         other = "get_time" if tool == "get_weather" else "get_weather"
         q = f"What is the {'weather' if tool == 'get_weather' else 'time'} in {city}?"
         out.append({"prompt": [{"role": "user", "content": q}], "chosen": [_call(tool, city)],

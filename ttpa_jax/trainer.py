@@ -188,7 +188,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     objective = make_objective(cfg)
     ref_params = None
     if objective.needs_reference and not lora and not cfg.dpo.precompute_ref:
-        ref_params = jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.dtype)), trainable)
+        # a real copy: the trainable buffers are donated to (and overwritten by) every step
+        ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.dtype(cfg.dtype), copy=True), trainable)
     steps = total_steps(cfg, stats.written)
     tx = make_optimizer(cfg.optim, steps)
     opt_state = placement.optimizer_state(tx, trainable)
