@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
-import subprocess
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -30,6 +26,9 @@ from ttpa_jax.model import count_params
 from ttpa_jax.prompts import left_pad
 from ttpa_jax.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps
 
+import report
+from report import median_times
+
 
 def make_checkpoint(path: str) -> None:
     torch.manual_seed(0)
@@ -42,20 +41,6 @@ def make_checkpoint(path: str) -> None:
 def prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
     rng = np.random.RandomState(seed)
     return [rng.randint(2, 32000, rng.randint(lo, hi + 1)).tolist() for _ in range(n)]
-
-
-def median_times(fns, runs: int) -> list[float]:
-    """Median wall time of each function after a warm-up call (which compiles). Runs alternate
-    between the functions, so a load change on the machine hits all of them alike."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(runs):
-        for fn, ts in zip(fns, times):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
 
 
 def bench_greedy(model, hf, batch, n_new, runs):
@@ -91,14 +76,6 @@ def tps_by_reprefill(model, batch, n_new, cfg: TPSConfig):
     return [cont.tokens[j, : n_new - 1 - s].tolist() for j, s in enumerate(starts)]
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="timed runs per measurement (median reported)")
@@ -112,7 +89,7 @@ def main() -> None:
         hf = LlamaForCausalLM.from_pretrained(d).eval()
         model = ttpa_jax.load_pretrained(d)
     n_params = count_params(model)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; jax {__import__('jax').__version__}, torch {torch.__version__}")
+    print(report.machine_line())
     print(f"model: random Llama 3, {n_params / 1e6:.1f}M parameters, fp32")
 
     batch = prompts(args.batch, 24, 56)
@@ -120,9 +97,9 @@ def main() -> None:
     n_tok = args.batch * args.new_tokens
     print(f"\ngreedy decode, batch {args.batch}, prompts 24-56 tokens, {args.new_tokens} new tokens "
           f"(median of {args.runs}); identical tokens: {same}")
-    print(f"  ttpa_jax.decode.generate     {n_tok / t_ours:8.1f} tok/s  ({t_ours * 1e3:.0f} ms)")
-    print(f"  transformers generate        {n_tok / t_hf:8.1f} tok/s  ({t_hf * 1e3:.0f} ms)")
-    print(f"  ratio (ours / transformers)  {t_hf / t_ours:8.2f}x")
+    report.rate("ttpa_jax.decode.generate", n_tok, t_ours)
+    report.rate("transformers generate", n_tok, t_hf)
+    report.ratio("ratio (ours / transformers)", t_hf / t_ours)
 
     tool_prompts = prompts(4, 160, 224, seed=1)  # tool-schema prompts are long
     cfg = TPSConfig(epsilon=1.0, top_k=2, max_branch_points=4)  # 4 branch points per prompt: 16 branches
@@ -139,9 +116,9 @@ def main() -> None:
     t_fork, t_re = median_times([forked, reprefill], args.runs)
     print(f"\nTPS, 4 prompts of 160-224 tokens, {n_new} new tokens, 4 branch points x 1 alternative each "
           f"(greedy pass included in both; median of {args.runs}); identical branches: {same}")
-    print(f"  branches from a forked cache {t_fork * 1e3:8.0f} ms")
-    print(f"  branches by re-prefill       {t_re * 1e3:8.0f} ms")
-    print(f"  ratio (re-prefill / forked)  {t_re / t_fork:8.2f}x")
+    report.millis("branches from a forked cache", t_fork)
+    report.millis("branches by re-prefill", t_re)
+    report.ratio("ratio (re-prefill / forked)", t_re / t_fork)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""The report format shared by the benchmark scripts: a machine line, medians of alternating runs,
+and result lines of one shape (a label column, a number, its unit)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+LABEL = 28  # width of the label column
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def cores() -> int:
+    """CPU cores this process may run on (an affinity mask set before import counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_line() -> str:
+    import jax
+    import torch
+
+    dev = jax.devices()[0]
+    acc = "" if dev.platform == "cpu" else f", {dev.device_kind}"
+    return (f"machine: {cpu_name()}, {cores()} cores{acc}, load average {os.getloadavg()[0]:.1f}; "
+            f"jax {jax.__version__}, torch {torch.__version__}")
+
+
+def median_times(fns, runs: int, warmup: int = 1) -> list[float]:
+    """Median wall time of each function after ``warmup`` calls (the first also compiles). Runs
+    alternate between the functions, so a load change on the machine hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+def rate(label: str, n: float, seconds: float, unit: str = "tok/s") -> None:
+    """``label   12345.6 tok/s  (83 ms)``: n items in ``seconds``."""
+    print(f"  {label:<{LABEL}} {n / seconds:8.1f} {unit}  ({seconds * 1e3:.0f} ms)")
+
+
+def millis(label: str, seconds: float) -> None:
+    print(f"  {label:<{LABEL}} {seconds * 1e3:8.0f} ms")
+
+
+def ratio(label: str, x: float) -> None:
+    print(f"  {label:<{LABEL}} {x:8.2f}x")
+
+
+def value(label: str, x: float, unit: str, note: str = "") -> None:
+    print(f"  {label:<{LABEL}} {x:8.1f} {unit}" + (f"  ({note})" if note else ""))
