@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ttpa_jax.config import ModelConfig, load_config
+from ttpa_jax.sharding import shard_activation
 
 NEG_INF = -1e30  # finite, so fully masked rows (left padding) give a uniform softmax, not NaN
 
@@ -127,6 +128,9 @@ class Attention(nnx.Module):
         q = rope(self.q_proj(x, ctx).reshape(B, T, N, H), positions, inv_freq)
         k = rope(self.k_proj(x, ctx).reshape(B, T, K, H), positions, inv_freq)
         v = self.v_proj(x, ctx).reshape(B, T, K, H)
+        q = shard_activation(q, ("batch", "seq", "act_heads", None))
+        k = shard_activation(k, ("batch", "seq", "act_kv_heads", None))
+        v = shard_activation(v, ("batch", "seq", "act_kv_heads", None))
         if cache is not None:
             cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
             rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
@@ -156,7 +160,8 @@ class MLP(nnx.Module):
         self.down_proj = Linear(F, D, axes=("embed", "mlp"), uid=uid + 6, **kw)
 
     def __call__(self, x, ctx):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x, ctx)) * self.up_proj(x, ctx), ctx)
+        h = jax.nn.silu(self.gate_proj(x, ctx)) * self.up_proj(x, ctx)  # [B, T, F]
+        return self.down_proj(shard_activation(h, ("batch", "seq", "act_mlp")), ctx)
 
 
 class Block(nnx.Module):
@@ -170,7 +175,7 @@ class Block(nnx.Module):
         h, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, ctx, cache, write_index)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x), ctx)
-        return x, new_cache
+        return shard_activation(x, ("batch", "seq", "act_embed")), new_cache
 
 
 # --------------------------------------------------------------------------- model
@@ -207,7 +212,7 @@ class Transformer(nnx.Module):
         q_cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
         mask = (jnp.arange(S)[None, None, :] <= q_cols[:, :, None]) & kv_mask[:, None, :].astype(bool)
         inv_freq = jnp.asarray(self.config.inv_freq())
-        x = self.embed_tokens(input_ids, self.dtype)
+        x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
         new_cache = []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else cache[i]
@@ -221,11 +226,13 @@ class Transformer(nnx.Module):
         return self.norm(x), (None if cache is None else new_cache)
 
     def logits(self, h, ctx: Ctx = Ctx()):
-        """h [..., D] -> float32 logits [..., V]."""
+        """h [B, T, D] -> float32 logits [B, T, V]."""
         if self.lm_head is None:
             w = self.embed_tokens.weight[...].astype(self.dtype)
-            return jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
-        return self.lm_head(h, ctx).astype(jnp.float32)
+            logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_head(h, ctx).astype(jnp.float32)
+        return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
 
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
         if attention_mask is None:

@@ -20,8 +20,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# logical axis -> mesh axis (None: replicated)
-RULES: dict[str, str | None] = {
+# logical axis -> mesh axis or axes (None: replicated). Parameters: FSDP shards the model dimension,
+# tensor parallelism shards heads, MLP width and vocabulary. Activations: batch over data and fsdp,
+# the tensor-parallel dimensions follow their weights.
+RULES: dict[str, str | tuple[str, ...] | None] = {
     "vocab": "tensor",
     "embed": "fsdp",
     "q_heads": "tensor",
@@ -29,6 +31,14 @@ RULES: dict[str, str | None] = {
     "mlp": "tensor",
     "norm": None,
     "lora_rank": None,
+    # activations
+    "batch": BATCH_AXES,
+    "seq": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
 }
 
 
@@ -58,19 +68,34 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
 
 
-def spec_for(axes: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """PartitionSpec for a parameter of logical ``axes`` and ``shape``; indivisible dims are replicated."""
+def spec_for(axes: tuple | None, shape: tuple[int, ...], mesh) -> P:
+    """PartitionSpec for an array of logical ``axes`` and ``shape``; indivisible dims are replicated.
+
+    ``mesh`` is a Mesh or AbstractMesh (only its axis sizes are used).
+    """
     if not axes:
         return P()
     out, used = [], set()
     for name, dim in zip(axes, shape):
-        mesh_axis = RULES.get(name)
-        if mesh_axis is None or mesh_axis in used or dim % mesh.shape[mesh_axis]:
+        target = RULES.get(name) if name else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = tuple(a for a in names if mesh.shape[a] > 1 and a not in used)
+        size = math.prod(mesh.shape[a] for a in names)
+        if not names or dim % size:
             out.append(None)
         else:
-            out.append(mesh_axis)
-            used.add(mesh_axis)
+            out.append(names[0] if len(names) == 1 else names)
+            used.update(names)
     return P(*out)
+
+
+def shard_activation(x, axes: tuple):
+    """Constrain an activation to its logical ``axes`` under the mesh in context (``jax.set_mesh``);
+    a no-op without one, so the model runs unchanged on a single device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh))
 
 
 def _is_var(x) -> bool:

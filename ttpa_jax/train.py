@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from ttpa_jax.distributed import maybe_initialize
     from ttpa_jax.trainer import TrainingDiverged, train
 
-    maybe_initialize()
+    maybe_initialize(cfg.dist.coordinator, cfg.dist.num_processes, cfg.dist.process_id)
     try:
         summary = train(cfg)
     except (DataError, TrainingDiverged, ValueError, FileNotFoundError) as e:

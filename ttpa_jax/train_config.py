@@ -82,6 +82,19 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistConfig:
+    """Multi-process runs. Usually nothing to set: TPU pods and SLURM are detected from the
+    environment. Give all three to start processes by hand (one per host)."""
+
+    coordinator: str | None = None
+    """Address HOST:PORT of process 0's coordinator service."""
+    num_processes: int | None = None
+    """Number of processes taking part."""
+    process_id: int | None = None
+    """This process's index, 0 .. num_processes-1."""
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Fine-tune a model with SFT or DPO."""
 
@@ -124,6 +137,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     dpo: DpoConfig = DpoConfig()
     mesh: MeshConfig = MeshConfig()
+    dist: DistConfig = DistConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -148,28 +148,59 @@ def _host_metrics(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+# --------------------------------------------------------------------------- state
+@dataclasses.dataclass
+class TrainState:
+    """What the step function reads and updates, placed on the mesh: the model split into trainable
+    and frozen parts, the DPO reference copy (full fine-tuning only), the optimizer state."""
+
+    graphdef: object
+    trainable: nnx.State
+    frozen: nnx.State
+    ref_params: nnx.State | None
+    opt_state: object
+    objective: Objective
+    placement: Placement
+    step_fn: object
+    pad_id: int
+    lora: bool
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, placement: Placement, steps: int) -> "TrainState":
+        lora = cfg.lora.rank > 0
+        model = build_model(cfg, placement)
+        pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        graphdef, trainable, frozen = split_model(model, lora)
+        trainable = placement.state(jax.tree.map(lambda x: x.astype(jnp.float32), trainable))
+        frozen = placement.state(frozen)
+        objective = make_objective(cfg)
+        ref_params = None
+        if objective.needs_reference and not lora and not cfg.dpo.precompute_ref:
+            # a real copy: the trainable buffers are donated to (and overwritten by) every step
+            ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.dtype(cfg.dtype), copy=True), trainable)
+        tx = make_optimizer(cfg.optim, steps)
+        opt_state = placement.optimizer_state(tx, trainable)
+        out_shardings = (placement.shardings(trainable), jax.tree.map(lambda x: x.sharding, opt_state),
+                         placement.replicated)
+        step_fn = make_train_step(graphdef, objective, tx, cfg.optim.grad_accum, lora, out_shardings)
+        return cls(graphdef, trainable, frozen, ref_params, opt_state, objective, placement, step_fn, pad_id, lora)
+
+    def step(self, host_batch: dict[str, np.ndarray], key) -> dict[str, jax.Array]:
+        """One optimizer step on this process's share of the global batch; returns the metrics."""
+        batch = self.placement.batch(host_batch)
+        with jax.set_mesh(self.placement.mesh):
+            self.trainable, self.opt_state, metrics = self.step_fn(
+                self.trainable, self.frozen, self.ref_params, self.opt_state, batch, key)
+        return metrics
+
+
 # --------------------------------------------------------------------------- loop
-def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Run (or resume) training; returns a summary with the final metrics and the run directory."""
-    from ttpa_jax.loader import Loader
-
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir)
-    lora = cfg.lora.rank > 0
-    placement = Placement(make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    if cfg.dataset.batch_size % (placement.batch_divisor * cfg.optim.grad_accum):
-        raise ValueError(
-            f"dataset.batch_size {cfg.dataset.batch_size} must divide by grad_accum ({cfg.optim.grad_accum}) "
-            f"times the data-parallel devices ({placement.batch_divisor})"
-        )
-
-    tok_dir = tokenizer_dir(cfg)
+def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
+    """Tokenize the run's JSONL once into RUN_DIR/data (reused on resume). Returns (records, stats)."""
     weight_fn, weight_opts = weight_fn_for(cfg)
-    kind = "sft" if cfg.objective == "sft" else "preference"
     prepare = lambda: ds.prepare(  # noqa: E731
-        cfg.data, tok_dir, run_dir / "data", kind=kind, fmt=cfg.dataset.format,
-        max_length=cfg.dataset.max_length, overflow=cfg.dataset.overflow,
+        cfg.data, tokenizer_dir(cfg), run_dir / "data", kind="sft" if cfg.objective == "sft" else "preference",
+        fmt=cfg.dataset.format, max_length=cfg.dataset.max_length, overflow=cfg.dataset.overflow,
         weight_fn=weight_fn, weight_options=weight_opts, progress=progress and jax.process_index() == 0,
     )
     if jax.process_index() == 0:  # process 0 first; the others then reuse its file (or build their own
@@ -179,60 +210,60 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     _say(f"data: {stats.summary()}")
     if stats.written == 0:
         raise ValueError(f"{cfg.data}: no usable records ({stats.summary()})")
+    return records, stats
 
-    model = build_model(cfg, placement)
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    graphdef, trainable, frozen = split_model(model, lora)
-    trainable = placement.state(jax.tree.map(lambda x: x.astype(jnp.float32), trainable))
-    frozen = placement.state(frozen)
-    objective = make_objective(cfg)
-    ref_params = None
-    if objective.needs_reference and not lora and not cfg.dpo.precompute_ref:
-        # a real copy: the trainable buffers are donated to (and overwritten by) every step
-        ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.dtype(cfg.dtype), copy=True), trainable)
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Run (or resume) training; returns a summary with the final metrics and the run directory."""
+    from ttpa_jax.loader import Loader
+
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run_dir)
+    placement = Placement(make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    if cfg.dataset.batch_size % (placement.batch_divisor * cfg.optim.grad_accum):
+        raise ValueError(
+            f"dataset.batch_size {cfg.dataset.batch_size} must divide by grad_accum ({cfg.optim.grad_accum}) "
+            f"times the data-parallel devices ({placement.batch_divisor})"
+        )
+
+    records, stats = prepare_data(cfg, run_dir, progress)
     steps = total_steps(cfg, stats.written)
-    tx = make_optimizer(cfg.optim, steps)
-    opt_state = placement.optimizer_state(tx, trainable)
+    st = TrainState.create(cfg, placement, steps)
     lr_at = schedule(cfg.optim, steps)
 
-    if objective.needs_reference and cfg.dpo.precompute_ref:
-        records = precompute_reference(graphdef, trainable, frozen, lora, records, cfg, placement, pad_id)
+    if st.objective.needs_reference and cfg.dpo.precompute_ref:
+        records = precompute_reference(st, records, cfg)
 
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
     start = ckpts.latest_step() or 0
     loader = Loader(
         records, cfg.dataset.format, global_batch=cfg.dataset.batch_size, seed=cfg.seed, shuffle=cfg.dataset.shuffle,
-        pad_id=pad_id, pad_multiple=cfg.dataset.pad_multiple, max_length=cfg.dataset.max_length,
+        pad_id=st.pad_id, pad_multiple=cfg.dataset.pad_multiple, max_length=cfg.dataset.max_length,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     if start:
-        trainable, opt_state, meta = ckpts.restore(start, trainable, opt_state)
+        st.trainable, st.opt_state, meta = ckpts.restore(start, st.trainable, st.opt_state)
         loader.set_state(meta["data_state"])
         _say(f"resumed from {ckpts.dir / str(start)} (step {start} of {steps})")
     if start >= steps:
         _say(f"already trained: step {start} of {steps}")
         return {"run_dir": str(run_dir), "step": start, "steps": steps, "metrics": {}}
 
-    out_shardings = (placement.shardings(trainable), jax.tree.map(lambda x: x.sharding, opt_state),
-                     placement.replicated)
-    step_fn = make_train_step(graphdef, objective, tx, cfg.optim.grad_accum, lora, out_shardings)
     log = RunLog(run_dir, start, steps, progress=progress)
     base_key = jax.random.key(cfg.seed)
     last_saved, metrics, step = start, {}, start
 
     def save(at: int) -> None:
         nonlocal last_saved
-        ckpts.save(at, trainable, opt_state, {"step": at, "data_state": loader.get_state(), "config": cfg.to_dict()})
+        ckpts.save(at, st.trainable, st.opt_state, {"step": at, "data_state": loader.get_state(), "config": cfg.to_dict()})
         last_saved = at
 
     try:
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             host_batch = next(loader)
-            batch = placement.batch(host_batch)
-            trainable, opt_state, out = step_fn(trainable, frozen, ref_params, opt_state, batch,
-                                                jax.random.fold_in(base_key, step))
-            metrics = _host_metrics(out)
+            metrics = _host_metrics(st.step(host_batch, jax.random.fold_in(base_key, step)))
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                 raise TrainingDiverged(
                     f"step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}: training diverged; "
@@ -262,7 +293,7 @@ def _say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- reference pass
-def precompute_reference(graphdef, trainable, frozen, lora, records: Path, cfg: TrainConfig, placement, pad_id) -> Path:
+def precompute_reference(st: TrainState, records: Path, cfg: TrainConfig) -> Path:
     """One pass over the preference data computing reference log-probs; writes a second record file
     with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists."""
     from ttpa_jax.example_proto import decode_example, encode_example
@@ -274,6 +305,8 @@ def precompute_reference(graphdef, trainable, frozen, lora, records: Path, cfg: 
     fp = json.loads((records.parent / "stats.json").read_text())["fingerprint"]
     if out.is_file() and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
         return out
+
+    graphdef, placement, pad_id = st.graphdef, st.placement, st.pad_id
 
     @jax.jit
     def ref_logps(trainable, frozen, batch):
@@ -290,7 +323,8 @@ def precompute_reference(graphdef, trainable, frozen, lora, records: Path, cfg: 
         host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length)
         n_proc, p = jax.process_count(), jax.process_index()
         local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
-        rc, rr = jax.device_get(_gather(ref_logps(trainable, frozen, placement.batch(local))))
+        with jax.set_mesh(placement.mesh):
+            rc, rr = jax.device_get(_gather(ref_logps(st.trainable, st.frozen, placement.batch(local))))
         results.extend(zip(np.asarray(rc).tolist(), np.asarray(rr).tolist()))
     if jax.process_index() == 0:
         tmp = out.with_name(out.name + ".tmp")
