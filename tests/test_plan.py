@@ -96,9 +96,9 @@ def test_dpo_doubles_sequences_and_full_ft_keeps_a_reference_copy():
 
 
 def test_large_preset_plans_abstractly():
-    p = plan("qwen2.5-14b", mesh=MeshConfig(1, -1, 1), devices=64, lora=LoraConfig(rank=16), seq_len=4096,
+    p = plan("qwen2.5-7b", mesh=MeshConfig(1, -1, 1), devices=64, lora=LoraConfig(rank=16), seq_len=4096,
              batch_size=64)
-    c = load_config("qwen2.5-14b")  # untied embeddings, q/k/v biases
+    c = load_config("qwen2.5-7b")  # untied embeddings, q/k/v biases
     D, F, NH, KH = c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
     layer = D * NH + NH + 2 * (D * KH + KH) + NH * D + 3 * D * F + 2 * D
     assert p["params"] - p["trainable_params"] == 2 * c.vocab_size * D + c.num_hidden_layers * layer + D
@@ -108,14 +108,19 @@ def test_large_preset_plans_abstractly():
 
 
 def test_cli_table_json_and_help(capsys):
-    main(tyro.cli(PlanArgs, args=["--model", "tiny-llama3", "--mesh.fsdp", "4", "--batch-size", "4",
-                                  "--seq-len", "64", "--objective", "dpo", "--lora.rank", "4"]))
+    assert main(tyro.cli(PlanArgs, args=["--model", "tiny-llama3", "--mesh.fsdp", "4", "--batch-size", "4",
+                                  "--seq-len", "64", "--objective", "dpo", "--lora.rank", "4"])) == 0
     out = capsys.readouterr().out
     assert "mesh data=1 fsdp=4 tensor=1 on 4 devices: 2 sequences of 64" in out
     assert "fits (90% usable): 16 GiB, 24 GiB, 40 GiB, 80 GiB, 141 GiB" in out
     main(tyro.cli(PlanArgs, args=["--model", str(REPO / "models/tiny-qwen2.json"), "--devices", "8", "--json"]))
     p = json.loads(capsys.readouterr().out)
     assert p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and p["per_device"]["total"] > 0
+    assert main(tyro.cli(PlanArgs, args=["--model", "tiny-qwen2", "--devices", "8", "--batch-size", "4"])) == 1
+    assert "error: batch_size 4 must divide by grad_accum (1) times the data-parallel devices (data * fsdp = 8)" in (
+        capsys.readouterr().err)
+    assert main(tyro.cli(PlanArgs, args=["--model", "no-such-model"])) == 1
+    assert "no-such-model: not a model directory, a config.json, or a preset" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tyro.cli(PlanArgs, args=["--help"])
     helptext = capsys.readouterr().out

@@ -3,7 +3,7 @@ run before starting it.
 
 Everything is computed from the abstract model and the sharding rules: nothing is allocated and no
 devices are needed (``--devices N`` plans for N devices this machine does not have), so a 14B model
-plans in seconds on a laptop. Per device it prints the parameters (frozen base in the compute dtype
+plans in seconds on a CPU. Per device it prints the parameters (frozen base in the compute dtype
 with LoRA, float32 when every weight trains), the AdamW state, the gradients, the batch, an
 activation estimate (formula in ``plan_activations``), the all-gathered weights that FSDP holds
 during the step, and the total against common accelerator memories. ``plan(...)`` returns the same
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from typing import Literal
 
 import tyro
@@ -25,9 +26,21 @@ from ttpa_jax.plan_activations import TensorSplit, activation_bytes
 from ttpa_jax.plan_state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, gathered_bytes,
                                  global_bytes, optimizer_bytes, split_abstract, state_bytes)
 from ttpa_jax.sharding import mesh_shape
-from ttpa_jax.train_config import MeshConfig, OptimConfig
+from ttpa_jax.train_config import OptimConfig
 
 GIB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    """Device mesh ("data", "fsdp", "tensor") as train's --mesh flags; -1 fills the remaining devices."""
+
+    data: int = 1
+    """Data-parallel replicas: the batch is split, parameters are replicated."""
+    fsdp: int = -1
+    """Fully sharded data parallel: the batch is split and so is each weight's model dimension."""
+    tensor: int = 1
+    """Tensor parallel: heads, MLP width and vocabulary are split; the batch is not."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +71,8 @@ class PlanArgs:
     """Fraction of a device's memory the run may use (the runtime and XLA's workspace take the rest)."""
     json: bool = False
     """Print the figures as JSON instead of a table."""
-    mesh: MeshConfig = MeshConfig()
+    mesh: MeshShape = MeshShape()
+    """Device mesh as train's --mesh flags; -1 fills the remaining devices."""
     lora: LoraConfig = LoraConfig()
 
 
@@ -138,7 +152,7 @@ def plan_for(args: PlanArgs) -> dict:
 
 
 def plan(model: str, **fields) -> dict:
-    """``plan("qwen2.5-7b", mesh=MeshConfig(fsdp=8), batch_size=8, seq_len=2048, lora=LoraConfig(rank=16))``:
+    """``plan("qwen2.5-7b", mesh=MeshShape(fsdp=8), batch_size=8, seq_len=2048, lora=LoraConfig(rank=16))``:
     per-device bytes as a dict (keys as printed by the CLI; see ``PlanArgs`` for the fields)."""
     return plan_for(dataclasses.replace(PlanArgs(model=model), **fields))
 
@@ -188,10 +202,15 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: PlanArgs) -> None:
-    p = plan_for(args)
+def main(args: PlanArgs) -> int:
+    try:
+        p = plan_for(args)
+    except ValueError as e:  # a bad mesh, batch size or model path: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
+    return 0
 
 
 if __name__ == "__main__":
-    main(tyro.cli(PlanArgs, description=__doc__.split("\n\n")[1].replace("\n", " ")))
+    sys.exit(main(tyro.cli(PlanArgs, description=__doc__.split("\n\n")[1].replace("\n", " "))))
