@@ -1,17 +1,15 @@
-"""Compile the real train step (model built, split, placed and jitted as ``trainer.train`` does) and
-return XLA's memory analysis of it, for comparing with ``ttpa_jax.plan``."""
+"""Compile the real train step (``trainer.TrainState.create``: the model built, split, placed and
+jitted as ``trainer.train`` does) and return XLA's memory analysis of it, for ``ttpa_jax.plan``."""
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ttpa_jax.lora import LoraConfig
-from ttpa_jax.optim import make_optimizer
 from ttpa_jax.sharding import Placement, make_mesh
 from ttpa_jax.train_config import MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.trainer import build_model, make_objective, make_train_step, split_model
+from ttpa_jax.trainer import TrainState
 
 
 def host_batch(objective: str, batch: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -32,20 +30,8 @@ def compiled_memory(model: str, mesh: tuple[int, int, int], *, objective: str = 
     cfg = TrainConfig(objective=objective, model=model, lora=LoraConfig(rank=lora_rank), mesh=MeshConfig(*mesh),
                       dtype=dtype, optim=OptimConfig(grad_accum=grad_accum))
     placement = Placement(make_mesh(*mesh))
-    lora = lora_rank > 0
-    graphdef, trainable, frozen = split_model(build_model(cfg, placement), lora)
-    trainable = placement.state(jax.tree.map(lambda x: x.astype(jnp.float32), trainable))
-    frozen = placement.state(frozen)
-    objective_fn = make_objective(cfg)
-    ref_params = None
-    if objective_fn.needs_reference and not lora:
-        ref_params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.dtype(dtype), copy=True), trainable)
-    tx = make_optimizer(cfg.optim, 10)
-    opt_state = placement.optimizer_state(tx, trainable)
+    st = TrainState.create(cfg, placement, steps=10)
     batch = placement.batch(host_batch(objective, batch_size, seq_len))
-    out_shardings = (placement.shardings(trainable), jax.tree.map(lambda x: x.sharding, opt_state),
-                     placement.replicated)
-    step = make_train_step(graphdef, objective_fn, tx, grad_accum, lora, out_shardings)
     with jax.set_mesh(placement.mesh):
-        compiled = step.lower(trainable, frozen, ref_params, opt_state, batch, jax.random.key(0)).compile()
-    return compiled.memory_analysis()
+        lowered = st.step_fn.lower(st.trainable, st.frozen, st.ref_params, st.opt_state, batch, jax.random.key(0))
+    return lowered.compile().memory_analysis()
