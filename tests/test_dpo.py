@@ -199,6 +199,8 @@ def test_merged_and_peft_exports_reproduce_the_policy(tiny_model_dir, tmp_path):
                        check=True, capture_output=True)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert (tmp_path / "merged" / "tokenizer.json").is_file()
+    reloaded = ttpa_jax.load_pretrained(tmp_path / "merged")  # strict: no adapter tensors left over
+    np.testing.assert_allclose(np.asarray(reloaded(jnp.asarray(ids))), ours, atol=1e-4)
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter").eval()
     with torch.no_grad():
         for hf in (merged, peft_model):

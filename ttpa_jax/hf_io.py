@@ -154,7 +154,8 @@ def base_weights(model: Transformer) -> dict[str, jax.Array]:
     from ttpa_jax.lora import merged_weight  # local: lora imports model
 
     out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    base_params = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+    for path, var in nnx.to_flat_state(nnx.state(model, base_params)):
         if path[-1] == "weight" and len(path) >= 2:
             owner = _module_at(model, path[:-1])
             out[hf_name(path)] = merged_weight(owner) if getattr(owner, "lora_a", None) is not None else var[...]

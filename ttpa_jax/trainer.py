@@ -244,6 +244,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     )
     if start:
         st.trainable, st.opt_state, meta = ckpts.restore(start, st.trainable, st.opt_state)
+        if meta.get("data_fingerprint", stats.fingerprint) != stats.fingerprint:
+            raise ValueError(
+                f"{run_dir}: the training data or its tokenization changed since this run's checkpoints were "
+                f"written (fingerprint {meta['data_fingerprint']} -> {stats.fingerprint}); resume with the "
+                "original data, or start a new run with another --out"
+            )
         loader.set_state(meta["data_state"])
         _say(f"resumed from {ckpts.dir / str(start)} (step {start} of {steps})")
     if start >= steps:
@@ -256,7 +262,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     def save(at: int) -> None:
         nonlocal last_saved
-        ckpts.save(at, st.trainable, st.opt_state, {"step": at, "data_state": loader.get_state(), "config": cfg.to_dict()})
+        ckpts.save(at, st.trainable, st.opt_state, {"step": at, "data_state": loader.get_state(),
+                                                    "data_fingerprint": stats.fingerprint, "config": cfg.to_dict()})
         last_saved = at
 
     try:
