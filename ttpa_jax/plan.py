@@ -23,8 +23,8 @@ import tyro
 from ttpa_jax.config import load_config
 from ttpa_jax.lora import LoraConfig
 from ttpa_jax.plan_activations import TensorSplit, activation_bytes
-from ttpa_jax.plan_state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, gathered_bytes,
-                                 global_bytes, optimizer_bytes, split_abstract, state_bytes)
+from ttpa_jax.plan_state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, count,
+                                 gathered_bytes, optimizer_bytes, split_abstract, state_bytes)
 from ttpa_jax.sharding import mesh_shape
 from ttpa_jax.train_config import OptimConfig
 
@@ -139,11 +139,10 @@ def plan_for(args: PlanArgs) -> dict:
     per_device["total"] = arguments + transient
     return {
         "model": args.model, "model_type": cfg.model_type, "layers": cfg.num_hidden_layers,
-        "params": global_bytes(trainable, "int8") + global_bytes(frozen, "int8"),
-        "trainable_params": global_bytes(trainable, "int8"),
+        "params": count(trainable) + count(frozen), "trainable_params": count(trainable),
         "objective": args.objective, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "dtype": args.dtype, "remat": args.remat, "grad_accum": args.grad_accum, "lora_rank": args.lora.rank,
-        "devices": n_dev, "mesh": dict(zip(("data", "fsdp", "tensor"), shape)),
+        "devices": math.prod(shape), "mesh": dict(zip(("data", "fsdp", "tensor"), shape)),
         "sequences_per_device": seqs, "per_device": per_device,
         "activation_parts": act["per_layer"],
         "fits": {f"{m:g}": per_device["total"] <= m * GIB * args.usable for m in args.memories},
@@ -158,6 +157,10 @@ def plan(model: str, **fields) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:10.2f}"
 
@@ -184,7 +187,7 @@ def format_plan(p: dict) -> str:
     ]
     seqs = p["sequences_per_device"]
     lines = [
-        f"{p['model']}: {p['params'] / 1e9:.2f}B parameters, {lora}, {p['objective']}, "
+        f"{p['model']}: {_count(p['params'])} parameters, {lora}, {p['objective']}, "
         f"batch {p['batch_size']} x {p['seq_len']} tokens, {p['dtype']}"
         + (f", grad_accum {p['grad_accum']}" if p["grad_accum"] > 1 else ""),
         f"mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']} on {p['devices']} devices: "

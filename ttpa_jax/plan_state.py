@@ -78,8 +78,9 @@ def state_bytes(state, mesh, dtype=None) -> int:
     return total
 
 
-def global_bytes(state, dtype=None) -> int:
-    return sum(math.prod(v.shape) * np.dtype(dtype or v.dtype).itemsize for v in _variables(state))
+def count(state) -> int:
+    """Number of elements (parameters) in an abstract nnx state."""
+    return sum(math.prod(v.shape) for v in _variables(state))
 
 
 def optimizer_bytes(trainable, mesh, optim: OptimConfig | None = None) -> int:
