@@ -289,3 +289,11 @@ def test_cli_reports_bad_data_with_nonzero_exit(tiny_model_dir, tmp_path):
                         "--out", str(tmp_path / "run"), "--mesh.fsdp", "1"], capture_output=True, text=True)
     assert r.returncode == 1
     assert "bad.jsonl:2: invalid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_remat_step_equals_plain_step(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(8))
+    for name, remat in (("plain", False), ("remat", True)):
+        train(sft_config(tiny_model_dir, data, tmp_path / name, steps=2, remat=remat), progress=False)
+    for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "remat")):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5

@@ -215,13 +215,12 @@ class Transformer(nnx.Module):
         x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
         new_cache = []
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else cache[i]
-            if self.remat:
-                x, c = nnx.remat(lambda blk, *a: blk(*a, ctx, layer_cache, write_index))(
-                    layer, x, positions, mask, inv_freq
-                )
+            if self.remat and cache is None:  # recompute the layer's activations in the backward pass
+                graphdef, state = nnx.split(layer)
+                run = lambda st, *a, g=graphdef: nnx.merge(g, st)(*a, ctx, None, write_index)[0]  # noqa: E731
+                x, c = jax.checkpoint(run)(state, x, positions, mask, inv_freq), None
             else:
-                x, c = layer(x, positions, mask, inv_freq, ctx, layer_cache, write_index)
+                x, c = layer(x, positions, mask, inv_freq, ctx, None if cache is None else cache[i], write_index)
             new_cache.append(c)
         return self.norm(x), (None if cache is None else new_cache)
 

@@ -77,8 +77,11 @@ class MeshConfig:
     """Device mesh ("data", "fsdp", "tensor"); -1 fills the remaining devices."""
 
     data: int = 1
+    """Data-parallel replicas (each holds the whole model, or its fsdp shard)."""
     fsdp: int = -1
+    """Fully-sharded data parallelism: parameters and optimizer state split along the model dimension."""
     tensor: int = 1
+    """Tensor parallelism: heads, MLP width and vocabulary split across devices."""
 
 
 @dataclasses.dataclass(frozen=True)
