@@ -60,14 +60,14 @@ class PipelineConfig:
     """Held-out records evaluated (all their assistant turns)."""
     max_new_tokens: int = 96
     batch_size: int = 8
-    max_length: int = 1024
+    max_length: int = 512
     progress: bool = True
 
     @classmethod
     def quick(cls, out: Path, seed: int = 0) -> "PipelineConfig":
         """A few steps per stage: checks the pipeline end to end in about two minutes."""
         return cls(out=out, seed=seed, num=40, sft_steps=4, sample_records=6, dpo_steps=2, eval_records=4,
-                   max_new_tokens=24, batch_size=4, max_length=768, progress=False)
+                   max_new_tokens=24, batch_size=4, progress=False)
 
 
 # --------------------------------------------------------------------------- stages
@@ -110,24 +110,26 @@ def construct_data(cfg: PipelineConfig) -> tuple[Path, Path]:
 
 
 def build_base_model(cfg: PipelineConfig, train_file: Path) -> Path:
-    """Tokenizer trained on the training text + chat template + random preset weights."""
-    from ttpa_jax.tiny import build_model_dir
+    """Tokenizer trained on the rendered training conversations + chat template + random preset weights."""
+    from ttpa_jax.conversation import normalize_record
+    from ttpa_jax.tiny import build_model_dir, render_chat
 
     out = cfg.out / "base-model"
     if (out / "model.safetensors").is_file():
         return out
     texts = []
-    for line in train_file.read_text().splitlines():
-        rec = json.loads(line)
-        texts.append(json.dumps(rec["tools"]) + "\n" + json.dumps(rec["messages"], ensure_ascii=False))
-    return build_model_dir(out, texts, preset=cfg.preset, seed=cfg.seed)
+    for i, line in enumerate(train_file.read_text().splitlines(), start=1):
+        rec = normalize_record(json.loads(line), f"{train_file}:{i}")
+        texts.append(render_chat(rec["messages"], rec["tools"]))
+    return build_model_dir(out, texts, preset=cfg.preset, seed=cfg.seed, split_words=False)
 
 
 def sft_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
     return TrainConfig(
         objective="sft", model=str(model), data=str(data), out=str(cfg.out / "sft"), steps=cfg.sft_steps,
         seed=cfg.seed, mae=cfg.mae, pkt_wmax=cfg.pkt_wmax, lora=LoraConfig(rank=0), save_every=max(cfg.sft_steps // 2, 1),
-        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate"),
+        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
+                           pad_multiple=cfg.max_length),
         optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=max(cfg.sft_steps // 10, 1), weight_decay=0.01),
         mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
@@ -137,7 +139,8 @@ def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
     return TrainConfig(
         objective="dpo", model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=cfg.dpo_steps,
         seed=cfg.seed, lora=LoraConfig(rank=8, alpha=16), save_every=max(cfg.dpo_steps // 2, 1),
-        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate"),
+        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
+                           pad_multiple=cfg.max_length),
         optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(cfg.dpo_steps // 10, 1)),
         dpo=DpoConfig(beta=cfg.beta), mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
