@@ -297,3 +297,14 @@ def test_remat_step_equals_plain_step(tiny_model_dir, tmp_path):
         train(sft_config(tiny_model_dir, data, tmp_path / name, steps=2, remat=remat), progress=False)
     for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "remat")):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_bundled_configs_parse(name):
+    cfg = parse_cli(["sft", "--config", str(REPO / "configs" / name)])
+    assert cfg.config.endswith(name) and cfg.dataset.max_length >= 512
+
+
+def test_no_arguments_needs_the_demo_files(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ttpa_jax.train"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and "run `make demo` first" in r.stderr

@@ -218,7 +218,8 @@ def parse_cli(argv: list[str] | None = None) -> TrainConfig:
         for name, default in defaults.items()
     )
     return tyro.cli(Union[choices], args=argv,  # type: ignore[valid-type]
-                    description="Fine-tune a model with SFT or DPO (LoRA or full); rerun to resume.")
+                    description="Fine-tune a model with SFT or DPO (LoRA or full); rerun the same command "
+                                "to resume. With no arguments at all: the DPO stage of `make demo`.")
 
 
 _SUBCOMMAND_HELP = {
