@@ -41,7 +41,7 @@ class PipelineConfig:
     """Data construction: reversed (query written last) or forward (query first)."""
     preset: str = "tiny-llama3"
     """Architecture preset of the model trained from scratch."""
-    sft_steps: int = 120
+    sft_steps: int = 100
     sft_lr: float = 3e-3
     mae: bool = False
     """TL-Training MAE in the SFT stage."""
@@ -53,10 +53,10 @@ class PipelineConfig:
     """Training records whose tool-call turns are sampled for preference pairs."""
     epsilon: float = 0.2
     """TPS: branch where the top-1/top-2 probability gap is below this."""
-    dpo_steps: int = 40
+    dpo_steps: int = 24
     dpo_lr: float = 2e-3
     beta: float = 0.1
-    eval_records: int = 60
+    eval_records: int = 40
     """Held-out records evaluated (all their assistant turns)."""
     max_new_tokens: int = 96
     batch_size: int = 8

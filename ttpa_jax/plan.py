@@ -26,21 +26,9 @@ from ttpa_jax.plan_activations import TensorSplit, activation_bytes
 from ttpa_jax.plan_state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, count,
                                  gathered_bytes, optimizer_bytes, split_abstract, state_bytes)
 from ttpa_jax.sharding import mesh_shape
-from ttpa_jax.train_config import OptimConfig
+from ttpa_jax.train_config import MeshConfig, OptimConfig
 
 GIB = 1024**3
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshShape:
-    """Device mesh ("data", "fsdp", "tensor") as train's --mesh flags; -1 fills the remaining devices."""
-
-    data: int = 1
-    """Data-parallel replicas: the batch is split, parameters are replicated."""
-    fsdp: int = -1
-    """Fully sharded data parallel: the batch is split and so is each weight's model dimension."""
-    tensor: int = 1
-    """Tensor parallel: heads, MLP width and vocabulary are split; the batch is not."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +59,7 @@ class PlanArgs:
     """Fraction of a device's memory the run may use (the runtime and XLA's workspace take the rest)."""
     json: bool = False
     """Print the figures as JSON instead of a table."""
-    mesh: MeshShape = MeshShape()
+    mesh: MeshConfig = MeshConfig()
     """Device mesh as train's --mesh flags; -1 fills the remaining devices."""
     lora: LoraConfig = LoraConfig()
 
@@ -151,7 +139,7 @@ def plan_for(args: PlanArgs) -> dict:
 
 
 def plan(model: str, **fields) -> dict:
-    """``plan("qwen2.5-7b", mesh=MeshShape(fsdp=8), batch_size=8, seq_len=2048, lora=LoraConfig(rank=16))``:
+    """``plan("qwen2.5-7b", mesh=MeshConfig(fsdp=8), batch_size=8, seq_len=2048, lora=LoraConfig(rank=16))``:
     per-device bytes as a dict (keys as printed by the CLI; see ``PlanArgs`` for the fields)."""
     return plan_for(dataclasses.replace(PlanArgs(model=model), **fields))
 
