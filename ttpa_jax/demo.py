@@ -2,7 +2,8 @@
 
 Constructs tool-use data with the offline template generator (held-out test set on tools never seen
 in training), builds a tiny Llama 3 model from scratch (BPE tokenizer trained on the data, a chat
-template with tools), SFTs it, samples token-level preference pairs (TPS) scored with ESM, trains
+template with tools, a short language-model stage on the training text that stands in for a
+pretrained LLM), SFTs it, samples token-level preference pairs (TPS) scored with ESM, trains
 DPO with LoRA, evaluates the SFT and DPO models on the held-out set and prints the fine-grained
 table. Writes RUN_DIR/report.md and RUN_DIR/report.png. Rerunning continues an interrupted run.
 """
@@ -46,7 +47,8 @@ def run(cfg: PipelineConfig) -> dict:
         return out
 
     train_file, test_file = stage("construct", P.construct_data, cfg)
-    base = stage("tiny model", P.build_base_model, cfg, train_file)
+    init = stage("tiny model", P.build_base_model, cfg, train_file)
+    base = stage("base (language model)", P.run_training, P.sft_config(cfg, init, train_file, base=True), cfg.progress)
     sft_model = stage("sft", P.run_training, P.sft_config(cfg, base, train_file), cfg.progress)
     pairs = stage("sample (TPS + ESM)", P.sample_pairs, cfg, sft_model, train_file)
     dpo_model = stage("dpo", P.run_training, P.dpo_config(cfg, sft_model, pairs), cfg.progress)
@@ -55,7 +57,7 @@ def run(cfg: PipelineConfig) -> dict:
         "TTPA (SFT + TPS/ESM DPO)": stage("evaluate dpo", P.evaluate_model, cfg, dpo_model, test_file, "dpo"),
     }
     notes = [f"Run directory `{cfg.out}`, seed {cfg.seed}, preset {cfg.preset}, {cfg.num} constructed records; "
-             f"SFT {cfg.sft_steps} steps, DPO {cfg.dpo_steps} steps.",
+             f"language-model stage {cfg.base_steps} steps, SFT {cfg.sft_steps} steps, DPO {cfg.dpo_steps} steps.",
              "Stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
     report = write_report(cfg.out, results, {"SFT": read_metrics(cfg.out / "sft"), "DPO": read_metrics(cfg.out / "dpo")}, notes)
     return {"results": results, "report": report, "seconds": seconds}

@@ -6,7 +6,9 @@ Run directory layout::
 
     data/train.jsonl, data/train.test.jsonl   constructed SFT data (disjoint tools), compact schemas
     data/pairs.jsonl                          preference pairs sampled from the SFT model
-    base-model/                               tokenizer + chat template + random tiny preset
+    init-model/                               tokenizer + chat template + random tiny preset
+    base/, base-model/                        language-model training of it on the training text (all
+                                              tokens): the stand-in for a pretrained open LLM
     sft/, sft-model/                          SFT run and its merged export
     dpo/                                      DPO run (LoRA on sft-model)
     eval/<name>.json                          fine-grained metrics per system
@@ -41,7 +43,9 @@ class PipelineConfig:
     """Data construction: reversed (query written last) or forward (query first)."""
     preset: str = "tiny-llama3"
     """Architecture preset of the model trained from scratch."""
-    sft_steps: int = 100
+    base_steps: int = 60
+    """Language-model steps on the training conversations (every token) before SFT."""
+    sft_steps: int = 60
     sft_lr: float = 3e-3
     mae: bool = False
     """TL-Training MAE in the SFT stage."""
@@ -66,7 +70,7 @@ class PipelineConfig:
     @classmethod
     def quick(cls, out: Path, seed: int = 0) -> "PipelineConfig":
         """A few steps per stage: checks the pipeline end to end in about two minutes."""
-        return cls(out=out, seed=seed, num=40, sft_steps=4, sample_records=6, dpo_steps=2, eval_records=4,
+        return cls(out=out, seed=seed, num=40, base_steps=2, sft_steps=3, sample_records=6, dpo_steps=2, eval_records=4,
                    max_new_tokens=24, batch_size=4, progress=False)
 
 
@@ -114,7 +118,7 @@ def build_base_model(cfg: PipelineConfig, train_file: Path) -> Path:
     from ttpa_jax.conversation import normalize_record
     from ttpa_jax.tiny import build_model_dir, render_chat
 
-    out = cfg.out / "base-model"
+    out = cfg.out / "init-model"
     if (out / "model.safetensors").is_file():
         return out
     texts = []
@@ -124,13 +128,16 @@ def build_base_model(cfg: PipelineConfig, train_file: Path) -> Path:
     return build_model_dir(out, texts, preset=cfg.preset, seed=cfg.seed, split_words=False)
 
 
-def sft_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
+def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = False) -> TrainConfig:
+    """Full fine-tuning; ``base=True``: the language-model stage (loss on every token, into base/)."""
+    steps = cfg.base_steps if base else cfg.sft_steps
     return TrainConfig(
-        objective="sft", model=str(model), data=str(data), out=str(cfg.out / "sft"), steps=cfg.sft_steps,
-        seed=cfg.seed, mae=cfg.mae, pkt_wmax=cfg.pkt_wmax, lora=LoraConfig(rank=0), save_every=max(cfg.sft_steps // 2, 1),
+        objective="sft", model=str(model), data=str(data), out=str(cfg.out / ("base" if base else "sft")),
+        steps=steps, seed=cfg.seed, mae=cfg.mae and not base, pkt_wmax=0.0 if base else cfg.pkt_wmax,
+        lora=LoraConfig(rank=0), save_every=max(steps // 2, 1),
         dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
-                           pad_multiple=cfg.max_length),
-        optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=max(cfg.sft_steps // 10, 1), weight_decay=0.01),
+                           pad_multiple=cfg.max_length, assistant_only=not base),
+        optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=max(steps // 10, 1), weight_decay=0.01),
         mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
 

@@ -33,6 +33,8 @@ class DataConfig:
     """Shuffle records (seeded by --seed, reshuffled every epoch)."""
     pad_multiple: int = 64
     """Batches are padded to the smallest power-of-two multiple of this that fits (fewer recompiles)."""
+    assistant_only: bool = True
+    """sft: loss on assistant tokens only; off, every token (language-model training, e.g. from scratch)."""
 
 
 @dataclasses.dataclass(frozen=True)

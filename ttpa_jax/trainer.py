@@ -125,8 +125,13 @@ def tokenizer_dir(cfg: TrainConfig) -> Path:
 
 
 def weight_fn_for(cfg: TrainConfig):
-    """TL-Training's loss weights (MAE, PKT) for SFT, or None for the plain assistant mask."""
-    if cfg.objective != "sft" or not (cfg.mae or cfg.pkt_wmax):
+    """SFT loss weights: every token (``--dataset.no-assistant-only``), TL-Training's MAE/PKT, or None
+    for the plain assistant mask. Returns (fn, options that enter the data fingerprint)."""
+    if cfg.objective != "sft":
+        return None, {}
+    if not cfg.dataset.assistant_only:
+        return (lambda r, record: np.ones(len(r.ids), np.float32)), {"assistant_only": False}
+    if not (cfg.mae or cfg.pkt_wmax):
         return None, {}
     from ttpa_jax.tl_weights import make_weight_fn
 
