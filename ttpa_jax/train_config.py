@@ -140,7 +140,7 @@ class TrainConfig:
     lora: LoraConfig = LoraConfig()
     dataset: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
-    dpo: DpoConfig = DpoConfig()
+    dpo: Annotated[DpoConfig, tyro.conf.OmitArgPrefixes] = DpoConfig()
     mesh: MeshConfig = MeshConfig()
     dist: DistConfig = DistConfig()
 
