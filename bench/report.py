@@ -34,7 +34,8 @@ def machine_line() -> str:
 
     dev = jax.devices()[0]
     acc = "" if dev.platform == "cpu" else f", {dev.device_kind}"
-    return (f"machine: {cpu_name()}, {cores()} cores{acc}, load average {os.getloadavg()[0]:.1f}; "
+    n = cores()
+    return (f"machine: {cpu_name()}, {n} core{'s' * (n != 1)}{acc}, load average {os.getloadavg()[0]:.1f}; "
             f"jax {jax.__version__}, torch {torch.__version__}")
 
 
