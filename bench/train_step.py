@@ -48,7 +48,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side (median reported)")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per side (median reported)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed steps per side (the first compares losses; ours compiles before)")
     ap.add_argument("--batch", type=int, default=2, help="preference pairs per DPO step (SFT: 2x this sequences)")
