@@ -60,8 +60,7 @@ def run_seed(base: PipelineConfig) -> dict[str, dict]:
 
     rev = dataclasses.replace(base, out=out / "reversed")
     train_file, test_file = P.construct_data(rev)
-    init = P.build_base_model(rev, train_file)
-    model = P.run_training(P.sft_config(rev, init, train_file, base=True), base.progress)
+    model = P.base_model(rev, train_file)
     sft = P.run_training(P.sft_config(rev, model, train_file), base.progress)
     results["SFT"] = cached("SFT", lambda: P.evaluate_model(base, sft, test_file, "SFT"))
 
@@ -77,8 +76,7 @@ def run_seed(base: PipelineConfig) -> dict[str, dict]:
 
     fwd = dataclasses.replace(base, out=out / "forward", mode="forward")
     fwd_train, _ = P.construct_data(fwd)
-    fwd_init = P.build_base_model(fwd, fwd_train)
-    fwd_model = P.run_training(P.sft_config(fwd, fwd_init, fwd_train, base=True), base.progress)
+    fwd_model = P.base_model(fwd, fwd_train)
     fwd_sft = P.run_training(P.sft_config(fwd, fwd_model, fwd_train), base.progress)
     fwd_pairs = P.sample_pairs(fwd, fwd_sft, fwd_train)
     fwd_dpo = P.run_training(P.dpo_config(fwd, fwd_sft, fwd_pairs), base.progress)

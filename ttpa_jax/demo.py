@@ -2,8 +2,7 @@
 
 Constructs tool-use data with the offline template generator (held-out test set on tools never seen
 in training), builds a tiny Llama 3 model from scratch (BPE tokenizer trained on the data, a chat
-template with tools, a short language-model stage on the training text that stands in for a
-pretrained LLM), SFTs it, samples token-level preference pairs (TPS) scored with ESM, trains
+template with tools, optionally a language-model stage on the training text), SFTs it, samples token-level preference pairs (TPS) scored with ESM, trains
 DPO with LoRA, evaluates the SFT and DPO models on the held-out set and prints the fine-grained
 table. Writes RUN_DIR/report.md and RUN_DIR/report.png. Rerunning continues an interrupted run.
 """
@@ -47,8 +46,7 @@ def run(cfg: PipelineConfig) -> dict:
         return out
 
     train_file, test_file = stage("construct", P.construct_data, cfg)
-    init = stage("tiny model", P.build_base_model, cfg, train_file)
-    base = stage("base (language model)", P.run_training, P.sft_config(cfg, init, train_file, base=True), cfg.progress)
+    base = stage("tiny model", P.base_model, cfg, train_file)
     sft_model = stage("sft", P.run_training, P.sft_config(cfg, base, train_file), cfg.progress)
     pairs = stage("sample (TPS + ESM)", P.sample_pairs, cfg, sft_model, train_file)
     dpo_model = stage("dpo", P.run_training, P.dpo_config(cfg, sft_model, pairs), cfg.progress)

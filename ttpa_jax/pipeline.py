@@ -7,8 +7,8 @@ Run directory layout::
     data/train.jsonl, data/train.test.jsonl   constructed SFT data (disjoint tools), compact schemas
     data/pairs.jsonl                          preference pairs sampled from the SFT model
     init-model/                               tokenizer + chat template + random tiny preset
-    base/, base-model/                        language-model training of it on the training text (all
-                                              tokens): the stand-in for a pretrained open LLM
+    base/, base-model/                        optional language-model training of it on the training text
+                                              (all tokens): a stand-in for a pretrained open LLM
     sft/, sft-model/                          SFT run and its merged export
     dpo/                                      DPO run (LoRA on sft-model)
     eval/<name>.json                          fine-grained metrics per system
@@ -43,9 +43,10 @@ class PipelineConfig:
     """Data construction: reversed (query written last) or forward (query first)."""
     preset: str = "tiny-llama3"
     """Architecture preset of the model trained from scratch."""
-    base_steps: int = 60
-    """Language-model steps on the training conversations (every token) before SFT."""
-    sft_steps: int = 60
+    base_steps: int = 0
+    """Language-model steps on the training conversations (every token) before SFT; 0 skips the stage
+    (within the demo's few CPU minutes, SFT steps teach the tiny model more)."""
+    sft_steps: int = 110
     sft_lr: float = 3e-3
     mae: bool = False
     """TL-Training MAE in the SFT stage."""
@@ -58,8 +59,10 @@ class PipelineConfig:
     epsilon: float = 0.2
     """TPS: branch where the top-1/top-2 probability gap is below this."""
     dpo_steps: int = 24
-    dpo_lr: float = 2e-3
+    dpo_lr: float = 1e-3
     beta: float = 0.1
+    sft_weight: float = 1.0
+    """DPO: weight of the SFT term on the chosen side (keeps the chosen calls' likelihood up)."""
     eval_records: int = 40
     """Held-out records evaluated (all their assistant turns)."""
     max_new_tokens: int = 96
@@ -149,8 +152,16 @@ def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
         dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
                            pad_multiple=cfg.max_length),
         optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(cfg.dpo_steps // 10, 1)),
-        dpo=DpoConfig(beta=cfg.beta), mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+        dpo=DpoConfig(beta=cfg.beta, sft_weight=cfg.sft_weight), mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
+
+
+def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
+    """The model SFT starts from: the random tiny model, after the language-model stage if enabled."""
+    init = build_base_model(cfg, train_file)
+    if cfg.base_steps <= 0:
+        return init
+    return run_training(sft_config(cfg, init, train_file, base=True), cfg.progress)
 
 
 def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
