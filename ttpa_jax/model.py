@@ -63,8 +63,11 @@ class Linear(nnx.Module):
         self.uid = uid  # distinguishes dropout streams
 
     def __call__(self, x, ctx: Ctx):
-        x = x.astype(self.dtype)
-        y = jnp.einsum("...i,oi->...o", x, self.weight[...].astype(self.dtype))
+        # Matmuls on [N, in] rows: with [B, T, in] inputs XLA on CPU transposes each adapted
+        # projection's output gradient before computing the adapter gradients.
+        lead = x.shape[:-1]
+        x = x.astype(self.dtype).reshape(-1, x.shape[-1])  # [N, in]
+        y = x @ self.weight[...].astype(self.dtype).T  # [N, out]
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if ctx.lora and self.lora_a is not None:
@@ -74,9 +77,9 @@ class Linear(nnx.Module):
                     jax.random.fold_in(ctx.dropout_key, self.uid), 1.0 - self.lora_dropout, x.shape
                 )
                 xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
-            h = jnp.einsum("...i,ri->...r", xa, self.lora_a[...].astype(self.dtype))
-            y = y + self.lora_scale * jnp.einsum("...r,or->...o", h, self.lora_b[...].astype(self.dtype))
-        return y
+            h = xa @ self.lora_a[...].astype(self.dtype).T  # [N, r]
+            y = y + self.lora_scale * (h @ self.lora_b[...].astype(self.dtype).T)
+        return y.reshape(*lead, -1)
 
 
 class RMSNorm(nnx.Module):
