@@ -26,7 +26,8 @@ def test_demo_quick_runs_every_stage(tmp_path):
         assert (out / run / "metrics.jsonl").read_text().strip()
         assert (out / f"{run}-model" / "model.safetensors").is_file()
     dpo = [json.loads(line) for line in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
-    assert abs(dpo[0]["loss"] - 0.6931) < 1e-3  # the policy starts equal to its reference
+    # The policy starts equal to its reference: ln 2 plus the SFT term on the chosen side.
+    assert abs(dpo[0]["loss"] - dpo[0]["nll_loss"] - 0.6931) < 1e-3 and abs(dpo[0]["rewards/margins"]) < 1e-4
     for system in ("sft", "dpo"):
         result = json.loads((out / "eval" / f"{system}.json").read_text())
         assert result["scored_tool_call_turns"] > 0
