@@ -183,6 +183,7 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path
     from ttpa_jax.sample import SampleConfig, format_summary, sample
 
     subset = cfg.out / "data" / "sample-prompts.jsonl"
+    subset.parent.mkdir(parents=True, exist_ok=True)
     subset.write_text("".join(line + "\n" for line in train_file.read_text().splitlines()[: cfg.sample_records]))
     out = cfg.out / "data" / "pairs.jsonl"
     if out.is_file():  # written whole by an earlier run (renamed into place when complete)
