@@ -7,10 +7,14 @@ bundled one (a user's tool that only shares a name is not run by code written fo
     >>> from ttpa_jax import toolbox
     >>> toolbox.execute("convert_temperature", {"value": 100, "from_scale": "celsius", "to_scale": "fahrenheit"})
     {'result': 212, 'scale': 'fahrenheit'}
+
+``mistake_for(tool)`` likewise gives a function that turns a call's arguments into a plausible wrong
+variant that fits the schema and that the tool refuses (``toolbox.mistakes``), with the refusal.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +24,7 @@ from ttpa_jax.toolbox import (calendar, finance, food, health, maps, math_units,
 from ttpa_jax.toolbox.registry import REGISTRY, Phrasing, ToolError, ToolSpec, run_spec, stable_rng
 
 __all__ = ["REGISTRY", "Phrasing", "ToolError", "ToolSpec", "domains", "execute", "executor_for",
-           "spec_for", "stable_rng"]
+           "MistakeMaker", "mistake_for", "spec_for", "stable_rng", "wrong_call"]
 
 
 def _bundled_by_name() -> dict[str, Tool]:
@@ -58,6 +62,35 @@ def executor_for(tool: Tool) -> Callable[[Any], dict[str, Any]] | None:
     if spec is None:
         return None
     return lambda arguments: run_tool(tool, spec, arguments)
+
+
+def wrong_call(tool: Tool, spec: ToolSpec, arguments: dict[str, Any],
+               rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(wrong arguments, the tool's error result)`` for one of the tool's mistakes that applies to
+    ``arguments`` (tried in an order drawn from ``rng``), or ``None`` when none does."""
+    mistakes = list(spec.mistakes)
+    rng.shuffle(mistakes)
+    for mistake in mistakes:
+        wrong = mistake.make(arguments, rng)
+        if wrong is None or wrong == arguments or argument_errors(tool, wrong):
+            continue
+        result = run_tool(tool, spec, wrong)
+        if "error" in result:
+            return wrong, result
+    return None
+
+
+# arguments, rng -> (wrong arguments, error result), or None when no mistake applies.
+MistakeMaker = Callable[[dict[str, Any], random.Random], "tuple[dict[str, Any], dict[str, Any]] | None"]
+
+
+def mistake_for(tool: Tool) -> MistakeMaker | None:
+    """``fn(arguments, rng) -> (wrong arguments, error result) | None`` for a tool with a bundled
+    executor and mistakes, else ``None``."""
+    spec = spec_for(tool)
+    if spec is None or not spec.mistakes:
+        return None
+    return lambda arguments, rng: wrong_call(tool, spec, arguments, rng)
 
 
 def execute(name: str, arguments: Any) -> dict[str, Any]:

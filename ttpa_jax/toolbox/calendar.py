@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import altered, misspelled_country, misspelled_mail, stale_date, unissued
 from ttpa_jax.toolbox.registry import ToolError, registrar
 
 tool = registrar("calendar")
@@ -22,6 +23,12 @@ def _event_id(rng) -> str:
     return vocab.code(rng, "EV", 5)
 
 
+def _twelve_hours_early(args, rng) -> str | None:
+    """An afternoon time written as its morning twin (18:30 -> 06:30)."""
+    time = args.get("latest_time")
+    return vocab.add_minutes(time, -12 * 60) if time and _minutes(time) >= 13 * 60 else None
+
+
 @tool("create_event", ask="add an event",
       params={"title": "called \"{}\"", "date": "on {}", "start_time": "at {}",
               "duration_minutes": "lasting {} minutes", "attendees": "with {}", "location": "in {}",
@@ -29,7 +36,8 @@ def _event_id(rng) -> str:
       label="the event \"{title}\"",
       values={"title": vocab.EVENT_TITLES, "duration_minutes": lambda rng: rng.choice([15, 30, 45, 60, 90]),
               "location": ["Room 4B", "the main office", "Cafe Lumen", "the community hall"],
-              "attendees": lambda rng: sorted({vocab.email(rng) for _ in range(rng.randint(1, 2))})})
+              "attendees": lambda rng: sorted({vocab.email(rng) for _ in range(rng.randint(1, 2))})},
+      mistakes=(stale_date("date", "date"), misspelled_mail("attendees")))
 def create_event(args, rng):
     duration = args.get("duration_minutes", 60)
     return {"event_id": _event_id(rng), "title": args["title"], "date": args["date"],
@@ -53,7 +61,8 @@ def list_events(args, rng):
       label="an open time on {date}",
       values={"duration_minutes": lambda rng: rng.choice([30, 45, 60, 90, 120]),
               "earliest_time": lambda rng: vocab.clock(rng, 7, 11),
-              "latest_time": lambda rng: vocab.clock(rng, 16, 21)})
+              "latest_time": lambda rng: vocab.clock(rng, 16, 21)},
+      mistakes=(altered("latest_time", _twelve_hours_early),))
 def find_free_slot(args, rng):
     lo = _minutes(args.get("earliest_time", "08:00"))
     hi = _minutes(args.get("latest_time", "18:00"))
@@ -70,7 +79,7 @@ def find_free_slot(args, rng):
       params={"event_id": "event {}",
               "notify_attendees": ("and let the guests know", "without telling the guests")},
       chained={"event_id": "that event"}, label="event {event_id}",
-      values={"event_id": _event_id})
+      values={"event_id": _event_id}, mistakes=(unissued("event_id", "event"),))
 def cancel_event(args, rng):
     notified = rng.randint(1, 6) if args.get("notify_attendees") else 0
     return {"event_id": args["event_id"], "status": "cancelled", "guests_notified": notified}
@@ -79,14 +88,16 @@ def cancel_event(args, rng):
 @tool("reschedule_event", ask="move",
       params={"event_id": "event {}", "new_date": "to {}", "new_start_time": "at {}"},
       chained={"event_id": "that event"}, label="event {event_id}",
-      values={"event_id": _event_id})
+      values={"event_id": _event_id},
+      mistakes=(unissued("event_id", "event"), stale_date("new_date", "new date")))
 def reschedule_event(args, rng):
     return {"event_id": args["event_id"], "date": args["new_date"], "start_time": args["new_start_time"],
             "status": "rescheduled", "conflicts": rng.choice([0, 0, 0, 1])}
 
 
 @tool("set_reminder", ask="remind me", params={"text": "to {}", "date": "on {}", "time": "at {}"},
-      label="the reminder", values={"text": vocab.REMINDER_TEXTS})
+      label="the reminder", values={"text": vocab.REMINDER_TEXTS},
+      mistakes=(stale_date("date", "reminder date"),))
 def set_reminder(args, rng):
     return {"reminder_id": vocab.code(rng, "RM", 6), "text": args["text"],
             "scheduled_for": f"{args['date']} {args['time']}", "status": "set"}
@@ -95,7 +106,8 @@ def set_reminder(args, rng):
 @tool("get_holidays", ask="list the public holidays",
       params={"country": "in {}", "year": "for {}", "month": "in month {}"},
       label="holidays in {country} in {year}",
-      values={"year": lambda rng: rng.randint(2024, 2027), "month": [1, 3, 5, 6, 9, 11, 12]})
+      values={"year": lambda rng: rng.randint(2024, 2027), "month": [1, 3, 5, 6, 9, 11, 12]},
+      mistakes=(misspelled_country("country"),))
 def get_holidays(args, rng):
     chosen = [h for h in vocab.HOLIDAYS if rng.random() < 0.75 or h[1] == 1]
     if "month" in args:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import as_fraction, misspell, same_as, unissued
 from ttpa_jax.toolbox.registry import ToolError, registrar, stable_rng
 
 tool = registrar("finance")
@@ -31,7 +32,8 @@ def _distinct_accounts(rng: random.Random) -> dict:
 
 
 @tool("get_stock_quote", ask="get the share price", params={"symbol": "of {}"},
-      label="{symbol} shares", values={"symbol": TICKERS})
+      label="{symbol} shares", values={"symbol": TICKERS},
+      mistakes=(misspell("symbol", TICKERS, "unknown symbol {!r}"),))
 def get_stock_quote(args, rng):
     price = vocab.money(rng.uniform(8, 900))
     return {"symbol": args["symbol"], "price": price, "currency": "USD",
@@ -42,7 +44,8 @@ def get_stock_quote(args, rng):
       params={"amount": "{}", "from_currency": "{}", "to_currency": "to {}"},
       label="{amount} {from_currency} in {to_currency}",
       values={"amount": lambda rng: rng.choice([rng.randint(5, 5000), vocab.money(rng.uniform(5, 900))])},
-      joint=lambda rng: _distinct_currencies(rng, "from_currency", "to_currency"))
+      joint=lambda rng: _distinct_currencies(rng, "from_currency", "to_currency"),
+      mistakes=(same_as("to_currency", "from_currency"),))
 def convert_currency(args, rng):
     if args["from_currency"] == args["to_currency"]:
         raise ToolError("source and target currency are the same")
@@ -55,8 +58,11 @@ def convert_currency(args, rng):
 @tool("get_exchange_rate", ask="get the exchange rate",
       params={"base_currency": "from {}", "quote_currency": "to {}", "date": "on {}"},
       label="the {base_currency} to {quote_currency} rate",
-      joint=lambda rng: _distinct_currencies(rng, "base_currency", "quote_currency"))
+      joint=lambda rng: _distinct_currencies(rng, "base_currency", "quote_currency"),
+      mistakes=(same_as("quote_currency", "base_currency"),))
 def get_exchange_rate(args, rng):
+    if args["base_currency"] == args["quote_currency"]:
+        raise ToolError("base and quote currency are the same")
     day = args.get("date", "latest")
     rate = _rate(args["base_currency"], args["quote_currency"], day)
     return {"base_currency": args["base_currency"], "quote_currency": args["quote_currency"],
@@ -70,7 +76,8 @@ def get_exchange_rate(args, rng):
       label="the loan of {principal}",
       values={"principal": lambda rng: rng.choice([5000, 12000, 25000, 180000, 320000]),
               "annual_rate": lambda rng: rng.choice([2.5, 3.9, 4.75, 6.2, 8.0]),
-              "term_months": lambda rng: rng.choice([12, 36, 60, 180, 360])})
+              "term_months": lambda rng: rng.choice([12, 36, 60, 180, 360])},
+      mistakes=(as_fraction("annual_rate", "annual rate"),))
 def calculate_loan_payment(args, rng):
     p, n = args["principal"], args["term_months"]
     r = args["annual_rate"] / 100 / 12
@@ -80,7 +87,8 @@ def calculate_loan_payment(args, rng):
 
 
 @tool("get_account_balance", ask="check the balance", params={"account_id": "of account {}"},
-      label="account {account_id}", values={"account_id": lambda rng: vocab.code(rng, "ACC", 6)})
+      label="account {account_id}", values={"account_id": lambda rng: vocab.code(rng, "ACC", 6)},
+      mistakes=(unissued("account_id", "account"),))
 def get_account_balance(args, rng):
     balance = vocab.money(rng.uniform(-200, 25000))
     return {"account_id": args["account_id"], "balance": balance, "currency": "USD",
@@ -92,7 +100,9 @@ def get_account_balance(args, rng):
               "memo": "with the note \"{}\""},
       label="the transfer of {amount} dollars",
       values={"amount": lambda rng: rng.choice([25, 60, 150, 480, 1200]), "memo": vocab.MEMOS},
-      joint=_distinct_accounts)
+      joint=_distinct_accounts,
+      mistakes=(unissued("from_account", "account"), unissued("to_account", "account"),
+                same_as("to_account", "from_account")))
 def transfer_funds(args, rng):
     if args["from_account"] == args["to_account"]:
         raise ToolError("cannot transfer to the same account")

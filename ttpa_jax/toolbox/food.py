@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import misspell, misspelled_city, stale_date, unissued
 from ttpa_jax.toolbox.registry import registrar, stable_rng
 
 tool = registrar("food")
@@ -33,7 +34,7 @@ def _items_phrase(items: list[dict]) -> str:
 @tool("search_restaurants", ask="find a restaurant",
       params={"city": "in {}", "cuisine": "serving {} food", "budget": "in price tier {}",
               "open_now": ("that is serving right now", "whether serving or not")},
-      label="restaurants in {city}")
+      label="restaurants in {city}", mistakes=(misspelled_city("city"),))
 def search_restaurants(args, rng):
     cuisine = args.get("cuisine", rng.choice(sorted(CUISINE_WORDS)))
     restaurants = sorted(({"restaurant_id": _restaurant_id(rng),
@@ -49,7 +50,8 @@ def search_restaurants(args, rng):
               "party_size": "for {} people", "note": "noting \"{}\""},
       chained={"restaurant_id": "at the top rated restaurant found"}, label="the table on {date}",
       values={"restaurant_id": _restaurant_id, "note": vocab.TABLE_NOTES,
-              "time": lambda rng: vocab.clock(rng, 12, 21), "party_size": lambda rng: rng.randint(1, 8)})
+              "time": lambda rng: vocab.clock(rng, 12, 21), "party_size": lambda rng: rng.randint(1, 8)},
+      mistakes=(unissued("restaurant_id", "restaurant"), stale_date("date", "date")))
 def book_table(args, rng):
     return {"reservation_id": vocab.code(rng, "RV", 6), "status": "confirmed",
             "table_number": rng.randint(1, 40), "time": args["time"],
@@ -57,7 +59,8 @@ def book_table(args, rng):
 
 
 @tool("get_recipe", ask="find a recipe", params={"dish": "for {}", "servings": "serving {}", "diet": "that is {}"},
-      label="the {dish} recipe", values={"dish": vocab.DISHES, "servings": lambda rng: rng.randint(1, 8)})
+      label="the {dish} recipe", values={"dish": vocab.DISHES, "servings": lambda rng: rng.randint(1, 8)},
+      mistakes=(misspell("dish", vocab.DISHES, "no recipe for {!r}"),))
 def get_recipe(args, rng):
     servings = args.get("servings", 4)
     return {"dish": args["dish"], "servings": servings, "prep_minutes": rng.choice([10, 15, 20, 30]),
@@ -67,7 +70,8 @@ def get_recipe(args, rng):
 
 
 @tool("get_nutrition_facts", ask="look up the nutrition", params={"food": "of {}", "grams": "for {} grams"},
-      label="{grams} g of {food}", values={"food": vocab.FOODS, "grams": lambda rng: rng.choice([50, 100, 150, 250])})
+      label="{grams} g of {food}", values={"food": vocab.FOODS, "grams": lambda rng: rng.choice([50, 100, 150, 250])},
+      mistakes=(misspell("food", vocab.FOODS, "unknown food {!r}"),))
 def get_nutrition_facts(args, rng):
     per100 = NUTRITION.get(args["food"].strip().lower())
     if per100 is None:  # unknown foods get stable made-up values
@@ -87,7 +91,8 @@ def get_nutrition_facts(args, rng):
       values={"restaurant_id": _restaurant_id, "address": vocab.address,
               "tip": lambda rng: rng.choice([2, 3, 5, 8]),
               "items": lambda rng: [{"name": dish, "quantity": rng.randint(1, 3)}
-                                    for dish in rng.sample(vocab.DISHES, rng.randint(1, 2))]})
+                                    for dish in rng.sample(vocab.DISHES, rng.randint(1, 2))]},
+      mistakes=(unissued("restaurant_id", "restaurant"),))
 def order_food_delivery(args, rng):
     subtotal = sum(item["quantity"] * stable_rng("menu", item["name"].lower()).uniform(7, 24)
                    for item in args["items"])
@@ -98,7 +103,8 @@ def order_food_delivery(args, rng):
 
 
 @tool("get_wine_pairing", ask="suggest a wine", params={"dish": "to go with {}", "max_price": "under {} dollars"},
-      label="a wine for {dish}", values={"dish": vocab.DISHES, "max_price": lambda rng: rng.choice([15, 25, 40, 60])})
+      label="a wine for {dish}", values={"dish": vocab.DISHES, "max_price": lambda rng: rng.choice([15, 25, 40, 60])},
+      mistakes=(misspell("dish", vocab.DISHES, "unknown dish {!r}"),))
 def get_wine_pairing(args, rng):
     wine, grape, region = rng.choice(WINES)
     cap = args.get("max_price", 60)

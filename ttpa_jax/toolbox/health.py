@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import misspelled_city, stale_date, unissued
 from ttpa_jax.toolbox.registry import registrar
 
 tool = registrar("health")
@@ -50,7 +51,7 @@ def get_step_count(args, rng):
 @tool("find_doctor", ask="look for a specialist",
       params={"specialty": "in {}", "city": "in {}",
               "accepts_new_patients": ("who takes on newcomers", "whether or not taking newcomers")},
-      label="{specialty} in {city}")
+      label="{specialty} in {city}", mistakes=(misspelled_city("city"),))
 def find_doctor(args, rng):
     doctors = sorted(({"doctor_id": vocab.code(rng, "DR", 4), "name": f"Dr. {vocab.person(rng)}",
                        "rating": round(rng.uniform(3.5, 5.0), 1), "next_available": vocab.day(rng)}
@@ -62,7 +63,8 @@ def find_doctor(args, rng):
       params={"doctor_id": "with doctor {}", "date": "on {}", "time": "at {}", "reason": "about {}"},
       chained={"doctor_id": "with the top rated doctor found"}, label="the appointment on {date}",
       values={"doctor_id": lambda rng: vocab.code(rng, "DR", 4), "reason": vocab.VISIT_REASONS,
-              "time": lambda rng: vocab.clock(rng, 8, 17)})
+              "time": lambda rng: vocab.clock(rng, 8, 17)},
+      mistakes=(unissued("doctor_id", "doctor"), stale_date("date", "date")))
 def book_appointment(args, rng):
     return {"appointment_id": vocab.code(rng, "AP", 6), "status": "booked", "date": args["date"],
             "time": args["time"], "room": f"{rng.randint(1, 4)}{rng.randint(1, 20):02d}"}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import misspelled_place, unissued
 from ttpa_jax.toolbox.registry import ToolError, registrar, stable_rng
 
 tool = registrar("maps")
 
 SPEED_KMH = {"car": 55.0, "foot": 4.8, "bike": 16.0, "transit": 32.0}
 CHAINED_SPOT = {"latitude": "near that spot", "longitude": "near that spot"}
+ROUTE_MISTAKES = (misspelled_place("origin"), misspelled_place("destination"))
 
 
 def _place(rng) -> str:
@@ -41,7 +43,7 @@ def _two_places(rng) -> dict:
 
 
 @tool("get_coordinates", ask="find the coordinates", params={"address": "of {}"}, label="{address}",
-      values={"address": _place})
+      values={"address": _place}, mistakes=(misspelled_place("address"),))
 def get_coordinates(args, rng):
     latitude, longitude = _point(args["address"])
     return {"address": args["address"], "latitude": latitude, "longitude": longitude}
@@ -50,7 +52,7 @@ def get_coordinates(args, rng):
 @tool("get_directions", ask="plan a route",
       params={"origin": "from {}", "destination": "to {}", "mode": "by {}",
               "avoid_tolls": ("with no toll roads", "with toll roads allowed")},
-      label="the route to {destination}", joint=_two_places)
+      label="the route to {destination}", joint=_two_places, mistakes=ROUTE_MISTAKES)
 def get_directions(args, rng):
     km = _road_km(args["origin"], args["destination"])
     mode = args.get("mode", "car")
@@ -76,7 +78,7 @@ def find_nearby_places(args, rng):
 
 @tool("get_place_details", ask="get the details", params={"place_id": "for place {}"},
       chained={"place_id": "for the closest place found"}, label="place {place_id}",
-      values={"place_id": lambda rng: vocab.code(rng, "PL", 6)})
+      values={"place_id": lambda rng: vocab.code(rng, "PL", 6)}, mistakes=(unissued("place_id", "place"),))
 def get_place_details(args, rng):
     return {"place_id": args["place_id"], "address": vocab.address(rng), "phone": vocab.phone(rng),
             "open_now": rng.random() < 0.7, "closes_at": vocab.clock(rng, 17, 23),
@@ -85,7 +87,7 @@ def get_place_details(args, rng):
 
 @tool("get_distance", ask="measure the distance",
       params={"origin": "from {}", "destination": "to {}", "unit": "in {}"},
-      label="the distance to {destination}", joint=_two_places)
+      label="the distance to {destination}", joint=_two_places, mistakes=ROUTE_MISTAKES)
 def get_distance(args, rng):
     km = _road_km(args["origin"], args["destination"])
     unit = args.get("unit", "km")

@@ -7,6 +7,7 @@ import math
 import operator
 import statistics
 
+from ttpa_jax.toolbox.mistakes import altered, as_fraction
 from ttpa_jax.toolbox.registry import ToolError, registrar
 
 tool = registrar("math_units")
@@ -29,6 +30,19 @@ def _tidy(x: float) -> float | int:
     return int(x) if x == int(x) and abs(x) < 1e15 else x
 
 
+# Operators as people sometimes type them, which arithmetic does not accept.
+OPERATOR_SLIPS = (("**", "^"), ("*", "x"), ("/", ":"))
+
+
+def _unit_of_another_quantity(args, rng) -> str:
+    return rng.choice(sorted(u for u, q in QUANTITY_OF.items() if q != QUANTITY_OF[args["from_unit"]]))
+
+
+def _operator_slip(args, rng) -> str | None:
+    text = args["expression"]
+    return next((text.replace(right, wrong, 1) for right, wrong in OPERATOR_SLIPS if right in text), None)
+
+
 def _compatible_units(rng) -> dict:
     table = UNITS[rng.choice(sorted(UNITS))]
     first, second = rng.sample(sorted(table), 2)
@@ -37,7 +51,8 @@ def _compatible_units(rng) -> dict:
 
 @tool("convert_units", ask="convert", params={"value": "{}", "from_unit": "{}", "to_unit": "to {}"},
       label="{value} {from_unit}", joint=_compatible_units,
-      values={"value": lambda rng: rng.choice([rng.randint(1, 500), round(rng.uniform(0.5, 100), 1)])})
+      values={"value": lambda rng: rng.choice([rng.randint(1, 500), round(rng.uniform(0.5, 100), 1)])},
+      mistakes=(altered("to_unit", _unit_of_another_quantity),))
 def convert_units(args, rng):
     src, dst = args["from_unit"], args["to_unit"]
     if QUANTITY_OF[src] != QUANTITY_OF[dst]:
@@ -79,7 +94,7 @@ def _expression(rng) -> str:
 
 
 @tool("evaluate_expression", ask="work out", params={"expression": "{}"}, label="{expression}",
-      values={"expression": _expression})
+      values={"expression": _expression}, mistakes=(altered("expression", _operator_slip),))
 def evaluate_expression(args, rng):
     try:
         tree = ast.parse(args["expression"], mode="eval")
@@ -120,6 +135,14 @@ def _from_kelvin(kelvin: float, scale: str) -> float:
     return {"celsius": kelvin - 273.15, "fahrenheit": (kelvin - 273.15) * 9 / 5 + 32, "kelvin": kelvin}[scale]
 
 
+def _kelvin_for_a_negative_value(args, rng) -> str | None:
+    return "kelvin" if args["value"] < 0 and args["from_scale"] != "kelvin" else None
+
+
+def _negative_kelvin(args, rng) -> float | None:
+    return -args["value"] if args["from_scale"] == "kelvin" and args["value"] > 0 else None
+
+
 def _two_scales(rng) -> dict:
     src, dst = rng.sample(["celsius", "fahrenheit", "kelvin"], 2)
     return {"value": rng.randint(200, 400) if src == "kelvin" else rng.randint(-20, 120),
@@ -129,7 +152,8 @@ def _two_scales(rng) -> dict:
 @tool("convert_temperature", ask="convert",
       params={"value": "{} degrees", "from_scale": "{}", "to_scale": "to {}"},
       label="{value} degrees {from_scale}",
-      joint=_two_scales)
+      joint=_two_scales,
+      mistakes=(altered("from_scale", _kelvin_for_a_negative_value), altered("value", _negative_kelvin)))
 def convert_temperature(args, rng):
     kelvin = _to_kelvin(args["value"], args["from_scale"])
     if kelvin < 0:
@@ -141,7 +165,8 @@ def convert_temperature(args, rng):
       params={"a": "{} times x squared", "b": "plus {} times x", "c": "plus {} equals zero"},
       label="the equation", values={"a": lambda rng: rng.choice([1, 2, 3, -1, -2]),
                                     "b": lambda rng: rng.randint(-12, 12),
-                                    "c": lambda rng: rng.randint(-20, 20)})
+                                    "c": lambda rng: rng.randint(-20, 20)},
+      mistakes=(altered("a", lambda a, rng: 0 if a["a"] != 0 else None),))
 def solve_quadratic(args, rng):
     a, b, c = args["a"], args["b"], args["c"]
     if a == 0:
@@ -160,7 +185,8 @@ def solve_quadratic(args, rng):
       params={"bill_amount": "on a bill of {}", "tip_percent": "at {} percent", "people": "split between {} people"},
       label="the bill of {bill_amount}",
       values={"bill_amount": lambda rng: round(rng.uniform(12, 300), 2),
-              "tip_percent": lambda rng: rng.choice([10, 12.5, 15, 18, 20])})
+              "tip_percent": lambda rng: rng.choice([10, 12.5, 15, 18, 20])},
+      mistakes=(as_fraction("tip_percent", "tip percent"),))
 def calculate_tip(args, rng):
     tip = args["bill_amount"] * args["tip_percent"] / 100
     total = args["bill_amount"] + tip

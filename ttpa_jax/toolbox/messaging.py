@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from ttpa_jax.toolbox import vocab
-from ttpa_jax.toolbox.registry import registrar
+from ttpa_jax.toolbox.mistakes import FIRST_WORD, misspell, misspelled_mail, stale_date, with_value
+from ttpa_jax.toolbox.registry import Mistake, ToolError, registrar
 
 tool = registrar("messaging")
 
@@ -18,11 +19,35 @@ def _message_id(rng) -> str:
     return "MSG-" + vocab.letters(rng, 8)
 
 
+# Digits of a full phone number (country code included) for the codes whose length is fixed.
+PHONE_DIGITS = {"1": 11, "44": 12}
+
+
+def _fixed_length(number: str) -> int | None:
+    return next((n for code, n in PHONE_DIGITS.items() if number[1:].startswith(code)), None)
+
+
+def _check_phone(args) -> None:
+    number = args["phone_number"]
+    if _fixed_length(number) not in (None, len(number) - 1):
+        raise ToolError(f"{number} is not a full phone number")
+
+
+def _drop_digit(args, rng):
+    """A phone number with one of the ten digits after its country code left out."""
+    number = args["phone_number"]
+    if _fixed_length(number) != len(number) - 1:
+        return None
+    i = rng.randrange(len(number) - 10, len(number))
+    return with_value(args, "phone_number", number[:i] + number[i + 1:])
+
+
 @tool("send_email", ask="email",
       params={"to": "{}", "subject": "with the subject \"{}\"", "body": "saying \"{}\"", "cc": "copying {}",
               "priority": "marked {} priority"},
       label="the email to {to}",
-      values={"to": _emails, "cc": _emails, "subject": vocab.EMAIL_SUBJECTS, "body": vocab.MESSAGE_TEXTS})
+      values={"to": _emails, "cc": _emails, "subject": vocab.EMAIL_SUBJECTS, "body": vocab.MESSAGE_TEXTS},
+      mistakes=(misspelled_mail("to"), misspelled_mail("cc")))
 def send_email(args, rng):
     recipients = len(args["to"]) + len(args.get("cc", []))
     return {"message_id": _message_id(rng), "status": "sent", "recipients": recipients,
@@ -31,14 +56,16 @@ def send_email(args, rng):
 
 @tool("send_sms", ask="text", params={"phone_number": "{}", "message": "saying \"{}\""},
       chained={"phone_number": "the first contact found"}, label="the text message",
-      values={"phone_number": vocab.phone, "message": vocab.MESSAGE_TEXTS})
+      values={"phone_number": vocab.phone, "message": vocab.MESSAGE_TEXTS},
+      mistakes=(Mistake(_drop_digit, _check_phone),))
 def send_sms(args, rng):
     return {"message_id": _message_id(rng), "status": rng.choice(["delivered", "sent"]),
             "segments": max(1, math.ceil(len(args["message"]) / 70))}
 
 
 @tool("search_contacts", ask="look up", params={"name": "the contact {}"}, label="contacts named {name}",
-      values={"name": lambda rng: rng.choice(vocab.FIRST_NAMES)})
+      values={"name": lambda rng: rng.choice(vocab.FIRST_NAMES)},
+      mistakes=(misspell("name", vocab.FIRST_NAMES, "no contact named {!r}", FIRST_WORD),))
 def search_contacts(args, rng):
     first = args["name"].split()[0].title() if args["name"].strip() else rng.choice(vocab.FIRST_NAMES)
     contacts = []
@@ -63,7 +90,8 @@ def read_inbox(args, rng):
 
 @tool("post_message", ask="post",
       params={"text": "\"{}\"", "channel": "in {}", "urgent": ("and alert everyone", "quietly")},
-      label="the post in {channel}", values={"text": vocab.MESSAGE_TEXTS, "channel": vocab.CHANNELS})
+      label="the post in {channel}", values={"text": vocab.MESSAGE_TEXTS, "channel": vocab.CHANNELS},
+      mistakes=(misspell("channel", vocab.CHANNELS, "no channel {!r}"),))
 def post_message(args, rng):
     return {"message_id": _message_id(rng), "channel": args["channel"],
             "timestamp": f"{vocab.day(rng)} {vocab.clock(rng)}",
@@ -74,7 +102,8 @@ def post_message(args, rng):
       params={"recipient": "to {}", "text": "saying \"{}\"", "send_at": "for {date} at {time}"},
       label="the note to {recipient}",
       values={"recipient": vocab.email, "text": vocab.MESSAGE_TEXTS,
-              "send_at": lambda rng: {"date": vocab.day(rng), "time": vocab.clock(rng)}})
+              "send_at": lambda rng: {"date": vocab.day(rng), "time": vocab.clock(rng)}},
+      mistakes=(stale_date("send_at.date", "send date"), misspelled_mail("recipient")))
 def schedule_message(args, rng):
     return {"scheduled_id": vocab.code(rng, "SCH", 6), "recipient": args["recipient"],
             "send_at": f"{args['send_at']['date']} {args['send_at']['time']}", "status": "scheduled"}

@@ -5,6 +5,10 @@ a hash of the tool name and the canonical JSON of the arguments, so the same cal
 same result. An executor raises ``ToolError`` for a call it refuses (same origin and destination, a
 division by zero, ...); the caller turns it into ``{"error": "..."}``.
 
+A tool may also carry ``Mistake``s: plausible wrong argument values that fit its schema but that it
+refuses (``ttpa_jax.toolbox.mistakes``), used to build error-recovery episodes. A mistake's rule is
+checked on every call, before the executor runs.
+
 Each tool also carries its ``Phrasing``: how the offline template generator words a request for it.
 """
 
@@ -47,6 +51,23 @@ class Phrasing:
     chained: Mapping[str, str] = field(default_factory=dict)
 
 
+def no_check(args: dict[str, Any]) -> None:
+    """A rule that refuses nothing (the executor itself refuses the mistaken value)."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A plausible wrong argument value and the rule by which the tool refuses it.
+
+    ``make(args, rng)`` gives a copy of valid arguments with one value made wrong, or ``None`` when the
+    mistake does not apply to them; ``check(args)`` raises ``ToolError`` for arguments the rule
+    refuses and is run on every call.
+    """
+
+    make: Callable[[dict[str, Any], random.Random], dict[str, Any] | None]
+    check: Callable[[dict[str, Any]], None] = no_check
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     """A registered tool: its executor, phrasing, and argument value sources for the generator."""
@@ -57,6 +78,7 @@ class ToolSpec:
     phrasing: Phrasing
     values: Mapping[str, ValueSource] = field(default_factory=dict)
     joint: Callable[[random.Random], dict[str, Any]] | None = None
+    mistakes: tuple[Mistake, ...] = ()
 
 
 REGISTRY: dict[str, ToolSpec] = {}
@@ -67,13 +89,13 @@ def registrar(domain: str):
 
     def tool(name: str, *, ask: str, params: Mapping[str, Phrase], label: str,
              chained: Mapping[str, str] | None = None, values: Mapping[str, ValueSource] | None = None,
-             joint: Callable[[random.Random], dict[str, Any]] | None = None):
+             joint: Callable[[random.Random], dict[str, Any]] | None = None, mistakes: tuple[Mistake, ...] = ()):
         def register(run: Executor) -> Executor:
             if name in REGISTRY:
                 raise ValueError(f"tool {name!r} registered twice")
             phrasing = Phrasing(ask=ask, params=dict(params), label=label, chained=dict(chained or {}))
             REGISTRY[name] = ToolSpec(name=name, domain=domain, run=run, phrasing=phrasing,
-                                      values=dict(values or {}), joint=joint)
+                                      values=dict(values or {}), joint=joint, mistakes=tuple(mistakes))
             return run
 
         return register
@@ -92,8 +114,11 @@ def stable_rng(name: str, args: Any) -> random.Random:
 
 
 def run_spec(spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
-    """Run an executor on arguments already validated; refusals become ``{"error": ...}``."""
+    """Run an executor on arguments already validated; refusals (by the executor or by the rule of
+    one of its mistakes) become ``{"error": ...}``."""
     try:
+        for mistake in spec.mistakes:
+            mistake.check(args)
         result = spec.run(args, stable_rng(spec.name, args))
     except ToolError as e:
         return {"error": str(e)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import misspell, unissued
 from ttpa_jax.toolbox.registry import registrar, stable_rng
 
 tool = registrar("shopping")
@@ -31,7 +32,8 @@ def _order_id(rng) -> str:
               "sort_by": "sorted by {}",
               "in_stock_only": ("showing only items on the shelf", "including sold-out items")},
       label="the search for {query}",
-      values={"query": vocab.PRODUCT_QUERIES, "max_price": lambda rng: rng.choice([20, 50, 100, 250])})
+      values={"query": vocab.PRODUCT_QUERIES, "max_price": lambda rng: rng.choice([20, 50, 100, 250])},
+      mistakes=(misspell("query", vocab.PRODUCT_QUERIES, "no products match {!r}"),))
 def search_products(args, rng):
     cap = args.get("max_price", 400)
     products = []
@@ -47,7 +49,7 @@ def search_products(args, rng):
 
 @tool("get_product_details", ask="show the details", params={"product_id": "of product {}"},
       chained={"product_id": "of the first product found"}, label="product {product_id}",
-      values={"product_id": _product_id})
+      values={"product_id": _product_id}, mistakes=(unissued("product_id", "product"),))
 def get_product_details(args, rng):
     entry = _product(args["product_id"])
     entry.update(stock=rng.randint(0, 250), warranty_months=rng.choice([0, 6, 12, 24]),
@@ -57,7 +59,8 @@ def get_product_details(args, rng):
 
 @tool("add_to_cart", ask="add", params={"quantity": "{} of", "product_id": "product {} to my basket"},
       chained={"product_id": "the first product found to my basket"}, label="your basket",
-      values={"product_id": _product_id, "quantity": lambda rng: rng.randint(1, 4)})
+      values={"product_id": _product_id, "quantity": lambda rng: rng.randint(1, 4)},
+      mistakes=(unissued("product_id", "product"),))
 def add_to_cart(args, rng):
     quantity = args.get("quantity", 1)
     line = vocab.money(_product(args["product_id"])["price"] * quantity)
@@ -67,7 +70,7 @@ def add_to_cart(args, rng):
 
 
 @tool("track_order", ask="find out where", params={"order_id": "order {} is"},
-      label="order {order_id}", values={"order_id": _order_id})
+      label="order {order_id}", values={"order_id": _order_id}, mistakes=(unissued("order_id", "order"),))
 def track_order(args, rng):
     status = rng.choice(["processing", "shipped", "in transit", "out for delivery", "delivered"])
     return {"order_id": args["order_id"], "status": status, "carrier": rng.choice(vocab.CARRIERS),
@@ -77,7 +80,8 @@ def track_order(args, rng):
 @tool("apply_coupon", ask="try", params={"coupon_code": "the code {}", "cart_total": "on a total of {} dollars"},
       chained={"cart_total": "on the basket total"}, label="code {coupon_code}",
       values={"coupon_code": vocab.COUPONS,
-              "cart_total": lambda rng: vocab.money(rng.uniform(15, 400))})
+              "cart_total": lambda rng: vocab.money(rng.uniform(15, 400))},
+      mistakes=(misspell("coupon_code", vocab.COUPONS, "unknown coupon code {!r}"),))
 def apply_coupon(args, rng):
     valid = rng.random() < 0.7
     percent = rng.choice([5, 10, 15, 20]) if valid else 0
@@ -89,7 +93,8 @@ def apply_coupon(args, rng):
 @tool("compare_prices", ask="see which shop is cheapest", params={"product_name": "for {}", "stores": "among {}"},
       label="the {product_name}",
       values={"product_name": vocab.PRODUCT_QUERIES,
-              "stores": lambda rng: sorted(rng.sample(vocab.STORES, rng.randint(2, 4)))})
+              "stores": lambda rng: sorted(rng.sample(vocab.STORES, rng.randint(2, 4)))},
+      mistakes=(misspell("product_name", vocab.PRODUCT_QUERIES, "no product matches {!r}"),))
 def compare_prices(args, rng):
     base = rng.uniform(10, 300)
     offers = sorted(({"store": s, "price": vocab.money(base * rng.uniform(0.85, 1.2))}
@@ -100,7 +105,8 @@ def compare_prices(args, rng):
 
 @tool("return_item", ask="start a return",
       params={"order_id": "for order {}", "reason": "because it is {}", "refund_method": "refunded as {}"},
-      label="the return of order {order_id}", values={"order_id": _order_id})
+      label="the return of order {order_id}", values={"order_id": _order_id},
+      mistakes=(unissued("order_id", "order"),))
 def return_item(args, rng):
     refund = vocab.money(rng.uniform(8, 300))
     if args["reason"] == "unwanted":

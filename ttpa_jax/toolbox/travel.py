@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import misspelled_city, misspelled_country, stale_date, unissued
 from ttpa_jax.toolbox.registry import ToolError, registrar
 
 tool = registrar("travel")
@@ -21,7 +22,9 @@ def _two_cities(rng: random.Random) -> dict:
       params={"origin": "from {}", "destination": "to {}", "departure_date": "on {}",
               "passengers": "for {} travellers", "cabin_class": "in {} class",
               "max_stops": "with at most {} stops"},
-      label="flights from {origin} to {destination}", joint=_two_cities)
+      label="flights from {origin} to {destination}", joint=_two_cities,
+      mistakes=(misspelled_city("origin"), misspelled_city("destination"),
+                stale_date("departure_date", "departure date")))
 def search_flights(args, rng):
     if args["origin"].strip().lower() == args["destination"].strip().lower():
         raise ToolError("origin and destination are the same city")
@@ -49,7 +52,8 @@ def search_flights(args, rng):
               "seat_preference": "with a {} seat", "checked_bags": "with {} bags in the hold"},
       chained={"flight_id": "on the cheapest flight found"},
       label="the booking for {passenger_name}",
-      values={"flight_id": lambda rng: vocab.code(rng, "FL", 4), "passenger_name": vocab.person})
+      values={"flight_id": lambda rng: vocab.code(rng, "FL", 4), "passenger_name": vocab.person},
+      mistakes=(unissued("flight_id", "flight"),))
 def book_flight(args, rng):
     row = rng.randint(3, 38)
     letter = {"window": "A", "aisle": "C", "middle": "B"}[args.get("seat_preference", rng.choice(
@@ -66,7 +70,8 @@ def book_flight(args, rng):
               "guests": "for {} guests", "max_price": "under {} dollars a night",
               "amenities": "with {}"},
       label="hotels in {city}",
-      values={"max_price": lambda rng: rng.choice([90, 120, 150, 200, 250, 300])})
+      values={"max_price": lambda rng: rng.choice([90, 120, 150, 200, 250, 300])},
+      mistakes=(misspelled_city("city"), stale_date("check_in_date", "check-in date")))
 def search_hotels(args, rng):
     cap = args.get("max_price", 400)
     hotels = []
@@ -86,7 +91,8 @@ def search_hotels(args, rng):
               "breakfast": ("with breakfast", "without breakfast")},
       chained={"hotel_id": "at the cheapest hotel found"},
       label="the reservation for {guest_name}",
-      values={"hotel_id": lambda rng: vocab.code(rng, "HT", 4), "guest_name": vocab.person})
+      values={"hotel_id": lambda rng: vocab.code(rng, "HT", 4), "guest_name": vocab.person},
+      mistakes=(unissued("hotel_id", "hotel"),))
 def book_hotel(args, rng):
     room = args.get("room_type", "double")
     rate = rng.uniform(60, 180) * {"single": 0.8, "double": 1.0, "suite": 2.1}[room]
@@ -101,7 +107,8 @@ def book_hotel(args, rng):
                                                               "date": "on {}"},
       label="flight {flight_number}",
       values={"flight_number": lambda rng: rng.choice(["LH", "AF", "BA", "KL", "SK", "TP", "AC"])
-              + str(rng.randint(100, 2999))})
+              + str(rng.randint(100, 2999))},
+      mistakes=(unissued("flight_number", "flight"),))
 def get_flight_status(args, rng):
     status = rng.choice(["scheduled", "boarding", "departed", "delayed", "landed"])
     delay = rng.choice([15, 25, 40, 70, 120]) if status == "delayed" else 0
@@ -113,7 +120,8 @@ def get_flight_status(args, rng):
 @tool("rent_car", ask="rent a car",
       params={"pickup_city": "in {}", "pickup_date": "from {}", "days": "for {} days",
               "car_type": "choosing a {} model", "driver_age": "for a driver aged {}"},
-      label="the car rental in {pickup_city}")
+      label="the car rental in {pickup_city}",
+      mistakes=(misspelled_city("pickup_city"), stale_date("pickup_date", "pickup date")))
 def rent_car(args, rng):
     car_type = args.get("car_type", "compact")
     daily = rng.uniform(28, 60) * {"compact": 1.0, "sedan": 1.3, "suv": 1.8, "van": 2.0}[car_type]
@@ -129,7 +137,7 @@ ADVISORY_LEVELS = {1: "exercise normal caution", 2: "exercise increased caution"
 
 
 @tool("get_travel_advisory", ask="check the travel safety level", params={"country": "for {}"},
-      label="travel safety in {country}")
+      label="travel safety in {country}", mistakes=(misspelled_country("country"),))
 def get_travel_advisory(args, rng):
     level = rng.choices([1, 2, 3, 4], weights=[6, 3, 1, 0.3])[0]
     return {"country": args["country"], "level": level, "advice": ADVISORY_LEVELS[level],

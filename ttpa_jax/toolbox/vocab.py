@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import random
 
+# The simulated today: drawn dates start here, and bookings before it are in the past.
+TODAY = dt.date(2025, 1, 1)
 CITIES = ["Lyon", "Oslo", "Lisbon", "Denver", "Osaka", "Nairobi", "Toronto", "Seville", "Krakow",
           "Austin", "Porto", "Dublin", "Kyoto", "Quito", "Perth", "Tallinn", "Boston", "Vienna",
           "Seoul", "Lima", "Cairo", "Helsinki", "Montreal", "Bergen"]
@@ -49,6 +51,7 @@ VISIT_REASONS = ["annual checkup", "knee pain", "skin rash", "follow-up visit", 
 TABLE_NOTES = ["window table please", "birthday dinner", "high chair needed", "quiet corner please"]
 MEMOS = ["rent share", "concert tickets", "birthday gift", "shared groceries", "loan repayment"]
 COUPONS = ["SPRING15", "SAVE10", "WELCOME5", "FALL2025", "FREESHIP", "VIP20"]
+MAIL_DOMAINS = ("example.com",)
 HOLIDAYS = [("New Year's Day", 1, 1), ("Spring Festival", 3, 21), ("Labour Day", 5, 1),
             ("Midsummer Day", 6, 24), ("Harvest Day", 9, 22), ("Remembrance Day", 11, 11),
             ("Winter Holiday", 12, 25)]
@@ -59,14 +62,14 @@ def person(rng: random.Random) -> str:
 
 
 def email(rng: random.Random) -> str:
-    return f"{rng.choice(FIRST_NAMES).lower()}.{rng.choice(LAST_NAMES).lower()}@example.com"
+    return f"{rng.choice(FIRST_NAMES).lower()}.{rng.choice(LAST_NAMES).lower()}@{MAIL_DOMAINS[0]}"
 
 
 def address(rng: random.Random) -> str:
     return f"{rng.randint(1, 99)} {rng.choice(STREETS)}, {rng.choice(CITIES)}"
 
 
-def day(rng: random.Random, start: dt.date = dt.date(2025, 1, 1), span: int = 540) -> str:
+def day(rng: random.Random, start: dt.date = TODAY, span: int = 540) -> str:
     return (start + dt.timedelta(days=rng.randrange(span))).isoformat()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from ttpa_jax.toolbox import vocab
+from ttpa_jax.toolbox.mistakes import misspell, misspelled_city
 from ttpa_jax.toolbox.registry import registrar
 
 tool = registrar("weather")
@@ -16,7 +17,8 @@ def _temperature(rng, units: str, lo: float = -5, hi: float = 33) -> float:
 
 
 @tool("get_current_weather", ask="check the current weather",
-      params={"city": "in {}", "units": "in {} units"}, label="the weather in {city} now")
+      params={"city": "in {}", "units": "in {} units"}, label="the weather in {city} now",
+      mistakes=(misspelled_city("city"),))
 def get_current_weather(args, rng):
     units = args.get("units", "metric")
     temperature = _temperature(rng, units)
@@ -28,7 +30,7 @@ def get_current_weather(args, rng):
 
 @tool("get_weather_forecast", ask="get the forecast",
       params={"city": "for {}", "days": "for the next {} days", "units": "in {} units"},
-      label="the forecast for {city}")
+      label="the forecast for {city}", mistakes=(misspelled_city("city"),))
 def get_weather_forecast(args, rng):
     units = args.get("units", "metric")
     start = dt.date.fromisoformat(vocab.day(rng))
@@ -47,7 +49,7 @@ AQI_CATEGORIES = [(50, "good"), (100, "moderate"), (150, "unhealthy for sensitiv
 
 
 @tool("get_air_quality", ask="check the air quality", params={"city": "in {}"},
-      label="the air in {city}")
+      label="the air in {city}", mistakes=(misspelled_city("city"),))
 def get_air_quality(args, rng):
     aqi = rng.randint(8, 190)
     category = next(name for top, name in AQI_CATEGORIES if aqi <= top)
@@ -67,7 +69,8 @@ def get_uv_index(args, rng):
 
 
 @tool("get_sunrise_sunset", ask="find the sunrise and sunset times",
-      params={"city": "for {}", "date": "on {}"}, label="sun times in {city} on {date}")
+      params={"city": "for {}", "date": "on {}"}, label="sun times in {city} on {date}",
+      mistakes=(misspelled_city("city"),))
 def get_sunrise_sunset(args, rng):
     month = dt.date.fromisoformat(args["date"]).month
     season = abs(6.5 - month) / 5.5  # 0 near midsummer, 1 near midwinter (northern hemisphere)
@@ -88,7 +91,8 @@ SEVERITIES = ["minor", "moderate", "severe"]
 
 @tool("get_weather_alerts", ask="list the weather warnings",
       params={"region": "for {}", "severity": "of {} level or worse"},
-      label="the warnings for {region}", values={"region": vocab.REGIONS})
+      label="the warnings for {region}", values={"region": vocab.REGIONS},
+      mistakes=(misspell("region", vocab.REGIONS, "unknown region {!r}"),))
 def get_weather_alerts(args, rng):
     allowed = SEVERITIES[SEVERITIES.index(args.get("severity", "minor")):]
     alerts = []
@@ -101,7 +105,8 @@ def get_weather_alerts(args, rng):
 
 @tool("get_historical_weather", ask="look up the past weather",
       params={"city": "in {}", "date": "on {}"}, label="the weather in {city} on {date}",
-      values={"date": lambda rng: vocab.day(rng, dt.date(2015, 1, 1), 3650)})
+      values={"date": lambda rng: vocab.day(rng, dt.date(2015, 1, 1), 3650)},
+      mistakes=(misspelled_city("city"),))
 def get_historical_weather(args, rng):
     high = _temperature(rng, "metric", -2, 34)
     return {"city": args["city"], "date": args["date"], "high": high,
