@@ -26,9 +26,10 @@ from ttpa_jax.generators import make_generator
 from ttpa_jax.generators.protocol import EndpointError, GenerationFailure, GenerationStats, Generator
 from ttpa_jax.jsonl import DataError
 from ttpa_jax.record_log import RecordLog
-from ttpa_jax.reversed import EpisodeSettings, new_episode, run_episode, to_record
+from ttpa_jax.generators.protocol import Episode
+from ttpa_jax.reversed import EpisodeSettings, add_recovery, new_episode, run_episode, to_record
 from ttpa_jax.tool_library import BUNDLED, Tool, fingerprint, load_library
-from ttpa_jax.toolbox import executor_for, spec_for
+from ttpa_jax.toolbox import MistakeMaker, executor_for, mistake_for, spec_for
 from ttpa_jax.validate import check_record
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Use the available tools when they help answer the user."
@@ -64,6 +65,12 @@ class ConstructConfig:
     """Most tool calls in one record (over all its user turns)."""
     follow_up: float = 0.25
     """Fraction of records with a follow-up user turn answered with further calls."""
+    error_recovery: float = 0.0
+    """Fraction of records with an error-recovery episode: one call is first made with a plausible
+    wrong argument value (a misspelled city, an id never issued, a past date, ...) that the tool
+    refuses, and its error result stays in the record (TL-Training's MAE masks that call); the next
+    call corrects it. Only training records (not the --split file), only calls of tools with a
+    bundled executor that has such a mistake."""
     min_candidates: int = 4
     """Fewest tools shown to the model per record (tools used plus distractors)."""
     max_candidates: int = 8
@@ -113,6 +120,7 @@ class ConstructSummary:
     requested: int = 0
     already_present: int = 0
     made: int = 0
+    recovered: int = 0
     given_up: int = 0
     attempts: int = 0
     rejected_instances: int = 0
@@ -132,7 +140,8 @@ class ConstructSummary:
         lines = [f"records: {self.made} made, {self.already_present} already present, "
                  f"{self.given_up} given up, of {self.requested} requested ({', '.join(self.outputs)})",
                  f"attempts: {self.attempts}; rejected: {self.rejected_instances}; "
-                 f"failed: {sum(self.failures.values())}"]
+                 f"failed: {sum(self.failures.values())}",
+                 f"error recovery: {self.recovered} of the records made have a failed call and its correction"]
         for kind, counts in (("rejected", self.rejected), ("failed", self.failures)):
             lines += [f"  {kind}, {reason}: {n} (e.g. {self.examples.get(reason, '')[:160]})"
                       for reason, n in sorted(counts.items())]
@@ -197,6 +206,8 @@ def check_config(cfg: ConstructConfig) -> None:
         problems.append("--split must be in [0, 1)")
     if not 0 <= cfg.follow_up <= 1:
         problems.append("--follow-up must be in [0, 1]")
+    if not 0 <= cfg.error_recovery <= 1:
+        problems.append("--error-recovery must be in [0, 1]")
     if cfg.concurrency < 1 or cfg.max_attempts < 1:
         problems.append("--concurrency and --max-attempts must be >= 1")
     if problems:
@@ -205,23 +216,46 @@ def check_config(cfg: ConstructConfig) -> None:
 
 def run_signature(cfg: ConstructConfig, gen: Generator, library: list[Tool]) -> dict[str, Any]:
     """The settings a record's content depends on, written into every record's ``meta``; a resumed
-    file must have been made with the same ones."""
-    return {**gen.describe(), "mode": cfg.mode, "seed": cfg.seed, "library": fingerprint(library),
-            "split_fraction": cfg.split, "min_calls": cfg.min_calls, "max_calls": cfg.max_calls,
-            "follow_up": cfg.follow_up, "min_candidates": cfg.min_candidates,
-            "max_candidates": cfg.max_candidates, "system_prompt": cfg.system_prompt}
+    file must have been made with the same ones. A setting in ``OMITTED_AT_DEFAULT`` is written only
+    when it differs from its default."""
+    signature = {**gen.describe(), "mode": cfg.mode, "seed": cfg.seed, "library": fingerprint(library),
+                 "split_fraction": cfg.split, "min_calls": cfg.min_calls, "max_calls": cfg.max_calls,
+                 "follow_up": cfg.follow_up, "min_candidates": cfg.min_candidates,
+                 "max_candidates": cfg.max_candidates, "system_prompt": cfg.system_prompt,
+                 "error_recovery": cfg.error_recovery}
+    return {k: v for k, v in signature.items() if k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k]}
 
 
 # Recorded in meta but free to change between a run and its continuation.
 NOT_COMPARED_ON_RESUME = {"base_url"}
+# Settings left out of meta at their default (records made before the setting existed stay valid).
+OMITTED_AT_DEFAULT: dict[str, Any] = {"error_recovery": 0.0}
+
+
+def _setting(meta: dict[str, Any], key: str) -> Any:
+    return meta.get(key, OMITTED_AT_DEFAULT.get(key))
 
 
 def _check_resumable(log: RecordLog, signature: dict[str, Any]) -> None:
     for old in list(log.records.values())[:1]:
-        diff = [k for k in signature if k not in NOT_COMPARED_ON_RESUME and old.get(k) != signature[k]]
+        keys = [*signature, *(k for k in OMITTED_AT_DEFAULT if k not in signature)]
+        diff = [k for k in keys if k not in NOT_COMPARED_ON_RESUME and _setting(old, k) != _setting(signature, k)]
         if diff:
             raise ConfigError(f"{log.path} holds records made with other settings ({', '.join(diff)}); "
                               "rerun with the same settings to continue it, or write to another --out")
+
+
+def draw_recovery(cfg: ConstructConfig, side: Side, index: int, attempt: int, ep: Episode,
+                  mistakes: dict[str, MistakeMaker | None]) -> bool:
+    """With probability ``cfg.error_recovery``, give a training record an error-recovery episode.
+
+    The draw has its own random stream, seeded like the episode's: the rest of the record is the same
+    as without it, and with a fraction of 0 nothing is drawn at all.
+    """
+    if cfg.error_recovery <= 0 or side.name != "train":
+        return False
+    rng = random.Random(f"{cfg.seed}|{side.name}|{index}|{attempt}|recovery")
+    return rng.random() < cfg.error_recovery and add_recovery(ep, rng, mistakes)
 
 
 async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature: dict[str, Any],
@@ -230,6 +264,7 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                                follow_up_rate=cfg.follow_up, min_candidates=cfg.min_candidates,
                                max_candidates=cfg.max_candidates)
     executors = {t.name: executor_for(t) for t in side.tools}
+    mistakes = {t.name: mistake_for(t) for t in side.tools}
     domain_of = domain_map(side.tools)
     with RecordLog(side.path) as log:
         _check_resumable(log, signature)
@@ -250,6 +285,7 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                     summary.failures[e.reason] += 1
                     summary.examples.setdefault(e.reason, e.detail)
                     continue
+                draw_recovery(cfg, side, index, attempt, ep, mistakes)
                 meta = {**signature, "split": side.name, "index": index, "attempt": attempt}
                 record = to_record(ep, ids[index], cfg.system_prompt, meta)
                 rejections = check_record(record, cfg.min_calls, cfg.max_calls)
@@ -261,6 +297,7 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                     continue
                 log.append(record)
                 summary.made += 1
+                summary.recovered += "failed_calls" in record["meta"]
                 bar.update(1)
                 return
             summary.given_up += 1

@@ -8,6 +8,10 @@ results; and only then (e) the user query that this answer solves. An instance m
 user turn: another round of (b)-(e) that sees the first.
 
 Forward construction, the ablation baseline, writes the query first and then (b)-(d).
+
+An error-recovery episode (``add_recovery``) adds, before one call of a built instance, the same
+call with a plausible wrong argument value and the tool's error result; the call that follows is
+its correction. Since the tool refuses it, the failed call changes nothing the generator wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from ttpa_jax.generators.protocol import CallStep, Episode, Generator, Mode, ToolCall, Turn
 from ttpa_jax.tool_library import Tool
+from ttpa_jax.toolbox import MistakeMaker
 
 Executor = Callable[[Any], dict[str, Any]]
 
@@ -99,23 +104,51 @@ async def run_episode(gen: Generator, ep: Episode, executors: dict[str, Executor
     return ep
 
 
+def add_recovery(ep: Episode, rng: random.Random, mistakes: dict[str, MistakeMaker | None]) -> bool:
+    """Give one call of the episode a failed attempt before it, if any call allows one.
+
+    The call is drawn from ``rng`` among the successful calls of tools that run an executor and have
+    a mistake (``mistakes``: tool name -> ``toolbox.mistake_for``); returns whether one was added.
+    """
+    steps = [s for s in ep.steps() if mistakes.get(s.call.name) and not s.played_by_generator
+             and "error" not in s.result and s.failed_attempt is None]
+    rng.shuffle(steps)
+    for step in steps:
+        made = mistakes[step.call.name](step.call.arguments, rng)
+        if made is not None:
+            wrong, error = made
+            step.failed_attempt = CallStep(call=ToolCall(name=step.call.name, arguments=wrong), result=error)
+            return True
+    return False
+
+
+def _call_messages(step: CallStep, call_id: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "id": call_id,
+                             "function": {"name": step.call.name, "arguments": step.call.arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "name": step.call.name,
+             "content": json.dumps(step.result, ensure_ascii=False)}]
+
+
 def to_record(ep: Episode, record_id: str, system_prompt: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The SFT record (docs/formats.md): messages, the candidate tools, id and meta."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     n = 0
+    failed: list[int] = []
     for turn in ep.turns:
         messages.append({"role": "user", "content": turn.query})
         for step in turn.steps:
-            call_id = f"call_{n}"
+            if step.failed_attempt is not None:
+                failed.append(n)
+                messages += _call_messages(step.failed_attempt, f"call_{n}")
+                n += 1
+            messages += _call_messages(step, f"call_{n}")
             n += 1
-            messages.append({"role": "assistant", "content": "",
-                             "tool_calls": [{"type": "function", "id": call_id,
-                                             "function": {"name": step.call.name, "arguments": step.call.arguments}}]})
-            messages.append({"role": "tool", "tool_call_id": call_id, "name": step.call.name,
-                             "content": json.dumps(step.result, ensure_ascii=False)})
         messages.append({"role": "assistant", "content": turn.answer})
     used = list(dict.fromkeys(step.call.name for step in ep.steps()))
     meta = {**meta, "scenario": ep.scenario, "turns": len(ep.turns), "num_calls": n, "tools_used": used,
             "distractors": [t.name for t in ep.candidates if t.name not in used],
             "played_by_generator": sorted({s.call.name for s in ep.steps() if s.played_by_generator})}
+    if failed:
+        meta["failed_calls"] = failed
     return {"id": record_id, "tools": [t.schema for t in ep.candidates], "messages": messages, "meta": meta}

@@ -16,6 +16,12 @@ Rules (docs/construction.md explains them with examples):
 - **Facts recoverable** (``unrecoverable_argument``): every string and number in a call's
   arguments appears in the user messages so far or in an earlier tool result of the record
   (booleans are exempt: a request implies them without spelling them).
+- **Failed calls corrected** (``invalid_recovery``): the calls that ``meta["failed_calls"]`` names
+  (indices over the record's calls, in order) each have an error result (a JSON object with an
+  ``"error"`` key), and the next call of the same turn calls the same tool with other arguments and
+  succeeds: an error-recovery episode. A failed call's wrong values (those its correction does not
+  repeat) need not be recoverable, its error result is no earlier result for later calls, and it
+  does not count toward the number of calls.
 - **Shape** (``malformed_record``, ``empty_text``, ``call_count``): user, assistant tool-call, tool
   and answer messages in order; non-empty queries and answers; the number of calls in bounds.
 
@@ -37,7 +43,7 @@ from ttpa_jax.tool_library import Tool, argument_errors, make_tool
 
 REASONS = ("malformed_record", "empty_text", "call_count", "unknown_tool", "invalid_call",
            "query_names_tool", "query_names_parameter", "answer_missing_values",
-           "unrecoverable_argument")
+           "unrecoverable_argument", "invalid_recovery")
 NUMBER_RE = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
 MAX_SALIENT_DEPTH = 3
 
@@ -162,9 +168,16 @@ def salient_items(result: Any, arguments: dict[str, Any] | None = None) -> list[
 
 @dataclass
 class ParsedStep:
+    """One call and its result; ``correction`` is set on a failed call (``meta["failed_calls"]``)."""
+
     name: str
     arguments: Any
     result: Any
+    correction: ParsedStep | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.correction is not None
 
 
 @dataclass
@@ -220,6 +233,43 @@ def parse_turns(messages: list[dict[str, Any]]) -> list[ParsedTurn]:
     return turns
 
 
+def is_error_result(result: Any) -> bool:
+    """A tool result that reports an error: a JSON object with an ``"error"`` key."""
+    return isinstance(result, dict) and "error" in result
+
+
+def _recovery_problem(calls: list[tuple[int, ParsedStep]], i: int) -> str | None:
+    """Why call ``i`` (with its turn number) is not a failed call followed by its correction."""
+    if not 0 <= i < len(calls) - 1:
+        return "there is no such call followed by another"
+    (turn, step), (next_turn, correction) = calls[i], calls[i + 1]
+    if not is_error_result(step.result):
+        return "its result is not an error"
+    if next_turn != turn or correction.name != step.name:
+        return f"the next call of its turn does not call {step.name} again"
+    if is_error_result(correction.result):
+        return "its correction fails too"
+    if correction.arguments == step.arguments:
+        return "its correction repeats its arguments"
+    return None
+
+
+def mark_failed_calls(turns: list[ParsedTurn], failed: Any) -> list[Rejection]:
+    """Link each call that ``failed`` (``meta["failed_calls"]``) names to its correction, the next
+    call; a rejection for each that is not a failed call followed by its correction."""
+    if not isinstance(failed, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in failed):
+        return [Rejection("invalid_recovery", "meta.failed_calls must be a list of call indices")]
+    calls = [(k, step) for k, turn in enumerate(turns) for step in turn.steps]
+    out = []
+    for i in sorted(set(failed)):
+        problem = _recovery_problem(calls, i)
+        if problem:
+            out.append(Rejection("invalid_recovery", f"call {i}: {problem}"))
+        else:
+            calls[i][1].correction = calls[i + 1][1]
+    return out
+
+
 # ---------------------------------------------------------------- the checks
 
 def check_record(record: dict[str, Any], min_calls: int = 1, max_calls: int | None = None) -> list[Rejection]:
@@ -230,8 +280,9 @@ def check_record(record: dict[str, Any], min_calls: int = 1, max_calls: int | No
     except DataError as e:
         return [Rejection("malformed_record", str(e))]
     by_name = {t.name: t for t in tools}
-    out: list[Rejection] = []
-    n_calls = sum(len(t.steps) for t in turns)
+    meta = record.get("meta")
+    out = mark_failed_calls(turns, meta.get("failed_calls", []) if isinstance(meta, dict) else [])
+    n_calls = sum(not step.failed for t in turns for step in t.steps)
     if n_calls < min_calls or (max_calls is not None and n_calls > max_calls):
         out.append(Rejection("call_count", f"{n_calls} calls, expected {min_calls}..{max_calls}"))
     user_text = ""
@@ -247,7 +298,8 @@ def check_record(record: dict[str, Any], min_calls: int = 1, max_calls: int | No
         user_text += "\n" + turn.query
         for step in turn.steps:
             out += _check_call(step, by_name, user_text, earlier_results)
-            earlier_results += "\n" + json.dumps(step.result, ensure_ascii=False)
+            if not step.failed:
+                earlier_results += "\n" + json.dumps(step.result, ensure_ascii=False)
         for step in turn.steps:
             salient = salient_items(step.result, step.arguments if isinstance(step.arguments, dict) else {})
             if salient and not any(mentions(turn.answer, v) for _, v in salient):
@@ -263,13 +315,22 @@ def _check_call(step: ParsedStep, by_name: dict[str, Tool], user_text: str, earl
     errors = argument_errors(tool, step.arguments)
     if errors:
         return [Rejection("invalid_call", f"{step.name}: {'; '.join(errors)}")]
+    wrong = _wrong_values(step)
     missing = [v for v in leaves(step.arguments)
-               if not isinstance(v, bool) and v is not None
+               if not isinstance(v, bool) and v is not None and json.dumps(v) not in wrong
                and not mentions(user_text, v) and not mentions(earlier, v)]
     if missing:
         return [Rejection("unrecoverable_argument",
                           f"{step.name}: {', '.join(map(repr, missing))} not in the query or earlier results")]
     return []
+
+
+def _wrong_values(step: ParsedStep) -> set[str]:
+    """JSON of a failed call's argument values that its correction does not repeat."""
+    if step.correction is None:
+        return set()
+    kept = {json.dumps(v) for v in leaves(step.correction.arguments)}
+    return {json.dumps(v) for v in leaves(step.arguments)} - kept
 
 
 # ---------------------------------------------------------------- command line

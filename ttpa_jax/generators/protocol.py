@@ -25,11 +25,17 @@ class ToolCall:
 
 @dataclass
 class CallStep:
-    """One call and its result, kept in memory and visible to every later step."""
+    """One call and its result, kept in memory and visible to every later step.
+
+    ``failed_attempt`` is an error-recovery episode's failed call: the same tool called just before
+    with one wrong argument value, and the tool's error result. The record shows it before this
+    call; the generator never sees it.
+    """
 
     call: ToolCall
     result: dict[str, Any]
     played_by_generator: bool = False
+    failed_attempt: CallStep | None = None
 
 
 @dataclass
