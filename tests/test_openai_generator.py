@@ -142,3 +142,24 @@ def test_reply_helpers():
     assert extract_json('```json\n{"a": 1}\n```') == {"a": 1}
     assert extract_json('{"a": [1, 2]}') == {"a": [1, 2]}
     assert public_url("https://user:pw@api.example.com:8443/v1?key=abc") == "https://api.example.com:8443/v1"
+
+
+def test_error_recovery_fails_calls_of_tools_with_executors_only(tmp_path, monkeypatch):
+    """The model plays estimate_paint; get_air_quality runs its executor, which refuses a misspelled city."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    tools = [t for t in USER_TOOLS if t["function"]["name"] in ("estimate_paint", "order_pizza")]
+    tools += [t.schema for t in bundled_tools() if t.name == "get_air_quality"]
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(tools))
+    with StubServer(slow_seconds=0.0) as server:
+        summary = construct(_config(tmp_path, path, server.base_url, num=4, error_recovery=1.0))
+    records = read_jsonl(tmp_path / "sft.jsonl")
+    assert summary.made == len(records) == summary.recovered == 4
+    for r in records:
+        assert check_record(r, 2, 3) == []
+        calls = [m for m in r["messages"] if m.get("tool_calls")]
+        [k] = r["meta"]["failed_calls"]
+        failed, correction = calls[k]["tool_calls"][0]["function"], calls[k + 1]["tool_calls"][0]["function"]
+        assert failed["name"] == correction["name"] == "get_air_quality"
+        assert failed["arguments"]["city"] != correction["arguments"]["city"]
+        assert "estimate_paint" in r["meta"]["played_by_generator"]

@@ -174,3 +174,55 @@ def test_sampled_strings_are_plain_text():
     for tool in TOOLS:
         for value in json.dumps(_sampled_args(tool, 7, 1.0)):
             assert value in allowed
+
+
+WITH_MISTAKES = [t for t in TOOLS if toolbox.REGISTRY[t.name].mistakes]
+
+
+def test_most_tools_have_a_mistake():
+    assert len(WITH_MISTAKES) >= 50
+    assert toolbox.mistake_for(next(t for t in TOOLS if t.name == "get_crypto_price")) is None
+
+
+@pytest.mark.parametrize("tool", WITH_MISTAKES, ids=lambda t: t.name)
+def test_a_mistake_fits_the_schema_and_the_tool_refuses_it(tool):
+    make = toolbox.mistake_for(tool)
+    applied = 0
+    for seed in range(12):
+        args = _sampled_args(tool, seed, optional_rate=seed % 2)
+        made = make(args, random.Random(seed))
+        if made is None:
+            continue
+        applied += 1
+        wrong, error = made
+        assert wrong != args and argument_errors(tool, wrong) == []
+        assert set(error) == {"error"} and isinstance(error["error"], str)
+        assert toolbox.execute(tool.name, json.loads(json.dumps(wrong))) == error  # same arguments, same refusal
+        assert make(args, random.Random(seed)) == made
+        assert "error" not in toolbox.execute(tool.name, args)
+    assert applied >= 1
+
+
+def test_mistake_rules():
+    from ttpa_jax.toolbox.mistakes import misspelled, one_edit_apart, typo
+
+    assert toolbox.execute("get_current_weather", {"city": "Lisvon"}) == {"error": "unknown city 'Lisvon'"}
+    assert "error" not in toolbox.execute("get_current_weather", {"city": "Paris"})  # unknown, not a misspelling
+    assert toolbox.execute("book_flight", {"flight_id": "FL-0821", "passenger_name": "Ana Silva"}) == \
+        {"error": "no flight FL-0821"}
+    assert "error" not in toolbox.execute("book_flight", {"flight_id": "FL-4821", "passenger_name": "Ana Silva"})
+    past = toolbox.execute("search_flights", {"origin": "Lyon", "destination": "Oslo", "departure_date": "2024-03-14"})
+    assert past == {"error": "departure date 2024-03-14 is in the past"}
+    assert "fraction" in toolbox.execute("calculate_loan_payment", {"principal": 5000, "annual_rate": 0.039,
+                                                                    "term_months": 12})["error"]
+    assert "error" not in toolbox.execute("calculate_loan_payment", {"principal": 5000, "annual_rate": 0,
+                                                                     "term_months": 12})
+    assert "error" in toolbox.execute("send_sms", {"phone_number": "+1604876759", "message": "hi"})
+    assert "error" not in toolbox.execute("send_sms", {"phone_number": "+33612345678", "message": "hi"})
+    assert "error" in toolbox.execute("get_exchange_rate", {"base_currency": "EUR", "quote_currency": "EUR"})
+    assert one_edit_apart("lisbon", "lisvon") and one_edit_apart("lisbon", "lisbn") and one_edit_apart("oslo", "osslo")
+    assert not one_edit_apart("oslo", "oslo") and not one_edit_apart("oslo", "olso")
+    assert misspelled("LISVON", ["Lisbon"]) and not misspelled("lisbon", ["Lisbon"])
+    word = typo("Lisbon", random.Random(0))
+    assert word != "Lisbon" and word[0] + word[-1] == "Ln" and one_edit_apart(word.lower(), "lisbon")
+    assert typo("ab", random.Random(0)) is None

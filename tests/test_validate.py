@@ -128,3 +128,44 @@ def test_validate_cli_reports_rejections_by_reason(tmp_path, capsys):
     path.write_text(json.dumps(clean) + "\n")
     assert main([str(path)]) == 0
     assert main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+PAST_ARGS = {**FLIGHT_ARGS, "departure_date": "2024-03-14"}  # refused: a date in the past
+FLIGHT_QUERY = "Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?"
+
+
+def _failed_first(calls, failed_calls, query=FLIGHT_QUERY, answer=None):
+    record = _record(query, calls, answer, tools=("search_flights", "get_current_weather", "get_historical_weather"))
+    record["meta"] = {"failed_calls": failed_calls}
+    return record
+
+
+def test_a_failed_call_followed_by_its_correction_passes_when_meta_names_it():
+    calls = [("search_flights", PAST_ARGS), ("search_flights", FLIGHT_ARGS)]
+    record = _failed_first(calls, [0])
+    assert json.loads(record["messages"][2]["content"]) == {"error": "departure date 2024-03-14 is in the past"}
+    assert check_record(record, min_calls=1, max_calls=1) == []  # the failed call is not counted
+    # Without the claim, the wrong date is a value the query does not state, as before.
+    del record["meta"]
+    assert _reasons(record) == {"unrecoverable_argument"}
+
+
+def test_a_claimed_failed_call_must_fail_and_be_corrected_by_the_next_call():
+    good = [("search_flights", PAST_ARGS), ("search_flights", FLIGHT_ARGS)]
+    for failed in ([1], [0, 1], [5], "0", [True]):
+        assert "invalid_recovery" in _reasons(_failed_first(good, failed)), failed
+    other_tool = [("search_flights", PAST_ARGS), ("get_current_weather", {"city": "Lyon"})]
+    assert "invalid_recovery" in _reasons(_failed_first(other_tool, [0], FLIGHT_QUERY + " Also the weather in Lyon."))
+    fails_again = [("search_flights", PAST_ARGS), ("search_flights", PAST_ARGS)]
+    assert "invalid_recovery" in _reasons(_failed_first(fails_again, [0], answer="No flights found."))
+    succeeded = [("search_flights", FLIGHT_ARGS), ("search_flights", {**FLIGHT_ARGS, "passengers": 3})]
+    assert "invalid_recovery" in _reasons(_failed_first(succeeded, [0], FLIGHT_QUERY + " Or 3 travellers."))
+
+
+def test_a_failed_calls_error_result_is_no_source_of_values():
+    calls = [("search_flights", PAST_ARGS), ("search_flights", FLIGHT_ARGS),
+             ("get_historical_weather", {"city": "Lyon", "date": "2024-03-14"})]
+    hidden = _failed_first(calls, [0], FLIGHT_QUERY + " And what was the weather in Lyon back then?")
+    assert _reasons(hidden) == {"unrecoverable_argument"}
+    stated = _failed_first(calls, [0], FLIGHT_QUERY + " And what was the weather in Lyon on 2024-03-14?")
+    assert check_record(stated) == []
