@@ -122,3 +122,20 @@ def test_pair_records_from_scored_candidates():
     assert first["meta"]["chosen_score"] == 1.0 and first["meta"]["rejected_score"] < 1.0
     assert second["rejected"][0] == {"role": "assistant", "content": "no call here"}  # raw text kept
     assert second["meta"]["rejected_errors"]["format"] == 1 and second["meta"]["shared_prefix_tokens"] == 0
+
+
+def test_a_call_answered_by_an_error_is_not_sampled(tiny, tmp_path):
+    from tool_records import _call
+
+    from ttpa_jax.sample import read_prompts
+
+    model_dir, _ = tiny
+    user, call, result, answer = RECORDS[0]["messages"]
+    failed = {"role": "assistant", "content": "", "tool_calls": [_call("call_9", "get_weather", {"city": "Lyom"})]}
+    error = {"role": "tool", "tool_call_id": "call_9", "name": "get_weather", "content": "{\"error\": \"unknown city\"}"}
+    recovered = {"id": "r4", "tools": TOOLS, "messages": [user, failed, error, call, result, answer]}
+    data = write_jsonl(tmp_path / "sft.jsonl", [*RECORDS, recovered])
+    n_records, prompts = read_prompts(data, load_tokenizer(model_dir), 12, 4096)
+    assert n_records == 4 and len(prompts) == N_TOOL_TURNS + 1
+    [prompt] = [p for p in prompts if p.record_id == "r4"]
+    assert prompt.turn == 3 and prompt.gold == [{"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}}]

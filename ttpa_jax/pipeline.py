@@ -41,6 +41,9 @@ class PipelineConfig:
     """Records to construct (a fifth held out, on tools never seen in training)."""
     mode: Literal["reversed", "forward"] = "reversed"
     """Data construction: reversed (query written last) or forward (query first)."""
+    error_recovery: float = 0.15
+    """Data construction: fraction of training records with an error-recovery episode (a call first
+    made with a wrong value that the tool refuses, then corrected; what MAE masks)."""
     preset: str = "tiny-llama3"
     """Architecture preset of the model trained from scratch."""
     base_steps: int = 0
@@ -100,7 +103,8 @@ def construct_data(cfg: PipelineConfig) -> tuple[Path, Path]:
     raw = cfg.out / "data" / "constructed.jsonl"
     summary = construct(ConstructConfig(
         out=raw, num=cfg.num, seed=cfg.seed, mode=cfg.mode, split=0.2, min_calls=1, max_calls=3,
-        min_candidates=2, max_candidates=3, follow_up=0.1, system_prompt="", progress=cfg.progress,
+        min_candidates=2, max_candidates=3, follow_up=0.1, error_recovery=cfg.error_recovery, system_prompt="",
+        progress=cfg.progress,
     ))
     say(f"construct: {summary.made + summary.already_present} records ({cfg.mode}), "
         f"{summary.rejected_instances} rejected and redrawn")

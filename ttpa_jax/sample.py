@@ -31,6 +31,7 @@ from ttpa_jax.jsonl import DataError, iter_jsonl, where, write_jsonl
 from ttpa_jax.pairs import select_pairs
 from ttpa_jax.prompts import check_length, encode_chat, eos_token_ids, load_tokenizer
 from ttpa_jax.sampling import Sampling
+from ttpa_jax.tl_weights import mae_masked_messages
 from ttpa_jax.toolcalls import calls_from_message, message_from_calls, message_from_text, render
 from ttpa_jax.tps import TPSConfig, tps
 
@@ -103,14 +104,17 @@ class Prompt:
 
 
 def read_prompts(path: Path, tokenizer, max_new_tokens: int, max_positions: int) -> tuple[int, list[Prompt]]:
-    """(records read, one Prompt per assistant tool-call turn); errors name file:line."""
+    """(records read, one Prompt per assistant tool-call turn); errors name file:line. A call whose
+    tool feedback is an error (an error-recovery episode's failed call, which MAE masks) is no gold
+    call to prefer: its turn is left out."""
     n_records, prompts = 0, []
     for lineno, obj in iter_jsonl(path):
         src = where(path, lineno)
         rec = normalize_record(obj, src)
         n_records += 1
+        failed = mae_masked_messages(rec["messages"])
         for t in iter_turns(rec):
-            if t.kind != "tool_call":
+            if t.kind != "tool_call" or t.index in failed:
                 continue
             ids = encode_chat(tokenizer, t.prompt, rec["tools"])
             check_length(len(ids), max_new_tokens, max_positions, f"{src} (turn {t.index})")
