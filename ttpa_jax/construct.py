@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttpa_jax.generators import make_generator
-from ttpa_jax.generators.protocol import EndpointError, GenerationFailure, GenerationStats, Generator
+from ttpa_jax.generators.protocol import EndpointError, Episode, GenerationFailure, GenerationStats, Generator
 from ttpa_jax.jsonl import DataError
 from ttpa_jax.record_log import RecordLog
-from ttpa_jax.generators.protocol import Episode
 from ttpa_jax.reversed import EpisodeSettings, add_recovery, new_episode, run_episode, to_record
 from ttpa_jax.tool_library import BUNDLED, Tool, fingerprint, load_library
 from ttpa_jax.toolbox import MistakeMaker, executor_for, mistake_for, spec_for
