@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from ttpa_jax.construct import ConfigError, ConstructConfig, construct
-from ttpa_jax.conversation import normalize_record
+from ttpa_jax.conversation import mae_masked_messages, normalize_record
 from ttpa_jax.jsonl import read_jsonl
-from ttpa_jax.tl_weights import mae_masked_messages
 from ttpa_jax.validate import check_record
 
 REPO = Path(__file__).resolve().parent.parent

@@ -145,6 +145,35 @@ def test_format_table_side_by_side():
     assert "Return-value parsing" not in table and "| Format validity | 100.0% |" in table
 
 
+RECOVERY = {
+    "id": "r4",
+    "tools": [WEATHER],
+    "messages": [
+        {"role": "user", "content": "Weather in Lyon?"},
+        {"role": "assistant", "content": "", "tool_calls": tool_calls({"name": "get_weather", "arguments": {"city": "Lyn"}})},
+        {"role": "tool", "tool_call_id": "c0", "content": json.dumps({"error": "unknown city: Lyn"})},
+        {"role": "assistant", "content": "", "tool_calls": tool_calls(LYON)},
+        {"role": "tool", "tool_call_id": "c0", "content": json.dumps({"temp_c": 14})},
+        {"role": "assistant", "content": "14 °C in Lyon."},
+    ],
+}
+
+
+def test_failed_calls_are_not_scored(tmp_path):
+    items = evaluate.items_from_records([normalize_record(RECOVERY, "test:4")])
+    assert [(i.turn, i.kind) for i in items] == [(3, "tool_call"), (5, "answer")]
+    assert items[0].gold_calls == [LYON] and items[0].prompt[2]["content"] == json.dumps({"error": "unknown city: Lyn"})
+    data, preds = tmp_path / "data.jsonl", tmp_path / "preds.jsonl"
+    write_jsonl(data, [*RECORDS, RECOVERY])
+    write_jsonl(preds, [*PREDICTIONS, {"id": "r4", "turn": 3, "prediction": render([LYON], "qwen")},
+                        {"id": "r4", "turn": 5, "prediction": "It is 14 degrees."}])
+    proc = run_cli("--data", data, "--predictions", preds, "--out", tmp_path / "m.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 failed tool calls (answered by an error) not scored" in proc.stderr
+    result = json.loads((tmp_path / "m.json").read_text())["model"]
+    assert result["turns"] == {"tool_call": 3, "answer": 2, "text": 1} and result["missing_predictions"] == 0
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "ttpa_jax.evaluate", *map(str, args)], capture_output=True, text=True)
 

@@ -211,3 +211,29 @@ def iter_turns(record: dict[str, Any]) -> Iterator[Turn]:
         elif role == "assistant":
             kind = "tool_call" if msg.get("tool_calls") else "answer" if results else "text"
             yield Turn(i, messages[:i], msg, kind, list(results))
+
+
+def is_error_feedback(content: str) -> bool:
+    """A tool message reports an error: a JSON object with a top-level ``"error"`` key, or text
+    starting with ``error``."""
+    text = (content or "").strip()
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text.lower().startswith("error")
+    return isinstance(obj, dict) and "error" in obj
+
+
+def mae_masked_messages(messages: list[dict[str, Any]]) -> set[int]:
+    """Indices of assistant tool-call messages whose tool responses include an error: failed calls,
+    which MAE leaves unweighted, sampling leaves out and evaluation does not score."""
+    masked = set()
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant" or not msg.get("tool_calls"):
+            continue
+        j = i + 1
+        while j < len(messages) and messages[j]["role"] == "tool":
+            if is_error_feedback(messages[j].get("content", "")):
+                masked.add(i)
+            j += 1
+    return masked

@@ -15,7 +15,9 @@ return_value_accuracy    answer turns whose answer mentions every tool-result va
 no_call_accuracy         text turns (no tool needed) answered without a tool call
 errors                   ESM error counts per type over tool_call turns
 
-Turns without a prediction are counted in ``missing_predictions`` and left out of the rates.
+Turns without a prediction are counted in ``missing_predictions`` and left out of the rates. A
+tool call answered by an error (an error-recovery episode's failed call) is no gold call: it is not
+scored, and ``--data`` runs report how many were left out.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttpa_jax import esm
-from ttpa_jax.conversation import iter_turns, normalize_record
+from ttpa_jax.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.jsonl import DataError, iter_jsonl, where
 from ttpa_jax.return_values import check_answer
 from ttpa_jax.toolcalls import Format, calls_from_message, parse, parse_value
@@ -63,12 +65,15 @@ class EvalItem:
 
 
 def items_from_records(records: Sequence[Mapping[str, Any]]) -> list[EvalItem]:
-    """Every assistant turn of normalised SFT records. A record without ``id`` is keyed by its
-    1-based position in ``records``."""
+    """Every assistant turn of normalised SFT records but failed calls (tool feedback is an error).
+    A record without ``id`` is keyed by its 1-based position in ``records``."""
     items = []
     for pos, record in enumerate(records, start=1):
         rid = str(record.get("id", pos))
+        failed = mae_masked_messages(record["messages"])
         for t in iter_turns(record):
+            if t.index in failed:
+                continue
             items.append(
                 EvalItem(rid, t.index, t.kind, t.prompt, record["tools"], calls_from_message(t.message),
                          t.message.get("content") or "", t.tool_results)
@@ -274,7 +279,11 @@ def run(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
 
         items = bfcl.load_items([c.strip() for c in cfg.bfcl.split(",") if c.strip()])
     else:
-        items = items_from_records(read_records(cfg.data))
+        records = read_records(cfg.data)
+        items = items_from_records(records)
+        failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
+        if failed:
+            print(f"{cfg.data}: {failed} failed tool calls (answered by an error) not scored", file=sys.stderr)
     if cfg.predictions is not None:
         preds = read_predictions(cfg.predictions, items)
     else:

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttpa_jax import esm
-from ttpa_jax.conversation import iter_turns, normalize_record
+from ttpa_jax.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.detokenize import finish, stop_token_sequences
 from ttpa_jax.jsonl import DataError, iter_jsonl, where, write_jsonl
 from ttpa_jax.pairs import select_pairs
 from ttpa_jax.prompts import check_length, encode_chat, eos_token_ids, load_tokenizer
 from ttpa_jax.sampling import Sampling
-from ttpa_jax.tl_weights import mae_masked_messages
 from ttpa_jax.toolcalls import calls_from_message, message_from_calls, message_from_text, render
 from ttpa_jax.tps import TPSConfig, tps
 

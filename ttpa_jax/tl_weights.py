@@ -11,34 +11,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
+from ttpa_jax.conversation import mae_masked_messages
 from ttpa_jax.render import Rendered
-
-
-def is_error_feedback(content: str) -> bool:
-    text = (content or "").strip()
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return text.lower().startswith("error")
-    return isinstance(obj, dict) and "error" in obj
-
-
-def mae_masked_messages(messages: list[dict]) -> set[int]:
-    """Indices of assistant tool-call messages whose tool responses include an error."""
-    masked = set()
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant" or not msg.get("tool_calls"):
-            continue
-        j = i + 1
-        while j < len(messages) and messages[j]["role"] == "tool":
-            if is_error_feedback(messages[j].get("content", "")):
-                masked.add(i)
-            j += 1
-    return masked
 
 
 def divergence_offsets(name: str, others: list[str]) -> set[int]:
