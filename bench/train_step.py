@@ -62,6 +62,8 @@ def parse_args():
                     help="compute dtype and dtype of the frozen base (adapters stay float32)")
     ap.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: measured fp32 matmul)")
     ap.add_argument("--threads", type=int, help="cores for both sides (default: all this process may use)")
+    ap.add_argument("--logits-chunk", type=int, default=0,
+                    help="our LM head over this many positions at a time (as train --logits-chunk; 0: whole sequence)")
     ap.add_argument("--skip-sft", action="store_true", help="time the DPO step only")
     return ap.parse_args()
 
@@ -154,7 +156,7 @@ def main() -> None:
     if not args.skip_sft:
         runs.append(("SFT", f"{n_seq} sequences", False, sides.sft_batch(rng, n_seq, args.seq_len, cfg["vocab_size"])))
     for name, what, dpo, batch in runs:
-        compile_s = ours.compile(batch, dpo)
+        compile_s = ours.compile(batch, dpo, args.logits_chunk)
         (loss_a, gn_a), (loss_b, gn_b) = ours.step(), ref.step(batch, dpo)  # first step from equal weights
         t_ours, t_ref = report.median_times([ours.step, lambda: ref.step(batch, dpo)], args.steps,
                                             warmup=max(args.warmup - 1, 0))
@@ -166,6 +168,8 @@ def main() -> None:
         report.rate("transformers + peft", tokens, t_ref)
         report.ratio("ratio (ours / transformers)", t_ref / t_ours)
         report.value("ours: compile", compile_s, "s")
+        report.value("ours: step temporaries", ours.temp_bytes() / 2**20, "MiB",
+                     f"--logits-chunk {args.logits_chunk}" if args.logits_chunk else "whole-sequence LM head")
         report.value("model FLOPs per step", flops / 1e9, "GFLOP", f"matmuls {mm / 1e9:.1f}, attention {att / 1e9:.1f}")
         report.value("ours: MFU", 100 * flops / t_ours / peak, "%", f"of {peak / 1e9:.0f} GFLOP/s peak, {peak_note}")
         report.value("transformers + peft: MFU", 100 * flops / t_ref / peak, "%")

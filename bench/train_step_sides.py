@@ -70,9 +70,9 @@ class Ours:
         return {".".join(map(str, p[:-1])): np.asarray(v[...]) for p, v in nnx.to_flat_state(self.initial)
                 if p[-1] == "lora_a"}
 
-    def compile(self, batch: dict, dpo: bool) -> float:
+    def compile(self, batch: dict, dpo: bool, logits_chunk: int = 0) -> float:
         """Fresh adapters and optimizer state, then lower + compile the step; returns seconds."""
-        from ttpa_jax.objectives import SFT, make_dpo
+        from ttpa_jax.objectives import make_dpo, make_sft
         from ttpa_jax.optim import make_optimizer
         from ttpa_jax.train_config import OptimConfig
         from ttpa_jax.trainer import make_train_step
@@ -81,7 +81,7 @@ class Ours:
         self.trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), self.initial)  # steps donate it
         self.opt_state = self.placement.optimizer_state(tx, self.trainable)
         self.batch = self.placement.batch(batch)
-        objective = make_dpo(BETA, "sigmoid") if dpo else SFT
+        objective = make_dpo(BETA, "sigmoid", logits_chunk=logits_chunk) if dpo else make_sft(logits_chunk)
         out_shardings = (self.placement.shardings(self.trainable), jax.tree.map(lambda x: x.sharding, self.opt_state),
                          self.placement.replicated)
         step = make_train_step(self.graphdef, objective, tx, 1, True, out_shardings)
@@ -89,6 +89,10 @@ class Ours:
         with jax.set_mesh(self.placement.mesh):
             self.compiled = step.lower(self.trainable, self.frozen, None, self.opt_state, self.batch, self.key).compile()
         return time.perf_counter() - t
+
+    def temp_bytes(self) -> int:
+        """XLA's temporary buffers of the compiled step."""
+        return self.compiled.memory_analysis().temp_size_in_bytes
 
     def step(self) -> tuple[float, float]:
         with jax.set_mesh(self.placement.mesh):

@@ -18,7 +18,7 @@ import ttpa_jax
 from ttpa_jax.example_proto import decode_example
 from ttpa_jax.export import load_run
 from ttpa_jax.lora import LoraConfig
-from ttpa_jax.model import Ctx
+from ttpa_jax.model import Ctx, token_scores
 from ttpa_jax.objectives import make_dpo
 from ttpa_jax.recordio import open_source
 from ttpa_jax.train_config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
@@ -77,25 +77,26 @@ def numpy_dpo(pol_logits, ref_logits, batch, beta, loss_type, ls, sft_weight):
             losses = np.maximum(0, 1 - beta * h)
     sft = -pc.sum() / cnt[:n].sum()
     chosen_r, rejected_r = beta * (pc - rc), beta * (pr - rr)
-    mask_c = np.concatenate([batch["chosen_weights"]]) > 0
-    mask_r = np.concatenate([batch["rejected_weights"]]) > 0
+    # TRL's logits metric: the mean of the logits that predict completion tokens (position t - 1 for token t)
+    prev_c, prev_r = pol_logits[:n, :-1], pol_logits[n:, :-1]
+    mask_c, mask_r = batch["chosen_weights"][:, 1:] > 0, batch["rejected_weights"][:, 1:] > 0
     return {
         "loss": losses.mean() + sft_weight * sft,
         "rewards/chosen": chosen_r.mean(), "rewards/rejected": rejected_r.mean(),
         "rewards/accuracies": (chosen_r > rejected_r).mean(), "rewards/margins": (chosen_r - rejected_r).mean(),
         "logps/chosen": pc.mean(), "logps/rejected": pr.mean(),
-        "logits/chosen": pol_logits[:n][mask_c].mean(), "logits/rejected": pol_logits[n:][mask_r].mean(),
+        "logits/chosen": prev_c[mask_c].mean(), "logits/rejected": prev_r[mask_r].mean(),
     }
 
 
 class FixedLogits:
-    """A stand-in model returning given logits, so the objective is tested on known numbers."""
+    """A stand-in model with given logits, so the objective is tested on known numbers."""
 
     def __init__(self, logits):
         self.logits = jnp.asarray(logits)
 
-    def __call__(self, ids, mask, ctx=Ctx()):
-        return self.logits
+    def token_logps(self, ids, mask, ctx=Ctx(), chunk=0):
+        return token_scores(self.logits, ids)
 
 
 @pytest.mark.parametrize("loss_type,ls,sft_weight", [

@@ -27,15 +27,17 @@ ARGUMENT_TOLERANCE = 0.01
 TEMP_FACTOR = 1.5
 
 
-@pytest.mark.parametrize("preset, mesh, objective, lora_rank, batch, seq_len", [
-    ("tiny-qwen2", (1, 8, 1), "sft", 8, 8, 128),   # FSDP over all 8 devices, LoRA
-    ("tiny-qwen2", (2, 2, 2), "dpo", 8, 4, 128),   # data x fsdp x tensor, DPO with the adapters-off reference
-    ("tiny-llama3", (2, 2, 2), "sft", 0, 8, 64),   # full fine-tuning
+@pytest.mark.parametrize("preset, mesh, objective, lora_rank, batch, seq_len, chunk", [
+    ("tiny-qwen2", (1, 8, 1), "sft", 8, 8, 128, 0),     # FSDP over all 8 devices, LoRA
+    ("tiny-qwen2", (2, 2, 2), "dpo", 8, 4, 128, 0),     # data x fsdp x tensor, DPO with the adapters-off reference
+    ("tiny-llama3", (2, 2, 2), "sft", 0, 8, 64, 0),     # full fine-tuning
+    ("tiny-llama3", (1, 1, 1), "dpo", 8, 4, 256, 32),   # vocabulary-sized buffers for 32 positions at a time
 ])
-def test_plan_matches_compiled_step(preset, mesh, objective, lora_rank, batch, seq_len):
-    mem = compiled_memory(preset, mesh, objective=objective, lora_rank=lora_rank, batch_size=batch, seq_len=seq_len)
+def test_plan_matches_compiled_step(preset, mesh, objective, lora_rank, batch, seq_len, chunk):
+    mem = compiled_memory(preset, mesh, objective=objective, lora_rank=lora_rank, batch_size=batch, seq_len=seq_len,
+                          logits_chunk=chunk)
     p = plan(preset, mesh=MeshConfig(*mesh), objective=objective, lora=LoraConfig(rank=lora_rank),
-             batch_size=batch, seq_len=seq_len, dtype="float32")
+             batch_size=batch, seq_len=seq_len, dtype="float32", logits_chunk=chunk)
     d = p["per_device"]
     assert abs(mem.argument_size_in_bytes - d["arguments"]) <= ARGUMENT_TOLERANCE * d["arguments"], (
         mem.argument_size_in_bytes, d)

@@ -227,14 +227,38 @@ class Transformer(nnx.Module):
             new_cache.append(c)
         return self.norm(x), (None if cache is None else new_cache)
 
+    def head_weight(self):
+        """The output projection ``[V, D]`` in the compute dtype (the token embedding when tied)."""
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return w[...].astype(self.dtype)
+
     def logits(self, h, ctx: Ctx = Ctx()):
         """h [B, T, D] -> float32 logits [B, T, V]."""
-        if self.lm_head is None:
-            w = self.embed_tokens.weight[...].astype(self.dtype)
-            logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
-        else:
-            logits = self.lm_head(h, ctx).astype(jnp.float32)
-        return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
+        return project_to_vocab(h, self.head_weight())
+
+    def token_logps(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx(), chunk: int = 0):
+        """Per-token scores, float32 ``[B, T]`` each: ``logp[:, t] = log p(ids[:, t] | ids[:, :t])`` and
+        ``vocab_mean[:, t]``, the mean over the vocabulary of the logits that predict ``ids[:, t]``. Both
+        are 0 at t = 0, which nothing predicts.
+
+        ``chunk > 0`` runs the LM head and the log-softmax over ``chunk`` positions at a time and
+        recomputes them in the backward pass: no ``[B, T, V]`` buffer exists, for the price of one
+        more LM-head matmul.
+        """
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        h, _ = self.hidden_states(input_ids, positions_from_mask(attention_mask), attention_mask, ctx=ctx)
+        w = self.head_weight()
+        B, T, D = h.shape
+        if chunk <= 0 or chunk >= T:
+            return token_scores(project_to_vocab(h, w), input_ids)
+        n = -(-T // chunk)
+        pad = n * chunk - T
+        h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)  # [n, B, C, D]
+        nxt = jnp.pad(_next_ids(input_ids), ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)  # [n, B, C]
+        one = jax.checkpoint(lambda hc, ic: next_token_scores(project_to_vocab(hc, w), ic))
+        scores = jax.lax.map(lambda xs: one(*xs), (h_chunks, nxt))  # ([n, B, C], [n, B, C])
+        return tuple(_shift_right(a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]) for a in scores)
 
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
         if attention_mask is None:
@@ -242,6 +266,36 @@ class Transformer(nnx.Module):
         positions = positions_from_mask(attention_mask)
         h, _ = self.hidden_states(input_ids, positions, attention_mask, ctx=ctx)
         return self.logits(h, ctx)
+
+
+def project_to_vocab(h, w):
+    """h [B, T, D] (or [B, D]) and the head w [V, D] -> float32 logits [B, T, V] (or [B, V])."""
+    logits = jnp.einsum("...d,vd->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
+
+
+def next_token_scores(logits, nxt):
+    """logits [B, T, V] float32 and the ids they predict nxt [B, T] -> (log-probs of nxt [B, T], the
+    logits' mean over the vocabulary [B, T], a metric that carries no gradient). Reductions over the
+    whole array: no shifted copy of the logits."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0]
+    return picked - lse, jax.lax.stop_gradient(logits.mean(-1))
+
+
+def token_scores(logits, ids):
+    """The model's logits [B, T, V] for ids [B, T] -> ``Transformer.token_logps``'s (logp, vocab_mean)."""
+    return tuple(_shift_right(a) for a in next_token_scores(logits, _next_ids(ids)))
+
+
+def _next_ids(ids):
+    """[B, T]: the token each position predicts (the last column, which predicts nothing, wraps)."""
+    return jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
+
+
+def _shift_right(a):
+    """[B, T] scores of the tokens at t + 1 -> scores of the tokens at t (column 0 gets 0)."""
+    return jnp.pad(a[:, :-1], ((0, 0), (1, 0)))
 
 
 def positions_from_mask(attention_mask):

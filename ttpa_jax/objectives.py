@@ -9,6 +9,9 @@ full-batch result:
   full-batch loss, and additive metric sums;
 - ``finalize(sums) -> metrics``: metric means from the sums of all micro-batches.
 
+The policy and the reference are models with ``token_logps`` (``model.Transformer``); ``logits_chunk``
+runs their LM head over that many positions at a time (see ``Transformer.token_logps``).
+
 Shapes: B sequences or pairs, L padded length, V vocabulary.
 """
 
@@ -21,19 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from ttpa_jax.model import Ctx
-
-
-def token_logps(logits, ids):
-    """log p(ids[:, t] | ids[:, :t]) as [B, L] float32; position 0 (nothing predicts it) is 0.
-
-    logits [B, L, V] float32 are the model outputs at every position. Both reductions run over the
-    whole array and the last position is dropped from their [B, L] results: a ``logits[:, :-1]``
-    slice would be one more logits-sized buffer in a training step.
-    """
-    nxt = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)  # [B, L]: the token each position predicts
-    lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
-    picked = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0]  # [B, L]
-    return jnp.pad((picked - lse)[:, :-1], ((0, 0), (1, 0)))  # last column (nothing to predict) dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +40,24 @@ def _sft_normalizers(batch):
     return {"weight": jnp.maximum(batch["weights"].sum(), 1e-6)}
 
 
-def _sft_loss(model, reference, batch, ctx: Ctx, norms):
-    logits = model(batch["input_ids"], batch["attention_mask"], ctx=ctx)
-    lp = token_logps(logits, batch["input_ids"])
-    w = batch["weights"]
-    nll = -(lp * w).sum()
-    sums = {"nll": nll, "weight": w.sum(), "loss_tokens": (w > 0).sum().astype(jnp.float32)}
-    return nll / norms["weight"], sums
-
-
 def _sft_finalize(s):
     return {"loss": s["nll"] / jnp.maximum(s["weight"], 1e-6), "loss_tokens": s["loss_tokens"]}
 
 
-SFT = Objective("sft", _sft_normalizers, _sft_loss, _sft_finalize)
+def make_sft(logits_chunk: int = 0) -> Objective:
+    """Weighted token cross-entropy: sum(w * nll) / sum(w) over the whole batch."""
+
+    def loss(model, reference, batch, ctx: Ctx, norms):
+        lp, _ = model.token_logps(batch["input_ids"], batch["attention_mask"], ctx=ctx, chunk=logits_chunk)
+        w = batch["weights"]
+        nll = -(lp * w).sum()
+        sums = {"nll": nll, "weight": w.sum(), "loss_tokens": (w > 0).sum().astype(jnp.float32)}
+        return nll / norms["weight"], sums
+
+    return Objective("sft", _sft_normalizers, loss, _sft_finalize)
+
+
+SFT = make_sft()
 
 
 # --------------------------------------------------------------------------- DPO
@@ -83,13 +77,6 @@ def dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta
     raise ValueError(f"unknown DPO loss_type {loss_type!r} (sigmoid, ipo, hinge)")
 
 
-def sequence_logps(logits, ids, weights):
-    """Masked sums over completion tokens: (log-prob sum [B], logits sum [B], token count [B])."""
-    lp = token_logps(logits, ids)
-    logit_sum = jnp.einsum("blv,bl->b", logits, (weights > 0).astype(logits.dtype))
-    return (lp * weights).sum(-1), logit_sum, weights.sum(-1)
-
-
 def _concat(batch):
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
@@ -97,16 +84,18 @@ def _concat(batch):
     return ids, mask, weights
 
 
-def reference_logps(reference, batch):
-    """Reference sequence log-probs (chosen [B], rejected [B]) from one concatenated forward pass."""
+def reference_logps(reference, batch, logits_chunk: int = 0):
+    """Reference sequence log-probs (chosen [B], rejected [B]) from one concatenated forward pass of
+    ``reference`` with adapters off."""
     ids, mask, weights = _concat(batch)
-    lp = token_logps(reference(ids, mask), ids)
+    lp, _ = reference.token_logps(ids, mask, ctx=Ctx(lora=False), chunk=logits_chunk)
     ref = jax.lax.stop_gradient((lp * weights).sum(-1))
     n = batch["chosen_ids"].shape[0]
     return ref[:n], ref[n:]
 
 
-def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> Objective:
+def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weight: float = 0.0,
+             logits_chunk: int = 0) -> Objective:
     def normalizers(batch):
         return {"pairs": jnp.asarray(batch["chosen_ids"].shape[0], jnp.float32),
                 "chosen_tokens": jnp.maximum(batch["chosen_weights"].sum(), 1e-6)}
@@ -114,12 +103,13 @@ def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weig
     def loss(model, reference, batch, ctx, norms):
         n = batch["chosen_ids"].shape[0]
         ids, mask, weights = _concat(batch)
-        logits = model(ids, mask, ctx=ctx)  # [2B, L, V]: chosen then rejected, one pass
-        logps, logit_sums, counts = sequence_logps(logits, ids, weights)
+        lp, vocab_mean = model.token_logps(ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]: chosen, then rejected
+        logps, counts = (lp * weights).sum(-1), weights.sum(-1)
+        logit_sums = (vocab_mean * (weights > 0)).sum(-1)  # TRL's logits metric: the logits predicting completion tokens
         if "ref_chosen_logp" in batch:
             ref_c, ref_r = batch["ref_chosen_logp"], batch["ref_rejected_logp"]
         else:
-            ref_c, ref_r = reference_logps(reference, batch)
+            ref_c, ref_r = reference_logps(reference, batch, logits_chunk)
         pol_c, pol_r = logps[:n], logps[n:]
         if loss_type == "ipo":  # IPO compares per-token averages
             cnt_c, cnt_r = jnp.maximum(counts[:n], 1), jnp.maximum(counts[n:], 1)
@@ -134,14 +124,13 @@ def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weig
             total = total + sft_weight * nll / norms["chosen_tokens"]
         r_c = beta * (pol_c - ref_c)
         r_r = beta * (pol_r - ref_r)
-        vocab = logits.shape[-1]
         sums = {
             "dpo_loss": losses.sum(), "pairs": jnp.asarray(n, jnp.float32), "nll": nll,
             "chosen_tokens": counts[:n].sum(), "rejected_tokens": counts[n:].sum(),
             "rewards/chosen": r_c.sum(), "rewards/rejected": r_r.sum(),
             "rewards/accuracies": (r_c > r_r).astype(jnp.float32).sum(), "rewards/margins": (r_c - r_r).sum(),
             "logps/chosen": pol_c.sum(), "logps/rejected": pol_r.sum(),
-            "logits/chosen": logit_sums[:n].sum() / vocab, "logits/rejected": logit_sums[n:].sum() / vocab,
+            "logits/chosen": logit_sums[:n].sum(), "logits/rejected": logit_sums[n:].sum(),
         }
         return total, sums
 

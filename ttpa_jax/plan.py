@@ -47,6 +47,8 @@ class PlanArgs:
     """Compute dtype (as train --dtype); the frozen base is stored in it under LoRA."""
     remat: bool = False
     """Recompute each layer's activations in the backward pass (as train --remat)."""
+    logits_chunk: int = 0
+    """LM-head positions at a time (as train --logits-chunk; 0: the whole sequence)."""
     grad_accum: int = 1
     """Micro-batches per step (as train --optim.grad-accum): activations are for one micro-batch."""
     precompute_ref: bool = False
@@ -103,7 +105,8 @@ def plan_for(args: PlanArgs) -> dict:
     seqs = args.batch_size // batch_shards // args.grad_accum * (2 if dpo else 1)
     c = 4 if args.dtype == "float32" else 2
     act = activation_bytes(cfg, seqs, args.seq_len, c, TensorSplit.for_mesh(cfg, mesh), remat=args.remat,
-                           lora_rank=args.lora.rank, lora_targets=args.lora.targets, lora_dropout=args.lora.dropout)
+                           lora_rank=args.lora.rank, lora_targets=args.lora.targets, lora_dropout=args.lora.dropout,
+                           logits_chunk=args.logits_chunk)
 
     g_layers, g_other = (a + b for a, b in zip(gathered_bytes(frozen, mesh, args.dtype),
                                                 gathered_bytes(trainable, mesh, args.dtype)))
@@ -129,7 +132,8 @@ def plan_for(args: PlanArgs) -> dict:
         "model": args.model, "model_type": cfg.model_type, "layers": cfg.num_hidden_layers,
         "params": count(trainable) + count(frozen), "trainable_params": count(trainable),
         "objective": args.objective, "batch_size": args.batch_size, "seq_len": args.seq_len,
-        "dtype": args.dtype, "remat": args.remat, "grad_accum": args.grad_accum, "lora_rank": args.lora.rank,
+        "dtype": args.dtype, "remat": args.remat, "logits_chunk": args.logits_chunk,
+        "grad_accum": args.grad_accum, "lora_rank": args.lora.rank,
         "devices": math.prod(shape), "mesh": dict(zip(("data", "fsdp", "tensor"), shape)),
         "sequences_per_device": seqs, "per_device": per_device,
         "activation_parts": act["per_layer"],
@@ -170,7 +174,8 @@ def format_plan(p: dict) -> str:
         ("batch", d["batch"]),
         (f"activations ({'remat' if p['remat'] else 'no remat'})", d["activations"]),
         (f"  decoder layers ({p['layers']})", d["activations_layers"]),
-        ("  logits [B, T, V] and log-softmax", d["activations_logits"]),
+        ("  logits [B, T, V] and log-softmax" if not p["logits_chunk"] else
+         f"  logits [B, {p['logits_chunk']}, V] and log-softmax (chunked)", d["activations_logits"]),
         ("all-gathered weights (FSDP)", d["gathered_weights"]),
     ]
     seqs = p["sequences_per_device"]

@@ -10,9 +10,9 @@ D hidden, N/K query/key-value heads, H head dim, F MLP width, T sequence length,
 
 and once per sequence position:
 
-- logits:     3 * 4 * V              fp32 logits [B, T, V], their shifted copy and the softmax
-                                     exponentials of the log-softmax (plus c * V for an untied head
-                                     computed in a narrower dtype before its fp32 cast)
+- logits:     3 * 4 * V              fp32 logits [B, T, V], the softmax exponentials of the
+                                     log-softmax and their gradient; with ``logits_chunk`` C only
+                                     C positions of each sequence at a time (T replaced by C)
 
 Without remat all layers' activations are alive when the backward pass starts (the peak). With
 remat (one checkpoint per layer) only each layer's input ``c * D`` is kept; the backward pass
@@ -29,7 +29,7 @@ import dataclasses
 from ttpa_jax.config import ModelConfig
 from ttpa_jax.sharding import spec_for
 
-LOGIT_COPIES = 3  # fp32 logits, shifted logits, softmax exponentials
+LOGIT_COPIES = 3  # fp32 logits, softmax exponentials, their gradient
 
 
 def split_of(logical: str, dim: int, mesh) -> int:
@@ -88,15 +88,13 @@ def layer_bytes_per_token(cfg: ModelConfig, seq_len: int, c: int, split: TensorS
     return out
 
 
-def logits_bytes_per_token(cfg: ModelConfig, c: int, split: TensorSplit = TensorSplit()) -> float:
-    per = LOGIT_COPIES * 4 * cfg.vocab_size
-    if not cfg.tie_word_embeddings and c < 4:
-        per += c * cfg.vocab_size
-    return per / split.vocab
+def logits_bytes_per_token(cfg: ModelConfig, split: TensorSplit = TensorSplit()) -> float:
+    return LOGIT_COPIES * 4 * cfg.vocab_size / split.vocab
 
 
 def activation_bytes(cfg: ModelConfig, seqs: int, seq_len: int, c: int, split: TensorSplit = TensorSplit(), *,
-                     remat: bool = False, lora_rank: int = 0, lora_targets=(), lora_dropout: float = 0.0) -> dict:
+                     remat: bool = False, lora_rank: int = 0, lora_targets=(), lora_dropout: float = 0.0,
+                     logits_chunk: int = 0) -> dict:
     """Activation bytes on one device for ``seqs`` local sequences of ``seq_len`` tokens (one
     micro-batch; DPO counts chosen and rejected sequences).
 
@@ -113,7 +111,8 @@ def activation_bytes(cfg: ModelConfig, seqs: int, seq_len: int, c: int, split: T
         layers = L * c * cfg.hidden_size * tokens + 2 * one_layer + final_norm
     else:
         layers = L * one_layer + final_norm
-    logits = logits_bytes_per_token(cfg, c, split) * tokens
+    head_positions = min(logits_chunk, seq_len) if logits_chunk > 0 else seq_len
+    logits = logits_bytes_per_token(cfg, split) * seqs * head_positions
     return {
         "layers": int(layers), "logits": int(logits), "total": int(layers + logits),
         "per_layer": {k: int(v * tokens) for k, v in parts.items()},

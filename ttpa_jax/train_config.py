@@ -127,6 +127,10 @@ class TrainConfig:
     """Compute dtype; the frozen base is stored in it, trainable parameters are always float32."""
     remat: bool = False
     """Recompute activations in the backward pass (less memory, more compute)."""
+    logits_chunk: int = 0
+    """Run the LM head and log-softmax over this many positions at a time (0: the whole sequence). With
+    a large vocabulary, e.g. 512 keeps [batch, 512, vocab] logits alive instead of [batch, length, vocab],
+    for one more LM-head matmul in the backward pass."""
     save_every: int = 100
     """Checkpoint every N steps (and at the end)."""
     keep: int = 3

@@ -27,7 +27,7 @@ from ttpa_jax import dataset as ds
 from ttpa_jax.checkpoint import Checkpoints
 from ttpa_jax.lora import apply_lora
 from ttpa_jax.model import Ctx, Transformer
-from ttpa_jax.objectives import SFT, Objective, make_dpo, reference_logps
+from ttpa_jax.objectives import Objective, make_dpo, make_sft, reference_logps
 from ttpa_jax.optim import make_optimizer, schedule
 from ttpa_jax.run_log import RunLog
 from ttpa_jax.sharding import Placement, loader_shardings, make_mesh
@@ -61,9 +61,9 @@ def split_model(model: Transformer, lora: bool):
 
 def make_objective(cfg: TrainConfig) -> Objective:
     if cfg.objective == "sft":
-        return SFT
+        return make_sft(cfg.logits_chunk)
     d = cfg.dpo
-    return make_dpo(d.beta, d.loss_type, d.label_smoothing, d.sft_weight)
+    return make_dpo(d.beta, d.loss_type, d.label_smoothing, d.sft_weight, cfg.logits_chunk)
 
 
 # --------------------------------------------------------------------------- step
@@ -75,12 +75,11 @@ def make_train_step(graphdef, objective: Objective, tx: optax.GradientTransforma
     """
 
     def reference(trainable, frozen, ref_params):
+        """The DPO reference model (objectives run it with adapters off)."""
         if lora:
-            base = nnx.merge(graphdef, jax.lax.stop_gradient(trainable), frozen)
-            return lambda ids, mask: base(ids, mask, ctx=Ctx(lora=False))
+            return nnx.merge(graphdef, jax.lax.stop_gradient(trainable), frozen)
         if ref_params is not None:
-            ref = nnx.merge(graphdef, ref_params, frozen)
-            return lambda ids, mask: ref(ids, mask)
+            return nnx.merge(graphdef, ref_params, frozen)
         return None
 
     def loss_fn(trainable, frozen, ref_params, batch, norms, key):
@@ -222,6 +221,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Run (or resume) training; returns a summary with the final metrics and the run directory."""
     from ttpa_jax.loader import Loader
 
+    if cfg.logits_chunk < 0:
+        raise ValueError(f"--logits-chunk {cfg.logits_chunk}: give a number of positions, or 0 for the whole sequence")
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
@@ -322,8 +323,7 @@ def precompute_reference(st: TrainState, records: Path, cfg: TrainConfig) -> Pat
 
     @jax.jit
     def ref_logps(trainable, frozen, batch):
-        m = nnx.merge(graphdef, trainable, frozen)
-        return reference_logps(lambda ids, mask: m(ids, mask, ctx=Ctx(lora=False)), batch)
+        return reference_logps(nnx.merge(graphdef, trainable, frozen), batch, cfg.logits_chunk)
 
     src = open_source(records, cfg.dataset.format)
     examples = [decode_example(src[i]) for i in range(len(src))]
