@@ -75,6 +75,28 @@ def test_lora_dpo_steps_match_single_device(tiny_model_dir, single_device_run):
                 assert abs(got[k] - ref[k]) < 1e-5 * max(1.0, abs(ref[k])), (mesh, ref["step"], k)
 
 
+def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, tmp_path):
+    import shutil
+
+    from ttpa_jax.example_proto import decode_example
+    from ttpa_jax.recordio import open_source
+    from ttpa_jax.trainer import precompute_reference
+
+    _, records, _ = single_device_run
+    logps = {}
+    for mesh in [(1, 1, 1), (2, 2, 2)]:
+        d = tmp_path / "x".join(map(str, mesh))
+        d.mkdir()
+        for f in (records, records.parent / "stats.json"):
+            shutil.copy(f, d / f.name)
+        cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh, logits_chunk=16)
+        out = precompute_reference(TrainState.create(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg)
+        src = open_source(out, "arrayrecord")
+        logps[mesh] = np.array([[decode_example(src[i])[k][0] for k in ("ref_chosen_logp", "ref_rejected_logp")]
+                                for i in range(len(src))])
+    np.testing.assert_allclose(logps[2, 2, 2], logps[1, 1, 1], rtol=1e-5)
+
+
 def test_greedy_decoding_matches_on_every_mesh(tiny_model_dir):
     rng = np.random.RandomState(0)
     lengths = [9, 5, 12, 7, 3, 10, 8, 6]

@@ -12,6 +12,9 @@ different steps decode together in one loop. Finished rows write to column S, wh
 Every step records, for the whole batch, the top-``record_k`` probabilities and token ids of the
 model's distribution (softmax of the raw logits, before temperature or truncation).
 
+Under a mesh (``jax.set_mesh``, parameters placed by ``sharding``) the prompts, the cache and the
+loop state are laid out explicitly: rows over the batch axes, KV heads and vocabulary over ``tensor``.
+
 Shapes: B batch, P prompt width, N new tokens, S = P + N cache columns, V vocab, K recorded top-k.
 """
 
@@ -28,6 +31,7 @@ from flax import nnx
 
 from ttpa_jax.model import LayerCache, positions_from_mask
 from ttpa_jax.sampling import GREEDY, Sampling, choose_tokens
+from ttpa_jax.sharding import shard_activation
 
 DEFAULT_BUCKET = 32
 
@@ -99,6 +103,18 @@ class _Loop(NamedTuple):
     top_ids: jax.Array  # [B, N, K]
 
 
+def _on_mesh(loop: _Loop) -> _Loop:
+    """The loop state laid out on the mesh in context (a no-op without one): rows over the batch axes,
+    the cache's KV heads and the logits' vocabulary over ``tensor`` (``sharding.RULES``)."""
+    def rows(x):
+        return shard_activation(x, ("batch",) + (None,) * (x.ndim - 1))
+
+    cache = [LayerCache(*(shard_activation(a, ("batch", "seq", "act_kv_heads", None)) for a in c)) for c in loop.cache]
+    return loop._replace(step=rows(loop.step), done=rows(loop.done), logits=shard_activation(loop.logits, ("batch", "act_vocab")),
+                         forced=rows(loop.forced), cache=cache, tokens=rows(loop.tokens),
+                         top_probs=rows(loop.top_probs), top_ids=rows(loop.top_ids))
+
+
 def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
@@ -146,13 +162,13 @@ def _decode_loop(model, init: _Loop, kv_mask, prompt_lengths, keys, P: int, spec
         write = jnp.where(done, S, P + c.step).astype(jnp.int32)  # finished rows write nowhere
         pos = (prompt_lengths + c.step)[:, None]
         h, cache = model.hidden_states(tok[:, None], pos, kv_mask, cache=c.cache, write_index=write)
-        return _Loop(
+        return _on_mesh(_Loop(
             it=c.it + 1, step=jnp.where(active, c.step + 1, c.step), done=done,
             logits=model.logits(h[:, 0]), forced=jnp.full_like(c.forced, -1), cache=cache,
             tokens=tokens, top_probs=top_probs, top_ids=top_ids,
-        )
+        ))
 
-    return jax.lax.while_loop(cond, body, init)
+    return jax.lax.while_loop(cond, body, _on_mesh(init))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
@@ -160,6 +176,7 @@ def _prefill_and_decode(graphdef, params, prompt_ids, prompt_mask, keys, spec: L
     """prompt_ids, prompt_mask [B, P] (left padded) -> final _Loop, kv_mask, prompt lengths."""
     model = nnx.merge(graphdef, params)
     cfg = model.config
+    prompt_ids, prompt_mask = (shard_activation(a, ("batch", "seq")) for a in (prompt_ids, prompt_mask))
     B, P = prompt_ids.shape
     N = spec.max_new_tokens
     S = P + N

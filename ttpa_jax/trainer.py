@@ -30,7 +30,7 @@ from ttpa_jax.model import Ctx, Transformer
 from ttpa_jax.objectives import Objective, make_dpo, make_sft, reference_logps
 from ttpa_jax.optim import make_optimizer, schedule
 from ttpa_jax.run_log import RunLog
-from ttpa_jax.sharding import Placement, loader_shardings, make_mesh
+from ttpa_jax.sharding import Placement, batch_sharding, loader_shardings, make_mesh
 from ttpa_jax.train_config import TrainConfig
 
 
@@ -321,9 +321,12 @@ def precompute_reference(st: TrainState, records: Path, cfg: TrainConfig) -> Pat
 
     graphdef, placement, pad_id = st.graphdef, st.placement, st.pad_id
 
-    @jax.jit
     def ref_logps(trainable, frozen, batch):
         return reference_logps(nnx.merge(graphdef, trainable, frozen), batch, cfg.logits_chunk)
+
+    ref_logps = jax.jit(ref_logps, in_shardings=(placement.shardings(st.trainable), placement.shardings(st.frozen),
+                                                 batch_sharding(placement.mesh)),
+                        out_shardings=(placement.replicated, placement.replicated))
 
     src = open_source(records, cfg.dataset.format)
     examples = [decode_example(src[i]) for i in range(len(src))]
@@ -336,7 +339,7 @@ def precompute_reference(st: TrainState, records: Path, cfg: TrainConfig) -> Pat
         n_proc, p = jax.process_count(), jax.process_index()
         local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
         with jax.set_mesh(placement.mesh):
-            rc, rr = jax.device_get(_gather(ref_logps(st.trainable, st.frozen, placement.batch(local))))
+            rc, rr = jax.device_get(ref_logps(st.trainable, st.frozen, placement.batch(local)))  # replicated: every process reads it
         results.extend(zip(np.asarray(rc).tolist(), np.asarray(rr).tolist()))
     if jax.process_index() == 0:
         tmp = out.with_name(out.name + ".tmp")
@@ -348,15 +351,6 @@ def precompute_reference(st: TrainState, records: Path, cfg: TrainConfig) -> Pat
         marker.write_text(json.dumps({"fingerprint": fp}))
     _sync("precompute_reference")
     return out
-
-
-def _gather(x):
-    """Fully replicate (multi-host safe) so every process can read the result."""
-    from jax.experimental import multihost_utils
-
-    if jax.process_count() == 1:
-        return x
-    return multihost_utils.process_allgather(x, tiled=True)
 
 
 def _sync(name: str) -> None:
