@@ -143,7 +143,8 @@ class Torch:
         self.opt = torch.optim.AdamW(self.params, lr=1e-4, weight_decay=0.0, eps=1e-8)
 
     def _logps(self, ids, mask, loss_mask):
-        """TRL ``concatenated_forward``: completion log-prob sums [2B] and the logits [2B, L, V]."""
+        """TRL ``concatenated_forward``: completion log-prob sums [2B], the logits [2B, L, V] and the
+        rolled loss mask (position t: token t + 1 is a completion token)."""
         logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         labels = torch.roll(ids, shifts=-1, dims=1)
         lmask = torch.roll(loss_mask, shifts=-1, dims=1).bool()
@@ -151,7 +152,7 @@ class Torch:
         per_token = selective_log_softmax(logits, labels)
         per_token[~lmask] = 0
         per_token = torch.roll(per_token, shifts=1, dims=1)
-        return per_token[:, 1:].sum(-1), logits
+        return per_token[:, 1:].sum(-1), logits, lmask
 
     def step(self, batch: dict, dpo: bool) -> tuple[float, float]:
         if self.prepared is not batch:
@@ -165,13 +166,13 @@ class Torch:
         if dpo:
             n = ids.shape[0] // 2
             with torch.no_grad(), self.model.disable_adapter():
-                ref, _ = self._logps(ids, mask, w)
-            pol, logits = self._logps(ids, mask, w)
+                ref, _, _ = self._logps(ids, mask, w)
+            pol, logits, lmask = self._logps(ids, mask, w)
             h = (pol[:n] - pol[n:]) - (ref[:n] - ref[n:])
             loss = -F.logsigmoid(BETA * h).mean()
             with torch.no_grad():  # TRL's metrics: rewards, accuracies, mean logits over completions
                 r_c, r_r = BETA * (pol[:n] - ref[:n]), BETA * (pol[n:] - ref[n:])
-                _ = ((r_c > r_r).float().mean(), logits[:n][w[:n] > 0].mean(), logits[n:][w[n:] > 0].mean())
+                _ = ((r_c > r_r).float().mean(), logits[:n][lmask[:n]].mean(), logits[n:][lmask[n:]].mean())
         else:
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             lp = selective_log_softmax(logits[:, :-1], ids[:, 1:])
