@@ -106,6 +106,10 @@ def write_results(path: Path, summary, per_seed, args: Args, seconds: float) -> 
         "Each seed constructs 400 records from the bundled tool library with the offline template generator "
         "(a fifth held out, on tools never seen in training), trains the tiny Llama 3 preset from scratch "
         "and evaluates every system on the same held-out set. Mean ± standard deviation over seeds.", "",
+        f"About {PipelineConfig().error_recovery:.0%} of the training records (none of the held-out ones) are "
+        "error-recovery episodes (a call the tool refuses with an error, then the corrected call): MAE gives "
+        "the failed call zero loss weight, plain SFT learns it like any other call, and sampling makes no "
+        "pairs from it.", "",
         "Systems: **SFT** (reversed data); **TL-SFT** (SFT with TL-Training's MAE and PKT, w_max 9); "
         "**DPO-traj** (SFT + DPO on trajectory-level pairs, 4 samples at temperature 1 per prompt); "
         "**TTPA** (SFT + DPO on token-level TPS pairs scored by ESM); **TTPA-fwd** (TTPA on forward, "
