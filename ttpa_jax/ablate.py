@@ -98,6 +98,11 @@ def summarize(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict[str, tuple
     return out
 
 
+def _names(labels: list[str]) -> str:
+    bold = [f"**{x}**" for x in labels]
+    return bold[0] if len(bold) == 1 else ", ".join(bold[:-1]) + " and " + bold[-1]
+
+
 def write_results(path: Path, summary, per_seed, args: Args, seconds: float) -> None:
     lines = [
         "# Ablation: what TTPA adds", "",
@@ -122,6 +127,15 @@ def write_results(path: Path, summary, per_seed, args: Args, seconds: float) -> 
             v = summary[system].get(key)
             cells.append("–" if v is None else f"{v[0]:.3f} ± {v[1]:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    zero = [label for label, key in METRICS
+            if all(summary[system].get(key, (0.0, 0.0))[0] == 0 for system in SYSTEMS)]
+    if zero:
+        rest = [label for label, _ in METRICS if label not in zero]
+        lines += ["", f"Every system scores 0 on {_names(zero)}. The tiny model, trained from scratch "
+                  "on a few hundred records, learns the call format before it learns to copy a tool name it "
+                  "never saw in training from the prompt's tool list (parameters count only under the right "
+                  "tool) or to carry values from tool results into an answer"
+                  + (f"; the systems differ in {_names(rest)}." if rest else ".")]
     lines += ["", f"![per-metric comparison]({path.with_suffix('.png').name})", "",
               "Per-seed values are in `eval/<system>.json` under each seed's run directory "
               f"(`{args.out}/seed<N>/`). This is a tiny model trained for minutes on a CPU: the table shows "
