@@ -128,9 +128,10 @@ def write_results(path: Path, summary, per_seed, args: Args, seconds: float) -> 
             cells.append("–" if v is None else f"{v[0]:.3f} ± {v[1]:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     zero = [label for label, key in METRICS
-            if all(summary[system].get(key, (0.0, 0.0))[0] == 0 for system in SYSTEMS)]
+            if all(key in summary[system] and summary[system][key][0] == 0 for system in SYSTEMS)]
     if zero:
-        rest = [label for label, _ in METRICS if label not in zero]
+        rest = [label for label, key in METRICS
+                if label not in zero and any(key in summary[system] for system in SYSTEMS)]
         lines += ["", f"Every system scores 0 on {_names(zero)}. The tiny model, trained from scratch "
                   "on a few hundred records, learns the call format before it learns to copy a tool name it "
                   "never saw in training from the prompt's tool list (parameters count only under the right "
