@@ -109,10 +109,13 @@ def _on_mesh(loop: _Loop) -> _Loop:
     def rows(x):
         return shard_activation(x, ("batch",) + (None,) * (x.ndim - 1))
 
-    cache = [LayerCache(*(shard_activation(a, ("batch", "seq", "act_kv_heads", None)) for a in c)) for c in loop.cache]
-    return loop._replace(step=rows(loop.step), done=rows(loop.done), logits=shard_activation(loop.logits, ("batch", "act_vocab")),
-                         forced=rows(loop.forced), cache=cache, tokens=rows(loop.tokens),
-                         top_probs=rows(loop.top_probs), top_ids=rows(loop.top_ids))
+    cache = [LayerCache(*(shard_activation(a, ("batch", "seq", "act_kv_heads", None)) for a in c))
+             for c in loop.cache]
+    return loop._replace(
+        step=rows(loop.step), done=rows(loop.done), forced=rows(loop.forced), cache=cache,
+        logits=shard_activation(loop.logits, ("batch", "act_vocab")),
+        tokens=rows(loop.tokens), top_probs=rows(loop.top_probs), top_ids=rows(loop.top_ids),
+    )
 
 
 def round_up(n: int, multiple: int) -> int:
