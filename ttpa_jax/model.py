@@ -232,8 +232,8 @@ class Transformer(nnx.Module):
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return w[...].astype(self.dtype)
 
-    def logits(self, h, ctx: Ctx = Ctx()):
-        """h [B, T, D] -> float32 logits [B, T, V]."""
+    def logits(self, h):
+        """h [B, T, D] (or [B, D]) -> float32 logits [B, T, V] (or [B, V])."""
         return project_to_vocab(h, self.head_weight())
 
     def token_logps(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx(), chunk: int = 0):
@@ -265,7 +265,7 @@ class Transformer(nnx.Module):
             attention_mask = jnp.ones_like(input_ids)
         positions = positions_from_mask(attention_mask)
         h, _ = self.hidden_states(input_ids, positions, attention_mask, ctx=ctx)
-        return self.logits(h, ctx)
+        return self.logits(h)
 
 
 def project_to_vocab(h, w):
