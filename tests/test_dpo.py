@@ -1,11 +1,9 @@
 """DPO: losses and metrics against NumPy, the adapters-off reference, precomputed reference log-probs,
 and export to merged HF weights and to a PEFT adapter."""
 
-import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +22,7 @@ from ttpa_jax.recordio import open_source
 from ttpa_jax.train_config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
 from ttpa_jax.trainer import train
 
-from helpers import preference_records, write_jsonl
+from helpers import metrics, preference_records, write_jsonl
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
@@ -38,9 +36,6 @@ def dpo_config(model_dir, data, out, **kw) -> TrainConfig:
     base.update(kw)
     return TrainConfig(**base)
 
-
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 # ------------------------------------------------------------------ losses and metrics vs NumPy

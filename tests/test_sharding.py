@@ -1,12 +1,10 @@
 """Sharded runs against single-device runs on 8 fake CPU devices, checkpoints across mesh shapes, and
 two processes on one machine against one process."""
 
-import json
 import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,7 +20,7 @@ from ttpa_jax.sharding import Placement, make_mesh, mesh_shape, place_state, spe
 from ttpa_jax.train_config import DataConfig, MeshConfig, OptimConfig, TrainConfig
 from ttpa_jax.trainer import TrainState, train
 
-from helpers import preference_records, write_jsonl
+from helpers import metrics, preference_records, write_jsonl
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 
@@ -34,9 +32,6 @@ def dpo_config(model_dir, data, out, mesh, **kw) -> TrainConfig:
     base.update(kw)
     return TrainConfig(**base)
 
-
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_mesh_shape_and_specs():

@@ -1,7 +1,6 @@
 """The training engine: data pipeline, SFT objective, LoRA, accumulation, checkpoints, resume, CLI."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from ttpa_jax.tl_weights import make_weight_fn
 from ttpa_jax.train_config import DataConfig, MeshConfig, OptimConfig, TrainConfig, parse_cli
 from ttpa_jax.trainer import TrainingDiverged, make_train_step, split_model, train
 
-from helpers import TOOLS, sft_records, write_jsonl
+from helpers import metrics, sft_records, write_jsonl
 
 ONE_DEVICE = MeshConfig(data=1, fsdp=1, tensor=1)
 REPO = Path(__file__).resolve().parent.parent
@@ -41,9 +40,6 @@ def sft_config(model_dir, data, out, **kw) -> TrainConfig:
     base.update(kw)
     return TrainConfig(**base)
 
-
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def state_arrays(model, kind=nnx.Param) -> dict:
