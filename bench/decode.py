@@ -21,10 +21,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import ttpa_jax
-from ttpa_jax.decode import generate
-from ttpa_jax.model import count_params
-from ttpa_jax.prompts import left_pad
-from ttpa_jax.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps
+from ttpa_jax.decode.loop import generate
+from ttpa_jax.model.transformer import count_params
+from ttpa_jax.text.prompts import left_pad
+from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps
 
 import report
 from report import median_times
@@ -97,7 +97,7 @@ def main() -> None:
     n_tok = args.batch * args.new_tokens
     print(f"\ngreedy decode, batch {args.batch}, prompts 24-56 tokens, {args.new_tokens} new tokens "
           f"(median of {args.runs}); identical tokens: {same}")
-    report.rate("ttpa_jax.decode.generate", n_tok, t_ours)
+    report.rate("ttpa_jax.decode.loop.generate", n_tok, t_ours)
     report.rate("transformers generate", n_tok, t_hf)
     report.ratio("ratio (ours / transformers)", t_hf / t_ours)
 

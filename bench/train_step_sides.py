@@ -46,13 +46,13 @@ def sft_batch(rng, n: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- ours
 class Ours:
-    """The step ``ttpa_jax.trainer.train`` runs: base in the compute dtype, fp32 adapters, one device."""
+    """The step ``ttpa_jax.train.trainer.train`` runs: base in the compute dtype, fp32 adapters, one device."""
 
     def __init__(self, model_dir: str, rank: int, dtype: str):
         from ttpa_jax import load_pretrained
-        from ttpa_jax.lora import LoraConfig, apply_lora
-        from ttpa_jax.sharding import Placement, make_mesh
-        from ttpa_jax.trainer import split_model
+        from ttpa_jax.model.lora import LoraConfig, apply_lora
+        from ttpa_jax.model.sharding import Placement, make_mesh
+        from ttpa_jax.train.trainer import split_model
 
         compute = jnp.dtype(dtype)
         model = apply_lora(load_pretrained(model_dir, dtype=compute, compute_dtype=compute),
@@ -72,10 +72,10 @@ class Ours:
 
     def compile(self, batch: dict, dpo: bool, logits_chunk: int = 0) -> float:
         """Fresh adapters and optimizer state, then lower + compile the step; returns seconds."""
-        from ttpa_jax.objectives import make_dpo, make_sft
-        from ttpa_jax.optim import make_optimizer
-        from ttpa_jax.train_config import OptimConfig
-        from ttpa_jax.trainer import make_train_step
+        from ttpa_jax.train.objectives import make_dpo, make_sft
+        from ttpa_jax.train.optim import make_optimizer
+        from ttpa_jax.train.config import OptimConfig
+        from ttpa_jax.train.trainer import make_train_step
 
         tx = make_optimizer(OptimConfig(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0), 1000)
         self.trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), self.initial)  # steps donate it

@@ -1,15 +1,15 @@
 """Compile the real train step (``trainer.TrainState.create``: the model built, split, placed and
-jitted as ``trainer.train`` does) and return XLA's memory analysis of it, for ``ttpa_jax.plan``."""
+jitted as ``trainer.train`` does) and return XLA's memory analysis of it, for ``ttpa_jax.plan.memory``."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from ttpa_jax.lora import LoraConfig
-from ttpa_jax.sharding import Placement, make_mesh
-from ttpa_jax.train_config import MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.trainer import TrainState
+from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.model.sharding import Placement, make_mesh
+from ttpa_jax.train.config import MeshConfig, OptimConfig, TrainConfig
+from ttpa_jax.train.trainer import TrainState
 
 
 def host_batch(objective: str, batch: int, seq_len: int) -> dict[str, np.ndarray]:

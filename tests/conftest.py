@@ -23,7 +23,7 @@ def tiny_model_dir(tmp_path_factory):
     """A tiny Qwen2 HF directory (tokenizer + tool chat template + random weights), built once."""
     from helpers import preference_records, sft_records
 
-    from ttpa_jax.tiny import build_model_dir
+    from ttpa_jax.model.tiny import build_model_dir
 
     d = tmp_path_factory.mktemp("tiny-model")
     texts = [json.dumps(r) for r in sft_records(60)] + [json.dumps(r) for r in preference_records(20)]

@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible chat server for tests (stdlib ``http.server`` in a thread).
 
-It plays a generator model for the construction prompts of ``ttpa_jax.generators.openai_prompts``
+It plays a generator model for the construction prompts of ``ttpa_jax.construct.generators.openai_prompts``
 and misbehaves on a fixed schedule: it refuses ``response_format`` json_schema, and by request
 number returns 500, 429, content that is not JSON, a body that is not JSON, or replies too slowly.
 With ``refuse_key`` it answers 401 to everything.
@@ -17,9 +17,9 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ttpa_jax.generators.openai_prompts import CONTEXT_MARKER
-from ttpa_jax.generators.values import sample_object
-from ttpa_jax.validate import leaves, salient_items
+from ttpa_jax.construct.generators.openai_prompts import CONTEXT_MARKER
+from ttpa_jax.construct.generators.values import sample_object
+from ttpa_jax.construct.checks import leaves, salient_items
 
 # Request number modulo PERIOD -> misbehaviour.
 PERIOD = 10

@@ -3,7 +3,7 @@ the demo pipeline's stages, tested in test_demo)."""
 
 import pytest
 
-from ttpa_jax import ablate
+from ttpa_jax.experiments import ablate
 
 
 def metrics(fmt, esm, tool=0.0):

@@ -8,10 +8,11 @@ from collections import Counter
 
 import pytest
 
-from ttpa_jax import bfcl, esm
-from ttpa_jax.conversation import normalize_tools
-from ttpa_jax.jsonl import DataError
-from ttpa_jax.toolcalls import render
+from ttpa_jax.evaluate import bfcl
+from ttpa_jax.tools import esm
+from ttpa_jax.core.conversation import normalize_tools
+from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.tools.calls import render
 
 SETS = {"simple": "simple_python", "multiple": "multiple", "parallel": "parallel", "parallel_multiple": "parallel_multiple"}
 ROOT = bfcl.data_dir()

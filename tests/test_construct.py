@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_jax.construct import ConfigError, ConstructConfig, construct, held_out_path
-from ttpa_jax.jsonl import read_jsonl
-from ttpa_jax.validate import check_record, mentions, parse_turns
+from ttpa_jax.construct.build import ConfigError, ConstructConfig, construct, held_out_path
+from ttpa_jax.core.jsonl import read_jsonl
+from ttpa_jax.construct.checks import check_record, mentions, parse_turns
 
 REPO = Path(__file__).resolve().parent.parent
 

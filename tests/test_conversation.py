@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ttpa_jax.conversation import iter_turns, normalize_preference, normalize_record, normalize_tools
-from ttpa_jax.jsonl import DataError
+from ttpa_jax.core.conversation import iter_turns, normalize_preference, normalize_record, normalize_tools
+from ttpa_jax.core.jsonl import DataError
 
 WEATHER_TOOL = {
     "type": "function",

@@ -13,14 +13,14 @@ from flax import nnx
 from transformers import AutoModelForCausalLM
 
 import ttpa_jax
-from ttpa_jax.example_proto import decode_example
-from ttpa_jax.export import load_run
-from ttpa_jax.lora import LoraConfig
-from ttpa_jax.model import Ctx, token_scores
-from ttpa_jax.objectives import make_dpo
-from ttpa_jax.recordio import open_source
-from ttpa_jax.train_config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.trainer import train
+from ttpa_jax.train.example_proto import decode_example
+from ttpa_jax.export.exporter import load_run
+from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.model.transformer import Ctx, token_scores
+from ttpa_jax.train.objectives import make_dpo
+from ttpa_jax.train.recordio import open_source
+from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
+from ttpa_jax.train.trainer import train
 
 from helpers import metrics, preference_records, write_jsonl
 

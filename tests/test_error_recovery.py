@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_jax.construct import ConfigError, ConstructConfig, construct
-from ttpa_jax.conversation import mae_masked_messages, normalize_record
-from ttpa_jax.jsonl import read_jsonl
-from ttpa_jax.validate import check_record
+from ttpa_jax.construct.build import ConfigError, ConstructConfig, construct
+from ttpa_jax.core.conversation import mae_masked_messages, normalize_record
+from ttpa_jax.core.jsonl import read_jsonl
+from ttpa_jax.construct.checks import check_record
 
 REPO = Path(__file__).resolve().parent.parent
 NUM = {"reversed": 60, "forward": 30}

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttpa_jax import esm
-from ttpa_jax.assignment import min_cost_assignment
-from ttpa_jax.esm import ErrorWeights, score, tl_reward
-from ttpa_jax.toolcalls import render
+from ttpa_jax.tools import esm
+from ttpa_jax.tools.assignment import min_cost_assignment
+from ttpa_jax.tools.esm import ErrorWeights, score, tl_reward
+from ttpa_jax.tools.calls import render
 
 
 def tool(name, properties, required=()):

@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from ttpa_jax.config import load_config
-from ttpa_jax.lora import LoraConfig, apply_lora
-from ttpa_jax.model import init_model
-from ttpa_jax.objectives import make_dpo, make_sft
-from ttpa_jax.trainer import make_train_step, split_model
+from ttpa_jax.model.config import load_config
+from ttpa_jax.model.lora import LoraConfig, apply_lora
+from ttpa_jax.model.transformer import init_model
+from ttpa_jax.train.objectives import make_dpo, make_sft
+from ttpa_jax.train.trainer import make_train_step, split_model
 
 from compiled_step import compiled_memory
 

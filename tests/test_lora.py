@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import ttpa_jax
-from ttpa_jax.lora import LoraConfig, apply_lora, has_lora, iter_linears, merge_lora
-from ttpa_jax.model import Ctx
+from ttpa_jax.model.lora import LoraConfig, apply_lora, has_lora, iter_linears, merge_lora
+from ttpa_jax.model.transformer import Ctx
 
 
 def test_adapters_start_as_identity_switch_off_and_merge():

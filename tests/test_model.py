@@ -9,9 +9,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import ttpa_jax
-from ttpa_jax.config import ConfigError, list_presets, load_config
-from ttpa_jax.hf_io import CheckpointError
-from ttpa_jax.model import abstract_model, count_params
+from ttpa_jax.model.config import ConfigError, list_presets, load_config
+from ttpa_jax.model.hf_io import CheckpointError
+from ttpa_jax.model.transformer import abstract_model, count_params
 
 from helpers import left_padded_batch, tiny_hf_model, torch_logits
 

@@ -3,9 +3,9 @@ a margin below; deterministic and free of duplicates."""
 
 import pytest
 
-from ttpa_jax.esm import score
-from ttpa_jax.pairs import select_pairs
-from ttpa_jax.toolcalls import render
+from ttpa_jax.tools.esm import score
+from ttpa_jax.sample.pairs import select_pairs
+from ttpa_jax.tools.calls import render
 
 TOOLS = [
     {

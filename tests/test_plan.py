@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import tyro
 
-from ttpa_jax.config import load_config
-from ttpa_jax.lora import LoraConfig
-from ttpa_jax.plan import PlanArgs, main, plan
-from ttpa_jax.plan_activations import TensorSplit, activation_bytes, layer_bytes_per_token
-from ttpa_jax.train_config import MeshConfig
+from ttpa_jax.model.config import load_config
+from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.plan.memory import PlanArgs, main, plan
+from ttpa_jax.plan.activations import TensorSplit, activation_bytes, layer_bytes_per_token
+from ttpa_jax.train.config import MeshConfig
 
 from compiled_step import compiled_memory
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 import ttpa_jax
-from ttpa_jax import esm
-from ttpa_jax.conversation import normalize_preference
-from ttpa_jax.jsonl import DataError
-from ttpa_jax.prompts import load_tokenizer
-from ttpa_jax.sample import Candidate, Prompt, SampleConfig, pair_records, sample
-from ttpa_jax.toolcalls import render
+from ttpa_jax.tools import esm
+from ttpa_jax.core.conversation import normalize_preference
+from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.text.prompts import load_tokenizer
+from ttpa_jax.sample.sampler import Candidate, Prompt, SampleConfig, pair_records, sample
+from ttpa_jax.tools.calls import render
 
 from tool_records import RECORDS, TOOLS, build_tiny_model_dir, write_jsonl
 
@@ -127,7 +127,7 @@ def test_pair_records_from_scored_candidates():
 def test_a_call_answered_by_an_error_is_not_sampled(tiny, tmp_path):
     from tool_records import _call
 
-    from ttpa_jax.sample import read_prompts
+    from ttpa_jax.sample.sampler import read_prompts
 
     model_dir, _ = tiny
     user, call, result, answer = RECORDS[0]["messages"]

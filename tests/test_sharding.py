@@ -13,12 +13,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import ttpa_jax
-from ttpa_jax.decode import generate
-from ttpa_jax.lora import LoraConfig
-from ttpa_jax.loader import Loader
-from ttpa_jax.sharding import Placement, make_mesh, mesh_shape, place_state, spec_for
-from ttpa_jax.train_config import DataConfig, MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.trainer import TrainState, train
+from ttpa_jax.decode.loop import generate
+from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.train.loader import Loader
+from ttpa_jax.model.sharding import Placement, make_mesh, mesh_shape, place_state, spec_for
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig
+from ttpa_jax.train.trainer import TrainState, train
 
 from helpers import metrics, preference_records, write_jsonl
 
@@ -73,9 +73,9 @@ def test_lora_dpo_steps_match_single_device(tiny_model_dir, single_device_run):
 def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, tmp_path):
     import shutil
 
-    from ttpa_jax.example_proto import decode_example
-    from ttpa_jax.recordio import open_source
-    from ttpa_jax.trainer import precompute_reference
+    from ttpa_jax.train.example_proto import decode_example
+    from ttpa_jax.train.recordio import open_source
+    from ttpa_jax.train.trainer import precompute_reference
 
     _, records, _ = single_device_run
     logps = {}

@@ -5,9 +5,9 @@ import json
 import numpy as np
 from transformers import AutoTokenizer
 
-from ttpa_jax.conversation import is_error_feedback, mae_masked_messages, normalize_record
-from ttpa_jax.render import render_conversation
-from ttpa_jax.tl_weights import divergence_offsets, key_token_mask, make_weight_fn
+from ttpa_jax.core.conversation import is_error_feedback, mae_masked_messages, normalize_record
+from ttpa_jax.text.render import render_conversation
+from ttpa_jax.train.token_weights import divergence_offsets, key_token_mask, make_weight_fn
 
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
          for n in ("get_weather", "get_time", "set_alarm")]

@@ -7,11 +7,11 @@ import string
 import jsonschema
 import pytest
 
-from ttpa_jax import toolbox
-from ttpa_jax.generators.values import sample_object
-from ttpa_jax.jsonl import DataError
-from ttpa_jax.tool_library import argument_errors, bundled_path, bundled_tools, load_library, make_tool
-from ttpa_jax.validate import identifier_words, name_regex
+from ttpa_jax.construct import toolbox
+from ttpa_jax.construct.generators.values import sample_object
+from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.tools.library import argument_errors, bundled_path, bundled_tools, load_library, make_tool
+from ttpa_jax.construct.checks import identifier_words, name_regex
 
 TOOLS = list(bundled_tools())
 
@@ -204,7 +204,7 @@ def test_a_mistake_fits_the_schema_and_the_tool_refuses_it(tool):
 
 
 def test_mistake_rules():
-    from ttpa_jax.toolbox.mistakes import misspelled, one_edit_apart, typo
+    from ttpa_jax.construct.toolbox.mistakes import misspelled, one_edit_apart, typo
 
     assert toolbox.execute("get_current_weather", {"city": "Lisvon"}) == {"error": "unknown city 'Lisvon'"}
     assert "error" not in toolbox.execute("get_current_weather", {"city": "Paris"})  # unknown, not a misspelling

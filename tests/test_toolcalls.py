@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttpa_jax import toolcalls
-from ttpa_jax.toolcalls import parse, render
+from ttpa_jax.tools import calls as toolcalls
+from ttpa_jax.tools.calls import parse, render
 
 WEATHER = {"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}}
 FLIGHTS = {"name": "search_flights", "arguments": {"origin": "LYS", "destination": "OPO", "passengers": 2}}

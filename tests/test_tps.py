@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ttpa_jax
-from ttpa_jax.tps import TPSConfig, alternatives, probability_gaps, row_bucket, select_branch_points, tps
+from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, row_bucket, select_branch_points, tps
 
 from helpers import left_padded_batch, tiny_hf_model
 

@@ -14,18 +14,18 @@ from flax import nnx
 from transformers import AutoModelForCausalLM
 
 import ttpa_jax
-from ttpa_jax import dataset as ds
-from ttpa_jax.example_proto import decode_example, encode_example
-from ttpa_jax.export import load_run
-from ttpa_jax.jsonl import DataError
-from ttpa_jax.lora import LoraConfig
-from ttpa_jax.loader import Loader
-from ttpa_jax.model import Ctx
-from ttpa_jax.objectives import SFT
-from ttpa_jax.recordio import open_source
-from ttpa_jax.tl_weights import make_weight_fn
-from ttpa_jax.train_config import DataConfig, MeshConfig, OptimConfig, TrainConfig, parse_cli
-from ttpa_jax.trainer import TrainingDiverged, make_train_step, split_model, train
+from ttpa_jax.train import dataset as ds
+from ttpa_jax.train.example_proto import decode_example, encode_example
+from ttpa_jax.export.exporter import load_run
+from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.train.loader import Loader
+from ttpa_jax.model.transformer import Ctx
+from ttpa_jax.train.objectives import SFT
+from ttpa_jax.train.recordio import open_source
+from ttpa_jax.train.token_weights import make_weight_fn
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig, parse_cli
+from ttpa_jax.train.trainer import TrainingDiverged, make_train_step, split_model, train
 
 from helpers import metrics, sft_records, write_jsonl
 
@@ -174,7 +174,7 @@ def test_gradient_accumulation_equals_full_batch(tiny_model_dir, tmp_path):
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     results = []
     for accum in (1, 4):
-        model = ttpa_jax.lora.apply_lora(ttpa_jax.load_pretrained(tiny_model_dir), LoraConfig(rank=4), seed=0)
+        model = ttpa_jax.model.lora.apply_lora(ttpa_jax.load_pretrained(tiny_model_dir), LoraConfig(rank=4), seed=0)
         graphdef, trainable, frozen = split_model(model, lora=True)
         tx = optax.sgd(1.0)
         step = make_train_step(graphdef, SFT, tx, accum, lora=True)

@@ -3,9 +3,9 @@
 import copy
 import json
 
-from ttpa_jax import toolbox
-from ttpa_jax.tool_library import bundled_tools
-from ttpa_jax.validate import check_record, leaked_names, mentions, salient_items
+from ttpa_jax.construct import toolbox
+from ttpa_jax.tools.library import bundled_tools
+from ttpa_jax.construct.checks import check_record, leaked_names, mentions, salient_items
 
 BY_NAME = {t.name: t for t in bundled_tools()}
 FLIGHT_ARGS = {"origin": "Lyon", "destination": "Oslo", "departure_date": "2025-03-14", "passengers": 2}
@@ -114,7 +114,7 @@ def test_mentions():
 
 
 def test_validate_cli_reports_rejections_by_reason(tmp_path, capsys):
-    from ttpa_jax.validate import main
+    from ttpa_jax.construct.checks import main
 
     clean = _record("Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?",
                     [("search_flights", FLIGHT_ARGS)])

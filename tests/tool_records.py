@@ -45,7 +45,7 @@ def write_jsonl(path, records):
 
 def build_tiny_model_dir(out_dir):
     """A tiny-qwen2 directory whose BPE tokenizer is trained on the records' text."""
-    from ttpa_jax.tiny import build_model_dir
+    from ttpa_jax.model.tiny import build_model_dir
 
     texts = [json.dumps(r, ensure_ascii=False) for r in RECORDS] * 5
     return build_model_dir(out_dir, texts, preset="tiny-qwen2", seed=0)

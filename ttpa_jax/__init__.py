@@ -7,11 +7,11 @@ construction) can be used without initialising JAX.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_pretrained": "ttpa_jax.hf_io",
-    "save_pretrained": "ttpa_jax.hf_io",
-    "init_model": "ttpa_jax.model",
-    "ModelConfig": "ttpa_jax.config",
-    "Transformer": "ttpa_jax.model",
+    "load_pretrained": "ttpa_jax.model.hf_io",
+    "save_pretrained": "ttpa_jax.model.hf_io",
+    "init_model": "ttpa_jax.model.transformer",
+    "ModelConfig": "ttpa_jax.model.config",
+    "Transformer": "ttpa_jax.model.transformer",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,88 @@
+"""An append-only JSONL file of records with ids, safe to kill at any moment.
+
+Each record is written as one full line with a single ``write`` and then flushed and fsynced, so a
+killed run leaves at most one torn (unterminated) last line. Opening the file again cuts that torn
+tail off and reports the ids already present, so that a rerun skips them: no duplicate, no loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ttpa_jax.core.jsonl import DataError, iter_jsonl
+
+
+def drop_torn_tail(path: Path) -> int:
+    """Truncate an unterminated last line; return the number of bytes removed."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline, one block at a time.
+        end, block = size, 1 << 16
+        keep = 0
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - keep
+
+
+class RecordLog:
+    """Append records to ``path``; ``records`` maps the ids already there to their ``meta``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.torn_bytes = drop_torn_tail(self.path)
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            for lineno, obj in iter_jsonl(self.path):
+                rid = obj.get("id")
+                if not isinstance(rid, str):
+                    raise DataError(f"{self.path}:{lineno}: record without a string \"id\"")
+                if rid in self.records:
+                    raise DataError(f"{self.path}:{lineno}: duplicate id {rid!r}")
+                self.records[rid] = obj.get("meta") or {}
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def __contains__(self, record_id: str) -> bool:
+        return record_id in self.records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record as one line, then flush it to disk."""
+        if record["id"] in self.records:
+            raise ValueError(f"record {record['id']!r} is already in {self.path}")
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):  # regular files take the whole buffer; loop for safety
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
+        self.records[record["id"]] = record.get("meta") or {}
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RecordLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

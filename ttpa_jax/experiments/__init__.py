@@ -1,0 +1,1 @@
+"""End-to-end experiments on top of every stage: the pipeline, ``make demo`` and the ablation."""

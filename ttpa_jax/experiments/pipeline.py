@@ -1,0 +1,227 @@
+"""The whole method on one small task, stage by stage: construct -> tiny model -> SFT -> sample
+(TPS + ESM) -> DPO -> evaluate. ``make demo`` and the ablation run it; every stage reads and writes
+plain files under one run directory, reusing what an earlier (interrupted) run already made.
+
+Run directory layout::
+
+    data/train.jsonl, data/train.test.jsonl   constructed SFT data (disjoint tools), compact schemas
+    data/pairs.jsonl                          preference pairs sampled from the SFT model
+    init-model/                               tokenizer + chat template + random tiny preset
+    base/, base-model/                        optional language-model training of it on the training text
+                                              (all tokens): a stand-in for a pretrained open LLM
+    sft/, sft-model/                          SFT run and its merged export
+    dpo/                                      DPO run (LoRA on sft-model)
+    eval/<name>.json                          fine-grained metrics per system
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Literal
+
+from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
+
+# Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
+_VERBOSE_KEYS = ("description", "pattern", "format", "maxLength", "minLength", "minimum", "maximum",
+                 "additionalProperties", "examples", "default", "title")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """One run of the pipeline on the bundled tool library with the offline template generator."""
+
+    out: Path = Path("runs/demo")
+    """Run directory; an interrupted run continues where it stopped."""
+    seed: int = 0
+    """Seed of data construction, initialisation, data order and sampling."""
+    num: int = 400
+    """Records to construct (a fifth held out, on tools never seen in training)."""
+    mode: Literal["reversed", "forward"] = "reversed"
+    """Data construction: reversed (query written last) or forward (query first)."""
+    error_recovery: float = 0.15
+    """Data construction: fraction of training records with an error-recovery episode (a call first
+    made with a wrong value that the tool refuses, then corrected; what MAE masks)."""
+    preset: str = "tiny-llama3"
+    """Architecture preset of the model trained from scratch."""
+    base_steps: int = 0
+    """Language-model steps on the training conversations (every token) before SFT; 0 skips the stage
+    (within the demo's few CPU minutes, SFT steps teach the tiny model more)."""
+    sft_steps: int = 110
+    sft_lr: float = 3e-3
+    mae: bool = False
+    """TL-Training MAE in the SFT stage."""
+    pkt_wmax: float = 0.0
+    """TL-Training PKT in the SFT stage (0: off; the paper uses 9)."""
+    sample_mode: Literal["tps", "trajectory"] = "tps"
+    """Preference sampling: token-level branches (TTPA) or whole trajectories (baseline)."""
+    sample_records: int = 80
+    """Training records whose tool-call turns are sampled for preference pairs."""
+    epsilon: float = 0.2
+    """TPS: branch where the top-1/top-2 probability gap is below this."""
+    dpo_steps: int = 24
+    dpo_lr: float = 1e-3
+    beta: float = 0.1
+    sft_weight: float = 1.0
+    """DPO: weight of the SFT term on the chosen side (keeps the chosen calls' likelihood up)."""
+    eval_records: int = 40
+    """Held-out records evaluated (all their assistant turns)."""
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    max_length: int = 512
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, out: Path, seed: int = 0) -> "PipelineConfig":
+        """A few steps per stage: checks the pipeline end to end in about two minutes."""
+        return cls(out=out, seed=seed, num=40, base_steps=2, sft_steps=3, sample_records=6, dpo_steps=2, eval_records=4,
+                   max_new_tokens=24, batch_size=4, progress=False)
+
+
+# --------------------------------------------------------------------------- stages
+def compact_schema(schema: dict) -> dict:
+    """A JSON Schema without descriptions and validation keywords (names, types, enums, required stay)."""
+    out = {k: v for k, v in schema.items() if k not in _VERBOSE_KEYS}
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {name: compact_schema(p) for name, p in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = compact_schema(out["items"])
+    return out
+
+
+def compact_tool(tool: dict) -> dict:
+    fn = tool.get("function", tool)
+    return {"type": "function", "function": {"name": fn["name"], "parameters": compact_schema(fn.get("parameters", {}))}}
+
+
+def construct_data(cfg: PipelineConfig) -> tuple[Path, Path]:
+    """Construct train and held-out SFT data; tool schemas are compacted for the tiny model."""
+    from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
+
+    raw = cfg.out / "data" / "constructed.jsonl"
+    summary = construct(ConstructConfig(
+        out=raw, num=cfg.num, seed=cfg.seed, mode=cfg.mode, split=0.2, min_calls=1, max_calls=3,
+        min_candidates=2, max_candidates=3, follow_up=0.1, error_recovery=cfg.error_recovery, system_prompt="",
+        progress=cfg.progress,
+    ))
+    say(f"construct: {summary.made + summary.already_present} records ({cfg.mode}), "
+        f"{summary.rejected_instances} rejected and redrawn")
+    outs = []
+    for src, dst in ((raw, cfg.out / "data" / "train.jsonl"), (held_out_path(raw), cfg.out / "data" / "test.jsonl")):
+        lines = []
+        for line in src.read_text().splitlines():
+            rec = json.loads(line)
+            rec["tools"] = [compact_tool(t) for t in rec["tools"]]
+            lines.append(json.dumps(rec, ensure_ascii=False))
+        dst.write_text("\n".join(lines) + "\n")
+        outs.append(dst)
+    return outs[0], outs[1]
+
+
+def build_base_model(cfg: PipelineConfig, train_file: Path) -> Path:
+    """Tokenizer trained on the rendered training conversations + chat template + random preset weights."""
+    from ttpa_jax.core.conversation import normalize_record
+    from ttpa_jax.model.tiny import build_model_dir, render_chat
+
+    out = cfg.out / "init-model"
+    if (out / "model.safetensors").is_file():
+        return out
+    texts = []
+    for i, line in enumerate(train_file.read_text().splitlines(), start=1):
+        rec = normalize_record(json.loads(line), f"{train_file}:{i}")
+        texts.append(render_chat(rec["messages"], rec["tools"]))
+    return build_model_dir(out, texts, preset=cfg.preset, seed=cfg.seed, split_words=False)
+
+
+def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = False) -> TrainConfig:
+    """Full fine-tuning; ``base=True``: the language-model stage (loss on every token, into base/)."""
+    steps = cfg.base_steps if base else cfg.sft_steps
+    return TrainConfig(
+        objective="sft", model=str(model), data=str(data), out=str(cfg.out / ("base" if base else "sft")),
+        steps=steps, seed=cfg.seed, mae=cfg.mae and not base, pkt_wmax=0.0 if base else cfg.pkt_wmax,
+        lora=LoraConfig(rank=0), save_every=max(steps // 2, 1),
+        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
+                           pad_multiple=cfg.max_length, assistant_only=not base),
+        optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=max(steps // 10, 1), weight_decay=0.01),
+        mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+    )
+
+
+def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
+    return TrainConfig(
+        objective="dpo", model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=cfg.dpo_steps,
+        seed=cfg.seed, lora=LoraConfig(rank=8, alpha=16), save_every=max(cfg.dpo_steps // 2, 1),
+        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
+                           pad_multiple=cfg.max_length),
+        optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(cfg.dpo_steps // 10, 1)),
+        dpo=DpoConfig(beta=cfg.beta, sft_weight=cfg.sft_weight), mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+    )
+
+
+def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
+    """The model SFT starts from: the random tiny model, after the language-model stage if enabled."""
+    init = build_base_model(cfg, train_file)
+    if cfg.base_steps <= 0:
+        return init
+    return run_training(sft_config(cfg, init, train_file, base=True), cfg.progress)
+
+
+def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
+    """Train (or resume) and export merged weights next to the run: RUN-model/."""
+    from ttpa_jax.export.exporter import Args, export
+    from ttpa_jax.train.trainer import train
+
+    summary = train(train_cfg, progress=progress)
+    m = summary["metrics"]
+    if m:
+        say(f"{train_cfg.objective}: step {summary['step']}/{summary['steps']}, loss {m['loss']:.4f}")
+    out = Path(train_cfg.out + "-model")
+    export(Args(run=train_cfg.out, out=str(out)))
+    return out
+
+
+def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path:
+    """Preference pairs from the SFT model on the tool-call turns of the first training records."""
+    from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
+
+    subset = cfg.out / "data" / "sample-prompts.jsonl"
+    subset.parent.mkdir(parents=True, exist_ok=True)
+    subset.write_text("".join(line + "\n" for line in train_file.read_text().splitlines()[: cfg.sample_records]))
+    out = cfg.out / "data" / "pairs.jsonl"
+    if out.is_file():  # written whole by an earlier run (renamed into place when complete)
+        say(f"sample: reusing {out}")
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    summary = sample(SampleConfig(
+        model=model_dir, data=subset, out=tmp, mode=cfg.sample_mode, max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size, epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2,
+        num_samples=4, temperature=1.0, seed=cfg.seed, progress=cfg.progress,
+    ))
+    say("sample: " + format_summary(summary).replace("\n", "\n  "))
+    if summary["pairs"] == 0:
+        raise RuntimeError(f"sampling made no preference pairs from {subset}")
+    tmp.replace(out)
+    return out
+
+
+def evaluate_model(cfg: PipelineConfig, model_dir: Path, test_file: Path, name: str) -> dict:
+    """Fine-grained metrics of ``model_dir`` on the first held-out records; also written to eval/."""
+    from ttpa_jax.evaluate.evaluator import evaluate_items, items_from_records, read_records
+    from ttpa_jax.decode.generate import generate_completions
+
+    records = read_records(test_file)[: cfg.eval_records]
+    items = items_from_records(records)
+    prompts = [{"messages": item.prompt, "tools": item.tools} for item in items]
+    texts = generate_completions(str(model_dir), prompts, max_new_tokens=cfg.max_new_tokens,
+                                 batch_size=cfg.batch_size, progress=cfg.progress)
+    result = evaluate_items(items, {(i.id, i.turn): t for i, t in zip(items, texts, strict=True)})
+    path = cfg.out / "eval" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)

@@ -1,0 +1,322 @@
+"""One Flax NNX decoder for Qwen2/Qwen2.5 and Llama 3.x.
+
+Module and attribute names mirror the Hugging Face checkpoints (``embed_tokens``,
+``layers[i].self_attn.q_proj``, ``mlp.gate_proj``, ``input_layernorm``, ...) and linear weights keep
+HF's ``[out, in]`` layout, so loading and exporting are a rename, never a transpose. Every parameter
+carries logical axis names (``axes`` metadata) that the sharding rules map onto a device mesh.
+
+Shapes: B batch, T query length, S key length (cache length), D hidden, N query heads, K key/value
+heads, G = N // K heads per group, H head dim, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttpa_jax.model.config import ModelConfig, load_config
+from ttpa_jax.model.sharding import shard_activation
+
+NEG_INF = -1e30  # finite, so fully masked rows (left padding) give a uniform softmax, not NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+    """Per-call switches threaded through the layers.
+
+    lora: apply LoRA adapters (False gives the frozen base model, the DPO reference).
+    dropout_key: PRNG key for LoRA dropout during training; None disables dropout.
+    """
+
+    lora: bool = True
+    dropout_key: jax.Array | None = None
+
+
+class LayerCache(NamedTuple):
+    k: jax.Array  # [B, S, K, H]
+    v: jax.Array  # [B, S, K, H]
+
+
+# --------------------------------------------------------------------------- layers
+class Linear(nnx.Module):
+    """``y = x W^T + b`` with W stored ``[out, in]``, plus optional LoRA ``(x A^T) B^T * alpha / r``.
+
+    LoRA adapters are ``nnx.LoRAParam`` (A ``[r, in]``, B ``[out, r]``, PEFT's layout), attached by
+    ``ttpa_jax.model.lora.apply_lora``; B starts at zero so an untrained adapter changes nothing.
+    """
+
+    def __init__(self, d_in, d_out, *, axes, bias, cfg_dtype, param_dtype, uid, rngs, init_std=0.02):
+        self.weight = nnx.Param(
+            (init_std * jax.random.normal(rngs.params(), (d_out, d_in), jnp.float32)).astype(param_dtype),
+            axes=axes,
+        )
+        self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype), axes=(axes[0],)) if bias else nnx.data(None)
+        self.lora_a = nnx.data(None)
+        self.lora_b = nnx.data(None)
+        self.lora_scale = 0.0
+        self.lora_dropout = 0.0
+        self.dtype = cfg_dtype
+        self.uid = uid  # distinguishes dropout streams
+
+    def __call__(self, x, ctx: Ctx):
+        # Matmuls on [N, in] rows: with [B, T, in] inputs XLA on CPU transposes each adapted
+        # projection's output gradient before computing the adapter gradients.
+        lead = x.shape[:-1]
+        x = x.astype(self.dtype).reshape(-1, x.shape[-1])  # [N, in]
+        y = x @ self.weight[...].astype(self.dtype).T  # [N, out]
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if ctx.lora and self.lora_a is not None:
+            xa = x
+            if self.lora_dropout > 0 and ctx.dropout_key is not None:
+                keep = jax.random.bernoulli(
+                    jax.random.fold_in(ctx.dropout_key, self.uid), 1.0 - self.lora_dropout, x.shape
+                )
+                xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
+            h = xa @ self.lora_a[...].astype(self.dtype).T  # [N, r]
+            y = y + self.lora_scale * (h @ self.lora_b[...].astype(self.dtype).T)
+        return y.reshape(*lead, -1)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim, eps, param_dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x):  # x [..., D] -> same dtype
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
+
+
+class Embed(nnx.Module):
+    def __init__(self, vocab, dim, param_dtype, rngs, init_std=0.02):
+        self.weight = nnx.Param(
+            (init_std * jax.random.normal(rngs.params(), (vocab, dim), jnp.float32)).astype(param_dtype),
+            axes=("vocab", "embed"),
+        )
+
+    def __call__(self, ids, dtype):  # [B, T] -> [B, T, D]
+        return jnp.take(self.weight[...], ids, axis=0).astype(dtype)
+
+
+def rope(x, positions, inv_freq):
+    """Rotary embedding (HF's rotate-half convention). x [B, T, n, H], positions [B, T]."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, param_dtype, layer, rngs):
+        D, N, K, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        kw = dict(cfg_dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        uid = layer * 16
+        self.q_proj = Linear(D, N * H, axes=("q_heads", "embed"), bias=cfg.qkv_bias, uid=uid + 0, **kw)
+        self.k_proj = Linear(D, K * H, axes=("kv_heads", "embed"), bias=cfg.qkv_bias, uid=uid + 1, **kw)
+        self.v_proj = Linear(D, K * H, axes=("kv_heads", "embed"), bias=cfg.qkv_bias, uid=uid + 2, **kw)
+        self.o_proj = Linear(N * H, D, axes=("embed", "q_heads"), bias=cfg.o_bias, uid=uid + 3, **kw)
+        self.n_heads, self.n_kv, self.head_dim = N, K, H
+
+    def __call__(self, x, positions, mask, inv_freq, ctx, cache: LayerCache | None, write_index):
+        """x [B, T, D]; mask [B, T, S] bool; cache rows are written at ``write_index[b] + t``."""
+        B, T, _ = x.shape
+        N, K, H = self.n_heads, self.n_kv, self.head_dim
+        q = rope(self.q_proj(x, ctx).reshape(B, T, N, H), positions, inv_freq)
+        k = rope(self.k_proj(x, ctx).reshape(B, T, K, H), positions, inv_freq)
+        v = self.v_proj(x, ctx).reshape(B, T, K, H)
+        q = shard_activation(q, ("batch", "seq", "act_heads", None))
+        k = shard_activation(k, ("batch", "seq", "act_kv_heads", None))
+        v = shard_activation(v, ("batch", "seq", "act_kv_heads", None))
+        if cache is not None:
+            cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
+            rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+            k_all = cache.k.at[rows, cols].set(k.astype(cache.k.dtype), mode="drop")
+            v_all = cache.v.at[rows, cols].set(v.astype(cache.v.dtype), mode="drop")
+            new_cache = LayerCache(k_all, v_all)
+            k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+        else:
+            new_cache = None
+        S = k.shape[1]
+        q = q.reshape(B, T, K, N // K, H)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (H**-0.5)
+        scores = jnp.where(mask[:, None, None, :, :S], scores, NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N * H)
+        return self.o_proj(out, ctx), new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, param_dtype, layer, rngs):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(cfg_dtype=dtype, param_dtype=param_dtype, rngs=rngs, bias=cfg.mlp_bias)
+        uid = layer * 16
+        self.gate_proj = Linear(D, F, axes=("mlp", "embed"), uid=uid + 4, **kw)
+        self.up_proj = Linear(D, F, axes=("mlp", "embed"), uid=uid + 5, **kw)
+        self.down_proj = Linear(F, D, axes=("embed", "mlp"), uid=uid + 6, **kw)
+
+    def __call__(self, x, ctx):
+        h = jax.nn.silu(self.gate_proj(x, ctx)) * self.up_proj(x, ctx)  # [B, T, F]
+        return self.down_proj(shard_activation(h, ("batch", "seq", "act_mlp")), ctx)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, param_dtype, layer, rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+        self.self_attn = Attention(cfg, dtype, param_dtype, layer, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+        self.mlp = MLP(cfg, dtype, param_dtype, layer, rngs)
+
+    def __call__(self, x, positions, mask, inv_freq, ctx, cache, write_index):
+        h, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, ctx, cache, write_index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x), ctx)
+        return shard_activation(x, ("batch", "seq", "act_embed")), new_cache
+
+
+# --------------------------------------------------------------------------- model
+class Transformer(nnx.Module):
+    """Decoder-only LM. ``model(input_ids, attention_mask)`` -> float32 logits ``[B, T, V]``."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat=False, rngs):
+        self.config = cfg
+        self.dtype = jnp.dtype(dtype)
+        self.param_dtype = jnp.dtype(param_dtype)
+        self.remat = remat
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype, rngs)
+        self.layers = nnx.List([Block(cfg, self.dtype, param_dtype, i, rngs) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
+        if cfg.tie_word_embeddings:
+            self.lm_head = nnx.data(None)
+        else:
+            self.lm_head = Linear(
+                cfg.hidden_size, cfg.vocab_size, axes=("vocab", "embed"), bias=False,
+                cfg_dtype=self.dtype, param_dtype=param_dtype, uid=-1, rngs=rngs,
+            )
+
+    def hidden_states(self, input_ids, positions, kv_mask, *, ctx: Ctx = Ctx(), cache=None, write_index=None):
+        """Final-norm hidden states ``[B, T, D]`` and the updated cache.
+
+        input_ids, positions: [B, T]. kv_mask [B, S]: which key columns are real tokens (S = T without a
+        cache, else the cache length). A query at column ``write_index[b] + t`` sees key columns up to
+        its own. Without a cache, ``write_index`` is 0.
+        """
+        B, T = input_ids.shape
+        if write_index is None:
+            write_index = jnp.zeros((B,), jnp.int32)
+        S = kv_mask.shape[1]
+        q_cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
+        mask = (jnp.arange(S)[None, None, :] <= q_cols[:, :, None]) & kv_mask[:, None, :].astype(bool)
+        inv_freq = jnp.asarray(self.config.inv_freq())
+        x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            if self.remat and cache is None:  # recompute the layer's activations in the backward pass
+                graphdef, state = nnx.split(layer)
+                run = lambda st, *a, g=graphdef: nnx.merge(g, st)(*a, ctx, None, write_index)[0]  # noqa: E731
+                x, c = jax.checkpoint(run)(state, x, positions, mask, inv_freq), None
+            else:
+                x, c = layer(x, positions, mask, inv_freq, ctx, None if cache is None else cache[i], write_index)
+            new_cache.append(c)
+        return self.norm(x), (None if cache is None else new_cache)
+
+    def head_weight(self):
+        """The output projection ``[V, D]`` in the compute dtype (the token embedding when tied)."""
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return w[...].astype(self.dtype)
+
+    def logits(self, h):
+        """h [B, T, D] (or [B, D]) -> float32 logits [B, T, V] (or [B, V])."""
+        return project_to_vocab(h, self.head_weight())
+
+    def token_logps(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx(), chunk: int = 0):
+        """Per-token scores, float32 ``[B, T]`` each: ``logp[:, t] = log p(ids[:, t] | ids[:, :t])`` and
+        ``vocab_mean[:, t]``, the mean over the vocabulary of the logits that predict ``ids[:, t]``. Both
+        are 0 at t = 0, which nothing predicts.
+
+        ``chunk > 0`` runs the LM head and the log-softmax over ``chunk`` positions at a time and
+        recomputes them in the backward pass: no ``[B, T, V]`` buffer exists, for the price of one
+        more LM-head matmul.
+        """
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        h, _ = self.hidden_states(input_ids, positions_from_mask(attention_mask), attention_mask, ctx=ctx)
+        w = self.head_weight()
+        B, T, D = h.shape
+        if chunk <= 0 or chunk >= T:
+            return token_scores(project_to_vocab(h, w), input_ids)
+        n = -(-T // chunk)
+        pad = n * chunk - T
+        h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)  # [n, B, C, D]
+        nxt = jnp.pad(_next_ids(input_ids), ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)  # [n, B, C]
+        one = jax.checkpoint(lambda hc, ic: next_token_scores(project_to_vocab(hc, w), ic))
+        scores = jax.lax.map(lambda xs: one(*xs), (h_chunks, nxt))  # ([n, B, C], [n, B, C])
+        return tuple(_shift_right(a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]) for a in scores)
+
+    def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        positions = positions_from_mask(attention_mask)
+        h, _ = self.hidden_states(input_ids, positions, attention_mask, ctx=ctx)
+        return self.logits(h)
+
+
+def project_to_vocab(h, w):
+    """h [B, T, D] (or [B, D]) and the head w [V, D] -> float32 logits [B, T, V] (or [B, V])."""
+    logits = jnp.einsum("...d,vd->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
+
+
+def next_token_scores(logits, nxt):
+    """logits [B, T, V] float32 and the ids they predict nxt [B, T] -> (log-probs of nxt [B, T], the
+    logits' mean over the vocabulary [B, T], a metric that carries no gradient). Reductions over the
+    whole array: no shifted copy of the logits."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0]
+    return picked - lse, jax.lax.stop_gradient(logits.mean(-1))
+
+
+def token_scores(logits, ids):
+    """The model's logits [B, T, V] for ids [B, T] -> ``Transformer.token_logps``'s (logp, vocab_mean)."""
+    return tuple(_shift_right(a) for a in next_token_scores(logits, _next_ids(ids)))
+
+
+def _next_ids(ids):
+    """[B, T]: the token each position predicts (the last column, which predicts nothing, wraps)."""
+    return jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
+
+
+def _shift_right(a):
+    """[B, T] scores of the tokens at t + 1 -> scores of the tokens at t (column 0 gets 0)."""
+    return jnp.pad(a[:, :-1], ((0, 0), (1, 0)))
+
+
+def positions_from_mask(attention_mask):
+    """Position ids from a (left- or right-) padded mask [B, T]: count of real tokens before, 0 on pads."""
+    m = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0) * m
+
+
+def init_model(config_or_preset, seed: int = 0, dtype=jnp.float32, param_dtype=None, remat=False) -> Transformer:
+    """A randomly initialised model from a ``ModelConfig``, a config.json / model dir, or a preset name."""
+    cfg = config_or_preset if isinstance(config_or_preset, ModelConfig) else load_config(config_or_preset)
+    return Transformer(cfg, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig, dtype=jnp.float32, param_dtype=None, remat=False) -> Transformer:
+    """The model's structure with ``ShapeDtypeStruct`` leaves: nothing is allocated."""
+    return nnx.eval_shape(
+        lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, rngs=nnx.Rngs(0))
+    )
+
+
+def count_params(model: Transformer, variable_type=nnx.Param) -> int:
+    state = nnx.state(model, variable_type)
+    return int(sum(x.size for x in jax.tree.leaves(state)))

@@ -1,0 +1,1 @@
+"""``python -m ttpa_jax.plan``: per-device memory of a training run before starting it."""

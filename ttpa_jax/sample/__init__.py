@@ -1,0 +1,1 @@
+"""Stage 2, ``python -m ttpa_jax.sample``: TPS candidates scored by ESM into preference pairs."""

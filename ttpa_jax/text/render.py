@@ -1,0 +1,153 @@
+"""Render conversations with the model's own chat template into token ids and loss weights.
+
+``weights[t]`` is the loss weight of token ``t`` as a prediction target (predicted from tokens
+``< t``). Only assistant tokens get weight: each assistant message's text span is found by rendering
+the conversation up to that message with ``add_generation_prompt=True`` (the prefix) and up to and
+including it; tokens whose first character falls inside a span are assistant tokens. This works with
+any chat template whose renderings of growing prefixes are prefixes of each other, which holds for
+the Qwen2.5 and Llama 3.x templates.
+
+TL-Training's weighting (MAE, PKT) is applied on top by ``tl_weights``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ttpa_jax.core.jsonl import DataError
+
+
+@dataclasses.dataclass
+class Rendered:
+    """A rendered conversation: text, token ids, char offsets and assistant spans."""
+
+    text: str
+    ids: np.ndarray  # [T] int32
+    offsets: np.ndarray  # [T, 2] char span of each token
+    spans: list[tuple[int, int, int]]  # (char_start, char_end, message_index) per assistant message
+
+    def token_range(self, start: int, end: int) -> np.ndarray:
+        """Boolean [T]: tokens whose first character lies in [start, end)."""
+        first = self.offsets[:, 0]
+        return (first >= start) & (first < end)
+
+    def assistant_mask(self) -> np.ndarray:
+        mask = np.zeros(len(self.ids), bool)
+        for start, end, _ in self.spans:
+            mask |= self.token_range(start, end)
+        return mask
+
+
+def _template(tokenizer, messages, tools, add_generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def render_conversation(tokenizer, messages: list[dict], tools: list[dict], where: str = "") -> Rendered:
+    """Render and tokenize a whole conversation, locating each assistant message's span."""
+    text = _template(tokenizer, messages, tools)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prefix = _template(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        upto = _template(tokenizer, messages[: i + 1], tools)
+        if not (upto.startswith(prefix) and text.startswith(upto)):
+            raise DataError(
+                f"{where}: the chat template does not render messages[{i}] as a continuation of the "
+                "conversation before it, so assistant tokens cannot be located"
+            )
+        spans.append((len(prefix), len(upto.rstrip()), i))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return Rendered(
+        text=text,
+        ids=np.asarray(enc["input_ids"], np.int32),
+        offsets=np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2),
+        spans=spans,
+    )
+
+
+def render_prompt_completion(tokenizer, prompt: list[dict], completion: dict, tools: list[dict], where: str = ""):
+    """Prompt ids (with the generation prompt) and completion ids, tokenized separately.
+
+    Separate tokenization keeps the prompt's ids identical for a chosen and a rejected completion.
+    """
+    prompt_text = _template(tokenizer, prompt, tools, add_generation_prompt=True)
+    full_text = _template(tokenizer, [*prompt, completion], tools)
+    if not full_text.startswith(prompt_text):
+        raise DataError(f"{where}: the chat template does not render the completion as a continuation of the prompt")
+    completion_text = full_text[len(prompt_text):].rstrip()
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    return np.asarray(prompt_ids, np.int32), np.asarray(completion_ids, np.int32)
+
+
+@dataclasses.dataclass
+class Example:
+    """A tokenized training example: named 1-D arrays (ids int32, weights float32).
+
+    ``dropped`` is empty for a usable example, else the reason it is skipped: ``too_long`` or
+    ``no_target`` (no loss-bearing token).
+    """
+
+    features: dict[str, np.ndarray]
+    truncated: bool = False
+    dropped: str = ""
+
+
+TOO_LONG = Example({}, dropped="too_long")
+NO_TARGET = Example({}, dropped="no_target")
+
+
+def fit_length(ids: np.ndarray, weights: np.ndarray, max_length: int, overflow: str):
+    """Apply the overflow rule. Returns (ids, weights, truncated) or None when the record is dropped."""
+    if len(ids) <= max_length:
+        return ids, weights, False
+    if overflow == "drop":
+        return None
+    if overflow == "truncate":
+        return ids[:max_length], weights[:max_length], True
+    raise ValueError(f"overflow must be 'drop' or 'truncate', got {overflow!r}")
+
+
+def sft_example(tokenizer, record: dict[str, Any], max_length: int, overflow: str, where: str = "",
+                weight_fn=None) -> Example:
+    """SFT record -> ``input_ids``, ``weights``. ``weight_fn(rendered, record) -> [T]`` overrides the
+    plain assistant mask (TL-Training weighting)."""
+    r = render_conversation(tokenizer, record["messages"], record["tools"], where)
+    weights = weight_fn(r, record) if weight_fn else r.assistant_mask().astype(np.float32)
+    fitted = fit_length(r.ids, weights.astype(np.float32), max_length, overflow)
+    if fitted is None:
+        return TOO_LONG
+    ids, weights, truncated = fitted
+    if not weights.any():
+        return NO_TARGET
+    return Example({"input_ids": ids, "weights": weights}, truncated)
+
+
+def preference_example(tokenizer, record: dict[str, Any], max_length: int, overflow: str, where: str = "") -> Example:
+    """Preference record -> ``chosen_ids``, ``chosen_weights``, ``rejected_ids``, ``rejected_weights``.
+
+    Weights mark completion tokens. Truncation shortens completions (the prompt is kept whole); a
+    prompt that alone leaves no room for a completion is dropped.
+    """
+    out, truncated = {}, False
+    for side in ("chosen", "rejected"):
+        p_ids, c_ids = render_prompt_completion(tokenizer, record["prompt"], record[side][0], record["tools"], where)
+        ids = np.concatenate([p_ids, c_ids])
+        weights = np.concatenate([np.zeros(len(p_ids), np.float32), np.ones(len(c_ids), np.float32)])
+        if len(p_ids) >= max_length:
+            return TOO_LONG
+        if len(c_ids) == 0:
+            return NO_TARGET
+        fitted = fit_length(ids, weights, max_length, overflow)
+        if fitted is None:
+            return TOO_LONG
+        ids, weights, cut = fitted
+        truncated |= cut
+        out[f"{side}_ids"], out[f"{side}_weights"] = ids, weights
+    return Example(out, truncated)

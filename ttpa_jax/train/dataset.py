@@ -1,0 +1,131 @@
+"""Tokenize a JSONL file once into an ArrayRecord or TFRecord file, with a report of what was skipped.
+
+``prepare`` writes ``OUT_DIR/<kind>.<format>`` and ``OUT_DIR/stats.json``. The stats carry a
+fingerprint of the source file, the tokenizer and the options: a rerun with the same inputs reuses
+the file, a changed input rebuilds it. The record file is written under a temporary name and renamed
+when complete, so a crash never leaves a half-written file that looks finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from ttpa_jax.core.conversation import normalize_preference, normalize_record
+from ttpa_jax.train.example_proto import encode_example
+from ttpa_jax.core.jsonl import iter_jsonl, where
+from ttpa_jax.train.recordio import RecordWriter
+from ttpa_jax.text.render import preference_example, sft_example
+
+KINDS = ("sft", "preference")
+
+
+@dataclasses.dataclass
+class DataStats:
+    records: int = 0
+    written: int = 0
+    dropped_too_long: int = 0
+    truncated: int = 0
+    dropped_no_target: int = 0
+    tokens: int = 0
+    fingerprint: str = ""
+
+    def summary(self) -> str:
+        parts = [f"{self.written} of {self.records} records tokenized ({self.tokens} tokens)"]
+        if self.dropped_too_long:
+            parts.append(f"{self.dropped_too_long} dropped as longer than max_length")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to max_length")
+        if self.dropped_no_target:
+            parts.append(f"{self.dropped_no_target} dropped with no loss-bearing tokens")
+        return "; ".join(parts)
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(data_path: Path, tokenizer_dir: Path, options: dict) -> str:
+    h = hashlib.sha256(_file_hash(data_path).encode())
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_dir / name).is_file():
+            h.update(_file_hash(tokenizer_dir / name).encode())
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def record_path(out_dir: Path, kind: str, fmt: str) -> Path:
+    return out_dir / f"{kind}.{fmt}"
+
+
+def prepare(
+    data_path: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    kind: str,
+    fmt: str = "arrayrecord",
+    max_length: int = 2048,
+    overflow: str = "drop",
+    weight_fn: Callable | None = None,
+    weight_options: dict | None = None,
+    progress: bool = True,
+) -> tuple[Path, DataStats]:
+    """Tokenize ``data_path`` (JSONL) into ``out_dir``; reuse a previous result with the same fingerprint.
+
+    Raises ``DataError`` naming ``file:line`` for a malformed line or record.
+    """
+    from transformers import AutoTokenizer
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    data_path, tokenizer_dir, out_dir = Path(data_path), Path(tokenizer_dir), Path(out_dir)
+    if not data_path.is_file():
+        from ttpa_jax.core.jsonl import DataError
+
+        raise DataError(f"{data_path}: no such file")
+    options = {"kind": kind, "fmt": fmt, "max_length": max_length, "overflow": overflow, **(weight_options or {})}
+    fp = fingerprint(data_path, tokenizer_dir, options)
+    out = record_path(out_dir, kind, fmt)
+    stats_file = out_dir / "stats.json"
+    if out.is_file() and stats_file.is_file():
+        old = DataStats(**json.loads(stats_file.read_text()))
+        if old.fingerprint == fp:
+            return out, old
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{tokenizer_dir}: the tokenizer has no chat template")
+    stats = DataStats(fingerprint=fp)
+    tmp = out.with_name(out.name + ".tmp")
+    with RecordWriter(tmp, fmt) as writer:
+        lines = iter_jsonl(data_path)
+        for lineno, obj in tqdm(lines, desc=f"tokenizing {data_path.name}", unit=" rec", disable=not progress):
+            loc = where(data_path, lineno)
+            stats.records += 1
+            if kind == "sft":
+                ex = sft_example(tokenizer, normalize_record(obj, loc), max_length, overflow, loc, weight_fn)
+            else:
+                ex = preference_example(tokenizer, normalize_preference(obj, loc), max_length, overflow, loc)
+            if ex.dropped:
+                stats.dropped_too_long += ex.dropped == "too_long"
+                stats.dropped_no_target += ex.dropped == "no_target"
+                continue
+            stats.truncated += int(ex.truncated)
+            stats.written += 1
+            stats.tokens += int(sum(len(v) for k, v in ex.features.items() if k.endswith("ids")))
+            writer.write(encode_example(ex.features))
+    tmp.replace(out)
+    stats_file.write_text(json.dumps(dataclasses.asdict(stats), indent=2) + "\n")
+    return out, stats
+

@@ -1,0 +1,96 @@
+"""Batches from tokenized record files through grain: seeded shuffle (new order every epoch), a
+disjoint slice per process, padding to a few bucket lengths, and an iterator state that checkpoints
+save, so a resumed run continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import numpy as np
+
+from ttpa_jax.train.example_proto import decode_example
+from ttpa_jax.train.recordio import open_source
+
+# Features that are token ids (padded with pad_id) -> the mask that goes with them.
+SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
+                "chosen_ids": ("chosen_mask", "chosen_weights"),
+                "rejected_ids": ("rejected_mask", "rejected_weights")}
+
+
+def bucket_length(n: int, pad_multiple: int, max_length: int) -> int:
+    """Smallest ``pad_multiple * 2**k`` that holds ``n`` tokens, capped at ``max_length``."""
+    size = pad_multiple
+    while size < n:
+        size *= 2
+    return min(size, max(max_length, n))
+
+
+def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int) -> dict[str, np.ndarray]:
+    """Right-pad a list of examples into a batch.
+
+    Sequence features become ``[B, L]`` (ids int32 with a matching ``*_mask``; weights float32);
+    scalar-per-example features (reference log-probs) become ``[B]``. All sequences of a batch, chosen
+    and rejected alike, share one length L.
+    """
+    seq_keys = [k for k in SEQ_FEATURES if k in examples[0]]
+    longest = max(len(ex[k]) for ex in examples for k in seq_keys)
+    L = bucket_length(longest, pad_multiple, max_length)
+    batch: dict[str, np.ndarray] = {}
+    for k in seq_keys:
+        mask_key, weight_key = SEQ_FEATURES[k]
+        ids = np.full((len(examples), L), pad_id, np.int32)
+        mask = np.zeros((len(examples), L), np.int32)
+        weights = np.zeros((len(examples), L), np.float32)
+        for i, ex in enumerate(examples):
+            n = len(ex[k])
+            ids[i, :n], mask[i, :n], weights[i, :n] = ex[k], 1, ex[weight_key]
+        batch[k], batch[mask_key], batch[weight_key] = ids, mask, weights
+    for k in examples[0]:
+        if k not in batch and k not in {w for _, w in SEQ_FEATURES.values()}:
+            batch[k] = np.stack([np.asarray(ex[k]).reshape(()) for ex in examples]).astype(np.float32)
+    return batch
+
+
+class Loader:
+    """An endless iterator of this process's batches, with ``get_state``/``set_state``.
+
+    ``global_batch`` examples per step over all processes; this process yields
+    ``global_batch // process_count`` of them: a disjoint, deterministic slice of the same shuffled
+    order, so the global batch is identical however many processes share it.
+    """
+
+    def __init__(self, path: str | os.PathLike, fmt: str, *, global_batch: int, seed: int, shuffle: bool,
+                 pad_id: int, pad_multiple: int, max_length: int, process_index: int = 0, process_count: int = 1):
+        if global_batch % process_count:
+            raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} processes")
+        self.source = open_source(path, fmt)
+        self.num_records = len(self.source)
+        if self.num_records == 0:
+            raise ValueError(f"{path}: no records to train on")
+        ds = grain.MapDataset.source(self.source)
+        if shuffle:
+            ds = ds.shuffle(seed=seed)
+        ds = ds.repeat(None)  # endless; shuffles differ per epoch
+        # Process p takes elements p, p + P, p + 2P, ... of each global batch.
+        ds = ds[process_index::process_count]
+        local = global_batch // process_count
+        ds = ds.map(decode_example).batch(
+            local, drop_remainder=True,
+            batch_fn=lambda exs: collate(list(exs), pad_id, pad_multiple, max_length),
+        )
+        self._ds = ds.to_iter_dataset()
+        self._it = iter(self._ds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    def get_state(self) -> dict:
+        return self._it.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state)

@@ -1,0 +1,149 @@
+"""Training objectives: small pure functions over a batch.
+
+An objective has three parts, so gradient accumulation and multi-device runs give exactly the
+full-batch result:
+
+- ``normalizers(batch) -> dict``: global denominators (token weight, number of pairs), computed once
+  over the whole batch before it is split into micro-batches;
+- ``loss(model, reference, batch, ctx, norms) -> (loss, sums)``: the micro-batch's share of the
+  full-batch loss, and additive metric sums;
+- ``finalize(sums) -> metrics``: metric means from the sums of all micro-batches.
+
+The policy and the reference are models with ``token_logps`` (``model.Transformer``); ``logits_chunk``
+runs their LM head over that many positions at a time (see ``Transformer.token_logps``).
+
+Shapes: B sequences or pairs, L padded length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ttpa_jax.model.transformer import Ctx
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    normalizers: Callable
+    loss: Callable
+    finalize: Callable
+    needs_reference: bool = False
+
+
+# --------------------------------------------------------------------------- SFT
+def _sft_normalizers(batch):
+    return {"weight": jnp.maximum(batch["weights"].sum(), 1e-6)}
+
+
+def _sft_finalize(s):
+    return {"loss": s["nll"] / jnp.maximum(s["weight"], 1e-6), "loss_tokens": s["loss_tokens"]}
+
+
+def make_sft(logits_chunk: int = 0) -> Objective:
+    """Weighted token cross-entropy: sum(w * nll) / sum(w) over the whole batch."""
+
+    def loss(model, reference, batch, ctx: Ctx, norms):
+        lp, _ = model.token_logps(batch["input_ids"], batch["attention_mask"], ctx=ctx, chunk=logits_chunk)
+        w = batch["weights"]
+        nll = -(lp * w).sum()
+        sums = {"nll": nll, "weight": w.sum(), "loss_tokens": (w > 0).sum().astype(jnp.float32)}
+        return nll / norms["weight"], sums
+
+    return Objective("sft", _sft_normalizers, loss, _sft_finalize)
+
+
+SFT = make_sft()
+
+
+# --------------------------------------------------------------------------- DPO
+def dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, loss_type, label_smoothing=0.0):
+    """Per-pair DPO losses [B] from sequence log-probs [B] (float32).
+
+    sigmoid: -(1-ls) log s(beta h) - ls log s(-beta h), h the difference of log-ratios (conservative
+    DPO when ls > 0); hinge: relu(1 - beta h); ipo: (h - 1/(2 beta))^2.
+    """
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        return -(1 - label_smoothing) * jax.nn.log_sigmoid(beta * h) - label_smoothing * jax.nn.log_sigmoid(-beta * h)
+    if loss_type == "hinge":
+        return jax.nn.relu(1 - beta * h)
+    if loss_type == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"unknown DPO loss_type {loss_type!r} (sigmoid, ipo, hinge)")
+
+
+def _concat(batch):
+    ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    weights = jnp.concatenate([batch["chosen_weights"], batch["rejected_weights"]])
+    return ids, mask, weights
+
+
+def reference_logps(reference, batch, logits_chunk: int = 0):
+    """Reference sequence log-probs (chosen [B], rejected [B]) from one concatenated forward pass of
+    ``reference`` with adapters off."""
+    ids, mask, weights = _concat(batch)
+    lp, _ = reference.token_logps(ids, mask, ctx=Ctx(lora=False), chunk=logits_chunk)
+    ref = jax.lax.stop_gradient((lp * weights).sum(-1))
+    n = batch["chosen_ids"].shape[0]
+    return ref[:n], ref[n:]
+
+
+def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weight: float = 0.0,
+             logits_chunk: int = 0) -> Objective:
+    def normalizers(batch):
+        return {"pairs": jnp.asarray(batch["chosen_ids"].shape[0], jnp.float32),
+                "chosen_tokens": jnp.maximum(batch["chosen_weights"].sum(), 1e-6)}
+
+    def loss(model, reference, batch, ctx, norms):
+        n = batch["chosen_ids"].shape[0]
+        ids, mask, weights = _concat(batch)
+        lp, vocab_mean = model.token_logps(ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]: chosen, then rejected
+        logps, counts = (lp * weights).sum(-1), weights.sum(-1)
+        logit_sums = (vocab_mean * (weights > 0)).sum(-1)  # TRL's logits metric: the logits predicting completion tokens
+        if "ref_chosen_logp" in batch:
+            ref_c, ref_r = batch["ref_chosen_logp"], batch["ref_rejected_logp"]
+        else:
+            ref_c, ref_r = reference_logps(reference, batch, logits_chunk)
+        pol_c, pol_r = logps[:n], logps[n:]
+        if loss_type == "ipo":  # IPO compares per-token averages
+            cnt_c, cnt_r = jnp.maximum(counts[:n], 1), jnp.maximum(counts[n:], 1)
+            losses = dpo_losses(pol_c / cnt_c, pol_r / cnt_r, ref_c / cnt_c, ref_r / cnt_r,
+                                beta=beta, loss_type=loss_type)
+        else:
+            losses = dpo_losses(pol_c, pol_r, ref_c, ref_r, beta=beta, loss_type=loss_type,
+                                label_smoothing=label_smoothing)
+        total = losses.sum() / norms["pairs"]
+        nll = -pol_c.sum()
+        if sft_weight:
+            total = total + sft_weight * nll / norms["chosen_tokens"]
+        r_c = beta * (pol_c - ref_c)
+        r_r = beta * (pol_r - ref_r)
+        sums = {
+            "dpo_loss": losses.sum(), "pairs": jnp.asarray(n, jnp.float32), "nll": nll,
+            "chosen_tokens": counts[:n].sum(), "rejected_tokens": counts[n:].sum(),
+            "rewards/chosen": r_c.sum(), "rewards/rejected": r_r.sum(),
+            "rewards/accuracies": (r_c > r_r).astype(jnp.float32).sum(), "rewards/margins": (r_c - r_r).sum(),
+            "logps/chosen": pol_c.sum(), "logps/rejected": pol_r.sum(),
+            "logits/chosen": logit_sums[:n].sum(), "logits/rejected": logit_sums[n:].sum(),
+        }
+        return total, sums
+
+    def finalize(s):
+        pairs = jnp.maximum(s["pairs"], 1)
+        out = {k: s[k] / pairs for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                         "rewards/margins", "logps/chosen", "logps/rejected")}
+        out["logits/chosen"] = s["logits/chosen"] / jnp.maximum(s["chosen_tokens"], 1)
+        out["logits/rejected"] = s["logits/rejected"] / jnp.maximum(s["rejected_tokens"], 1)
+        sft = s["nll"] / jnp.maximum(s["chosen_tokens"], 1e-6)
+        out["loss"] = s["dpo_loss"] / pairs + sft_weight * sft
+        if sft_weight:
+            out["nll_loss"] = sft
+        return out
+
+    return Objective("dpo", normalizers, loss, finalize, needs_reference=True)
