@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttpa_jax.tools import esm
-from ttpa_jax.tools.assignment import min_cost_assignment
+from ttpa_jax.tools.assignment import match_name_first, min_cost_assignment
 from ttpa_jax.tools.esm import ErrorWeights, score, tl_reward
 from ttpa_jax.tools.calls import render
 
@@ -215,6 +215,51 @@ def test_assignment_is_optimal(cost):
     assert sorted(perm) == list(range(n))
     best = min(sum(cost[i][p[i]] for i in range(n)) for p in itertools.permutations(range(n)))
     assert sum(cost[i][perm[i]] for i in range(n)) == best
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_parallel_calls_match_by_name_before_cost(fmt):
+    # Two right tools, two key errors each: identity costs 4 * 0.4 = 1.6, the crosswise matching
+    # 2 * 0.7 = 1.4 (two wrong tools). Name first keeps the identity.
+    gold = [call("get_weather", city="Lyon"), call("search_flights", origin="Lyon", destination="Oslo")]
+    pred = [call("get_weather", town="Lyon"), call("search_flights", origin="Lyon", dest="Oslo")]
+    w = ErrorWeights()
+    assert 2 * w.wrong_tool < 4 * w.param_name  # the case the rule exists for
+    for p in (pred, pred[::-1]):
+        r = scored(p, fmt, gold)
+        assert r.errors == only(param_name=4) and r.param_name_kinds == {"missing": 2, "hallucinated": 2, "redundant": 0}
+        assert sorted(r.matches) == ([(0, 0), (1, 1)] if p is pred else [(0, 1), (1, 0)])
+
+
+def test_same_name_candidates_are_matched_by_least_error():
+    gold = [call("get_weather", city="Lyon", days=1), call("get_weather", city="Oslo", days=2)]
+    pred = [call("get_weather", city="Oslo", days=3), call("get_weather", city="Lyon", days=1)]
+    r = score(pred, gold, TOOLS)
+    assert sorted(r.matches) == [(0, 1), (1, 0)] and r.errors == only(param_value=1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 4), st.data())
+def test_name_first_matching_is_lexicographically_optimal(n_pred, n_gold, data):
+    names = st.sampled_from("ab")
+    pred = data.draw(st.lists(names, min_size=n_pred, max_size=n_pred))
+    gold = data.draw(st.lists(names, min_size=n_gold, max_size=n_gold))
+    n = max(n_pred, n_gold)
+    table = data.draw(st.lists(st.lists(st.integers(0, 9), min_size=n, max_size=n), min_size=n, max_size=n))
+
+    def cost(i, j):
+        return table[n - 1 if i is None else i][n - 1 if j is None else j] + (0 if None not in (i, j) else 5)
+
+    def key(pairs):
+        same = sum(i is not None and j is not None and pred[i] == gold[j] for i, j in pairs)
+        return -same, sum(cost(i, j) for i, j in pairs)
+
+    got = match_name_first(pred, gold, cost)
+    assert sorted(i for i, _ in got if i is not None) == list(range(n_pred))
+    assert sorted(j for _, j in got if j is not None) == list(range(n_gold))
+    best = min(key([(i if i < n_pred else None, p[i] if p[i] < n_gold else None) for i in range(n) if i < n_pred or p[i] < n_gold])
+               for p in itertools.permutations(range(n)))
+    assert key(got) == best
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -1,4 +1,4 @@
-"""Minimum-cost assignment (the Hungarian method), used to match parallel calls order-free.
+"""Minimum-cost assignment (the Hungarian method), and the name-first matching of parallel calls.
 
 Pure Python, O(n^3), no SciPy. For a square cost matrix ``cost[i][j]`` it returns ``perm`` with
 ``perm[i] = j`` minimising ``sum(cost[i][perm[i]])``. Callers pad rectangular problems to square
@@ -8,6 +8,7 @@ with the cost of leaving a row or column unmatched.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 
 def min_cost_assignment(cost: list[list[float]]) -> list[int]:
@@ -55,3 +56,39 @@ def min_cost_assignment(cost: list[list[float]]) -> list[int]:
     for j in range(1, n + 1):
         result[p[j] - 1] = j - 1
     return result
+
+
+def match_name_first(
+    pred_names: Sequence[str],
+    gold_names: Sequence[str],
+    cost: Callable[[int | None, int | None], float],
+) -> list[tuple[int | None, int | None]]:
+    """Match predicted calls to gold calls: same-name pairs first, then least total cost.
+
+    Among all matchings, the ones with the most pairs of equal names win; among those, the least
+    ``sum(cost(i, j))``. ``cost(i, j)`` is the error of predicted call ``i`` against gold call
+    ``j``; ``cost(i, None)`` of an extra predicted call, ``cost(None, j)`` of a missing gold call
+    (all >= 0). A right tool with wrong arguments is thus never traded for a crosswise match that
+    happens to cost less (two wrong tools). Returns ``(i, j)`` pairs, ``None`` marking a side left
+    unmatched; every predicted and every gold index appears exactly once.
+    """
+    n_pred, n_gold = len(pred_names), len(gold_names)
+    n = max(n_pred, n_gold)
+    base = [[0.0] * n for _ in range(n)]
+    same = [[False] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            pi = i if i < n_pred else None
+            gj = j if j < n_gold else None
+            if pi is not None or gj is not None:
+                base[i][j] = float(cost(pi, gj))
+            same[i][j] = pi is not None and gj is not None and pred_names[pi] == gold_names[gj]
+    # A name mismatch costs more than any whole matching can: the count of same-name pairs is
+    # maximised first, the cost only breaks ties between those matchings.
+    big = 1.0 + sum(max(row, default=0.0) for row in base)
+    full = [[base[i][j] + (0.0 if same[i][j] else big) for j in range(n)] for i in range(n)]
+    out = []
+    for i, j in enumerate(min_cost_assignment(full)):
+        if i < n_pred or j < n_gold:
+            out.append((i if i < n_pred else None, j if j < n_gold else None))
+    return out

@@ -13,7 +13,9 @@ taxonomy. Six error types are counted:
 ``param_value``         the right key and a well-typed value, but not an acceptable one
 
 ``score = 1 - sum(weight[t] * count[t])``, clipped to [0, 1]. Parallel calls are matched to gold
-calls order-free with the assignment of least total weighted error.
+calls order-free, name first: the matching with the most same-name pairs, and among those the one
+of least total weighted error (``assignment.match_name_first``). Two right tools with wrong
+arguments are never counted as two wrong tools because the crosswise matching would cost less.
 
 The gold call decides what is needed: a value equal to an acceptable gold value is correct even
 where the schema disagrees (BFCL passes variable names as strings), and an argument the gold marks
@@ -28,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ttpa_jax.tools.assignment import min_cost_assignment
+from ttpa_jax.tools.assignment import match_name_first
 from ttpa_jax.tools.gold_values import concrete_value, matches_gold, may_omit, property_schema
 from ttpa_jax.tools.schema import schema_violation
 from ttpa_jax.tools.calls import Format, normalize_call, parse, parse_value
@@ -201,28 +203,24 @@ def score(
     matches: list[tuple[int | None, int | None]] = []
     if pred:
         gold_names = {g["name"] for g in gold}
-        n = max(len(pred), len(gold))
-        cells: dict[tuple[int, int], _CallErrors] = {}
-        for i in range(n):
-            for j in range(n):
-                if i < len(pred) and j < len(gold):
+        cells: dict[tuple[int | None, int | None], _CallErrors] = {}
+
+        def cell(i: int | None, j: int | None) -> _CallErrors:
+            if (i, j) not in cells:
+                if i is not None and j is not None:
                     cells[i, j] = compare_call(pred[i], gold[j], table)
-                elif i < len(pred):
-                    cells[i, j] = _unmatched(pred[i], table, gold_names)
-                elif j < len(gold):
-                    cells[i, j] = _unmatched(None, table, gold_names)
                 else:
-                    cells[i, j] = _CallErrors()
-        cost = [[weights.cost(cells[i, j].errors) for j in range(n)] for i in range(n)]
-        for i, j in enumerate(min_cost_assignment(cost)):
-            if i >= len(pred) and j >= len(gold):
-                continue
-            matches.append((i if i < len(pred) else None, j if j < len(gold) else None))
-            cell = cells[i, j]
-            errors.update(cell.errors)
-            kinds.update(cell.kinds)
-            prefix = f"call {i}: " if i < len(pred) else f"gold call {j}: "
-            messages.extend(prefix + m for m in cell.messages)
+                    cells[i, j] = _unmatched(pred[i] if i is not None else None, table, gold_names)
+            return cells[i, j]
+
+        matches = match_name_first([p["name"] for p in pred], [g["name"] for g in gold],
+                                   lambda i, j: weights.cost(cell(i, j).errors))
+        for i, j in matches:
+            c = cell(i, j)
+            errors.update(c.errors)
+            kinds.update(c.kinds)
+            prefix = f"call {i}: " if i is not None else f"gold call {j}: "
+            messages.extend(prefix + m for m in c.messages)
     counts = {t: int(errors.get(t, 0)) for t in ERROR_TYPES}
     value = min(1.0, max(0.0, 1.0 - weights.cost(counts)))
     return ScoreResult(
