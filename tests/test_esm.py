@@ -1,5 +1,5 @@
 """ESM: each error type in both model formats, order-free parallel matching, score ordering,
-never raising on arbitrary predictions, and TL-Training's error-category reward."""
+never raising on arbitrary predictions."""
 
 import itertools
 import json
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ttpa_jax.tools import esm
 from ttpa_jax.tools.assignment import match_name_first, min_cost_assignment
-from ttpa_jax.tools.esm import ErrorWeights, score, tl_reward
+from ttpa_jax.tools.esm import ErrorWeights, score
 from ttpa_jax.tools.calls import render
 
 
@@ -307,22 +307,6 @@ def test_resolve_gold_takes_first_acceptable_values():
     assert esm.resolve_gold(gold, TOOLS) == [call("convert", amount=10, currencies=["EUR", "USD"]), call("get_weather", city="Lyon")]
 
 
-def test_tl_reward_categories():
-    def r(pred, gold=GOLD):
-        return tl_reward(pred, gold, TOOLS)
-
-    assert r([call("get_weather", city="Lyon", unit="celsius")]) == 1.0
-    assert r("no call here") == -2.0
-    assert r([call("get_forecast", city="Lyon")]) == -2.0
-    assert r([call("search_flights", origin="a", destination="b")]) == -1.5
-    assert r([call("get_weather", unit="celsius", country="FR")]) == -1.8
-    assert r([call("get_weather", unit="celsius")]) == -1.5
-    assert r([call("get_weather", city="Lyon", unit="celsius", country="FR")]) == -1.0
-    assert r([call("get_weather", city="Lyon", unit="celsius", days=2)]) == -0.5
-    assert r([call("get_weather", city="Paris", unit="celsius")]) == -0.25
-    assert r([call("get_weather", city="Lyon", unit="kelvin")]) == -0.25
-
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
@@ -356,4 +340,3 @@ def test_score_never_raises_on_json(value, gold):
     text = json.dumps(value)
     _check(score(text, gold, TOOLS))
     _check(score(f"<tool_call>\n{text}\n</tool_call>", gold, TOOLS))
-    assert isinstance(tl_reward(text, gold, TOOLS), float)

@@ -244,34 +244,3 @@ def resolve_gold(gold_calls: Sequence[Mapping[str, Any]], tools: Sequence[Mappin
         out.append({"name": call["name"], "arguments": concrete_value(call["arguments"], _parameters(table.get(call["name"])))})
     return out
 
-
-# TL-Training's error-category reward for an RL stage. The worst category present decides.
-TL_REWARDS = {
-    "format": -2.0,  # no parsable call
-    "tool_hallucination": -2.0,  # a tool that does not exist
-    "wrong_tool": -1.5,  # a real but wrong tool, or a wrong number of calls
-    "missing_and_hallucinated": -1.8,  # needed keys missing and invented keys added
-    "missing": -1.5,  # a needed key missing
-    "hallucinated": -1.0,  # a key that is not a parameter of the tool
-    "redundant": -0.5,  # a real but unneeded key
-    "value": -0.25,  # wrong value; a wrong type counts here too (TL-Training has no type category)
-    "exact": 1.0,
-}
-
-
-def tl_reward(prediction: str | Sequence[Any], gold_calls: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None) -> float:
-    """TL-Training's error-category reward: the lowest reward among the categories present.
-
-    ``-2`` format error or hallucinated tool, ``-1.5`` wrong tool, parameter-name errors from
-    ``-1.8`` (missing and hallucinated keys) through ``-1.5`` (missing), ``-1.0`` (hallucinated)
-    to ``-0.5`` (redundant), ``-0.25`` wrong value or type, ``+1`` exact.
-    """
-    result = score(prediction, gold_calls, tools)
-    e, k = result.errors, result.param_name_kinds
-    present = [c for c in ("format", "tool_hallucination", "wrong_tool") if e[c]]
-    if k["missing"] and k["hallucinated"]:
-        present.append("missing_and_hallucinated")
-    present += [c for c in ("missing", "hallucinated", "redundant") if k[c]]
-    if e["param_type"] or e["param_value"]:
-        present.append("value")
-    return min((TL_REWARDS[c] for c in present), default=TL_REWARDS["exact"])
