@@ -37,7 +37,7 @@ def test_generate_cli_on_chat_and_text_prompts(tiny, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "ttpa_jax.generate", "--model", str(model_dir), "--prompts", str(prompts),
-         "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"],
+         "--out", str(out), "--decoding.max-new-tokens", "6", "--decoding.batch-size", "2", "--no-progress"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "3 completions written" in proc.stdout
@@ -87,10 +87,10 @@ def test_too_long_and_malformed_prompts_name_the_line(tiny, tmp_path, capsys):
     model_dir, _, _ = tiny
     long_text = "weather " * 3000  # beyond tiny-qwen2's 2048 positions
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": "hi"}, {"text": long_text}])
-    assert main(["--model", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["--model", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert f"{prompts}:2: prompt is" in err and "max_position_embeddings 2048" in err
     prompts = write_jsonl(tmp_path / "q.jsonl", [{"text": "hi"}, {"prompt": "hi"}])
-    assert main(["--model", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["--model", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert f"{prompts}:2: a prompt needs" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

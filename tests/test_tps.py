@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import ttpa_jax
-from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, row_bucket, select_branch_points, tps
+from ttpa_jax.decode.tps import (TPSConfig, alternatives, plan_branches, probability_gaps, row_bucket,
+                                 select_branch_points, tps)
 
 from helpers import left_padded_batch, tiny_hf_model
 
@@ -43,6 +44,22 @@ def test_probability_gaps_and_alternatives():
         TPSConfig(top_k=1)
 
 
+def test_plan_branches_never_at_eos_and_respects_min_prob_and_eligibility():
+    greedy = np.array([5, 6, 7, 2])  # 2 is EOS
+    top_ids = np.array([[5, 8, 9], [6, 2, 9], [7, 8, 9], [2, 4, 9]])
+    top_probs = np.array([[0.40, 0.35, 0.20], [0.40, 0.38, 0.01], [0.34, 0.33, 0.02], [0.40, 0.39, 0.2]])
+    cfg = TPSConfig(epsilon=0.1, top_k=3, max_branch_points=4, min_alt_prob=0.05)
+    gaps, allowed, points, alts = plan_branches(greedy, top_ids, top_probs, cfg, eos_ids=(2,))
+    # step 1: its only alternatives are EOS and a 0.01 token; step 3 emits EOS.
+    assert allowed.tolist() == [True, False, True, False] and points == [0, 2]
+    assert alts == [(0, 8, 1, 0.35), (0, 9, 2, 0.20), (2, 8, 1, 0.33)]  # k = 3: two alternatives at step 0
+    _, allowed, points, _ = plan_branches(greedy, top_ids, top_probs, cfg, (2,), np.array([False, True, True, True]))
+    assert points == [2]  # outside the eligible steps nothing branches
+    # The dynamic threshold takes the m smallest gaps among allowed steps only.
+    wide = TPSConfig(epsilon=0.0, top_k=3, dynamic_m=3, min_alt_prob=0.0)  # step 1 keeps its 0.01 token
+    assert plan_branches(greedy, top_ids, top_probs, wide, eos_ids=(2,))[2] == [0, 1, 2]
+
+
 def test_row_bucket():
     assert [row_bucket(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
     assert row_bucket(5, 6) == 6 and row_bucket(7, 4) == 7
@@ -63,7 +80,7 @@ def test_tps_branches_equal_decoding_the_branched_prefix(tmp_path):
     ids, mask = left_padded_batch(96, [12, 7, 3], seed=5)
     prompts = [ids[b][mask[b] == 1].tolist() for b in range(3)]
     n_new = 10
-    cfg = TPSConfig(epsilon=0.0, top_k=3, dynamic_m=2, max_branch_points=4)
+    cfg = TPSConfig(epsilon=0.0, top_k=3, dynamic_m=2, max_branch_points=4, min_alt_prob=0.0)
     results = tps(model, prompts, max_new_tokens=n_new, config=cfg, batch_size=2)  # 2 batches, the last padded
     assert len(results) == 3
     for prompt, res in zip(prompts, results):

@@ -3,7 +3,7 @@
 Prompts are ``{"messages", "tools"}`` (rendered with the model's chat template) or ``{"text"}``; an
 ``"id"`` is carried to the output. Each output line is ``{"id"?, "index", "completion",
 "token_ids", "finish_reason", "prompt_tokens"}`` in input order. Prompts are sorted by length
-into batches of ``--batch-size`` (the last batch padded to full size), so every batch of a run
+into batches of ``--decoding.batch-size`` (the last batch padded to full size; ``decode.batching``), so every batch of a run
 shares one compiled decode loop per prompt-length bucket.
 
 ``generate_completions`` is the same as a Python function; it takes a model directory or an
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
-from ttpa_jax.core.jsonl import DataError, iter_jsonl, where, write_jsonl
-from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, left_pad, load_tokenizer
+from ttpa_jax.core.jsonl import iter_jsonl, where, write_jsonl
+from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, load_tokenizer
+from ttpa_jax.decode.batching import decode_in_batches, pad_token_id
+from ttpa_jax.decode.settings import DEFAULT_BUCKET, Decoding
 from ttpa_jax.decode.rules import GREEDY, Sampling
 
 
@@ -35,25 +37,10 @@ class GenerateArgs:
     """JSONL prompts: {"messages", "tools"} or {"text"} per line; an optional "id" is carried."""
     out: Path
     """Output JSONL: {"id", "index", "completion", "token_ids", "finish_reason", "prompt_tokens"}."""
-    batch_size: int = 8
-    """Prompts decoded together."""
-    max_new_tokens: int = 256
-    """Most tokens generated per prompt."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy decoding."""
-    top_k: int = 0
-    """Sample from the k most likely tokens only (0: no limit)."""
-    top_p: float = 1.0
-    """Sample from the smallest set of tokens whose probability reaches top_p (1: no limit)."""
-    seed: int = 0
-    """Sampling seed; a prompt's sample depends only on the seed and its index in the file."""
-    stop: tuple[str, ...] = ()
-    """Stop strings: a completion ends right after the first one it contains (e.g. </tool_call>)."""
+    decoding: Decoding = Decoding()
+    """How completions are decoded (--decoding.max-new-tokens, --decoding.temperature, ...)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Parameter and compute dtype ("auto": the checkpoint's)."""
-    bucket: int = 32
-    """Prompt widths are padded to buckets (multiples of this, coarser for long prompts), so varied
-    lengths share compiled loops."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -66,8 +53,8 @@ def load_model(model_dir: str | os.PathLike, dtype: str = "auto"):
 
 def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, batch_size: int = 8,
              sampling: Sampling = GREEDY, seed: int = 0, stop: Sequence[str] = (), eos_ids=None,
-             bucket: int = 32, progress: bool = False) -> list[Completion]:
-    """Completions for tokenized prompts, in input order.
+             bucket: int = DEFAULT_BUCKET, progress: bool = False) -> list[Completion]:
+    """Completions for tokenized prompts, in input order (batched by ``decode_in_batches``).
 
     Prompt ``i`` samples with key ``fold_in(key(seed), i)``, so its output does not depend on the
     batch it lands in. Stop strings end a completion right after the first one.
@@ -75,28 +62,28 @@ def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
     import jax
     from tqdm.auto import tqdm
 
-    from ttpa_jax.decode.loop import generate
+    from ttpa_jax.decode.loop import generate  # JAX is loaded only to decode
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     eos = tuple(eos_ids) if eos_ids is not None else eos_token_ids(model.config, tokenizer)
     stop_seqs = stop_token_sequences(tokenizer, stop)
-    pad_id = model.config.pad_token_id or 0
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     base_key = jax.random.key(seed)
-    out: list[Completion | None] = [None] * len(prompt_ids)
-    with tqdm(total=len(order), desc="generate", unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            rows = idx + [idx[-1]] * (batch_size - len(idx))  # full batches: one compiled shape
-            ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id)
-            keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jax.numpy.asarray(rows))
-            res = generate(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, key=keys,
-                           eos_ids=eos, stop_token_seqs=stop_seqs, bucket=bucket)
-            for r, i in enumerate(idx):
-                out[i] = finish(tokenizer, res.tokens[r, : res.lengths[r]].tolist(), eos, stop)
-            bar.update(len(idx))
-    return out  # type: ignore[return-value]
+
+    def decode_batch(rows, ids, mask):
+        keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jax.numpy.asarray(rows))
+        res = generate(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, key=keys,
+                       eos_ids=eos, stop_token_seqs=stop_seqs, bucket=bucket)
+        return [finish(tokenizer, seq, eos, stop) for seq in res.sequences()]
+
+    with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", disable=not progress) as bar:
+        return decode_in_batches(prompt_ids, batch_size, pad_token_id(model.config), decode_batch, bar.update)
+
+
+def complete_with(model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding, eos_ids=None,
+                  progress: bool = False) -> list[Completion]:
+    """``complete`` with the settings of a ``Decoding``."""
+    return complete(model, tokenizer, prompt_ids, max_new_tokens=decoding.max_new_tokens,
+                    batch_size=decoding.batch_size, sampling=decoding.sampling(), seed=decoding.seed,
+                    stop=decoding.stop, eos_ids=eos_ids, bucket=decoding.bucket, progress=progress)
 
 
 def encode_prompts(tokenizer, records: Sequence[dict], sources: Sequence[str], max_new_tokens: int,
@@ -143,13 +130,10 @@ def run(args: GenerateArgs) -> list[dict]:
     lines = list(iter_jsonl(args.prompts))
     records = [obj for _, obj in lines]
     sources = [where(args.prompts, n) for n, _ in lines]
-    ids = encode_prompts(tokenizer, records, sources, args.max_new_tokens, cfg.max_position_embeddings)
+    ids = encode_prompts(tokenizer, records, sources, args.decoding.max_new_tokens, cfg.max_position_embeddings)
     model = load_model(args.model, args.dtype)
-    sampling = Sampling(args.temperature, args.top_k, args.top_p)
-    done = complete(model, tokenizer, ids, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    sampling=sampling, seed=args.seed, stop=args.stop,
-                    eos_ids=eos_token_ids(model.config, tokenizer, args.model), bucket=args.bucket,
-                    progress=args.progress)
+    done = complete_with(model, tokenizer, ids, args.decoding, eos_token_ids(model.config, tokenizer, args.model),
+                         args.progress)
     out = []
     for i, (rec, prompt, c) in enumerate(zip(records, ids, done, strict=True)):
         row = {"id": rec["id"]} if "id" in rec else {}
@@ -160,18 +144,12 @@ def run(args: GenerateArgs) -> list[dict]:
     return out
 
 
+@stage_main
 def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
-    from ttpa_jax.model.config import ConfigError
-    from ttpa_jax.model.hf_io import CheckpointError
-
     args = tyro.cli(GenerateArgs, args=argv)
-    try:
-        out = run(args)
-    except (DataError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = run(args)
     reasons = {r: sum(o["finish_reason"] == r for o in out) for r in ("eos", "stop", "length")}
     print(f"{len(out)} completions written to {args.out} "
           f"(ended by eos {reasons['eos']}, stop string {reasons['stop']}, length {reasons['length']})")
@@ -179,4 +157,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)
