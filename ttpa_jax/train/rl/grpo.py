@@ -1,0 +1,50 @@
+"""GRPO: group-normalised advantages, the clipped ratio objective over generated tokens (token-level
+mean), and a k3 KL penalty to the reference (the same network with adapters off, as in DPO).
+
+Groups whose rewards are all equal get zero advantages (they add only the KL term) and are counted
+in ``zero_std_groups``. ``scale_rewards=False`` leaves advantages undivided (Dr. GRPO).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ttpa_jax.model.transformer import Ctx
+from ttpa_jax.train.rl.algorithm import Algorithm
+from ttpa_jax.train.rl.losses import group_advantages, grpo_loss
+from ttpa_jax.train.rl.policy import token_stats
+
+
+def rollout_logps(policy, reference, batch):
+    """(sampling policy's log-probs, reference log-probs) [B, T], without gradients."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    old, _, h = token_stats(policy, ids, mask, Ctx(lora=True))
+    ref, _, _ = token_stats(reference, ids, mask, Ctx(lora=False))
+    return jax.lax.stop_gradient(old), jax.lax.stop_gradient(ref), jax.lax.stop_gradient(h)
+
+
+def make_grpo(*, kl_coef: float, epsilon_low: float, epsilon_high: float, scale_rewards: bool) -> Algorithm:
+    def host_inputs(rewards, group_size):
+        adv, zero = group_advantages(rewards, group_size, scale=scale_rewards)
+        return {"advantages": adv}, {"zero_std_groups": float(zero)}
+
+    def prepare(policy, reference, value_head, batch):
+        old, ref, _ = rollout_logps(policy, reference, batch)
+        return {"old_logp": old, "ref_logp": ref}
+
+    def loss(policy, value_head, batch, ctx: Ctx):
+        logp, entropy, _ = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx)
+        mask = batch["loss_mask"]
+        value, sums = grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], mask,
+                                epsilon_low=epsilon_low, epsilon_high=epsilon_high, kl_coef=kl_coef)
+        sums["entropy"] = (entropy * mask).sum()
+        return value, sums
+
+    def finalize(s):
+        n = jnp.maximum(s["tokens"], 1.0)
+        kl = s["kl"] / n
+        return {"loss": s["pg"] / n + kl_coef * kl, "policy_loss": s["pg"] / n, "kl": kl,
+                "clip_fraction": s["clipped"] / n, "entropy": s["entropy"] / n}
+
+    return Algorithm("grpo", host_inputs, prepare, loss, finalize)
