@@ -15,6 +15,10 @@ return_value_accuracy    answer turns whose answer mentions every tool-result va
 no_call_accuracy         text turns (no tool needed) answered without a tool call
 errors                   ESM error counts per type over tool_call turns
 
+``per_turn`` in the JSON holds, for every turn, its prediction (the model's text) next to its
+verdict (score, errors, parse status, messages). ``--bfcl`` is scored by bfcl-eval's own checker
+instead, with these metrics alongside (``ttpa_jax.evaluate.leaderboard``).
+
 Turns without a prediction are counted in ``missing_predictions`` and left out of the rates. A
 tool call answered by an error (an error-recovery episode's failed call) is no gold call: it is not
 scored, and ``--data`` runs report how many were left out.
@@ -97,7 +101,7 @@ def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Predicti
         if pred is None:
             tally["missing"] += 1
             continue
-        row: dict[str, Any] = {"id": item.id, "turn": item.turn, "kind": item.kind}
+        row: dict[str, Any] = {"id": item.id, "turn": item.turn, "kind": item.kind, "prediction": pred}
         if item.category:
             row["category"] = item.category
         if item.kind == "tool_call":
@@ -231,12 +235,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     ]
 
 
-def generate_predictions(items: Sequence[EvalItem], model_dir: str, max_new_tokens: int, batch_size: int) -> dict[Key, str]:
+def generate_predictions(items: Sequence[EvalItem], model_dir: str, max_new_tokens: int, batch_size: int,
+                         progress: bool = False) -> dict[Key, str]:
     """Decode one completion per item with our decoder (``ttpa_jax.decode.generate``)."""
     from ttpa_jax.decode.generate import generate_completions  # JAX is loaded only for this mode
 
     prompts = [{"messages": item.prompt, "tools": item.tools} for item in items]
-    texts = generate_completions(model_dir, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    texts = generate_completions(model_dir, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 progress=progress)
     return {(item.id, item.turn): text for item, text in zip(items, texts, strict=True)}
 
 
@@ -248,9 +254,15 @@ class EvalConfig:
     data: Path | None = None
     """SFT JSONL test set ({"messages", "tools"} per line); every assistant turn is evaluated."""
     bfcl: str | None = None
-    """BFCL categories instead of --data, comma-separated: simple,multiple,parallel,parallel_multiple
-    (also live_simple, live_multiple, live_parallel, live_parallel_multiple). Read from the
-    installed bfcl-eval package."""
+    """BFCL categories instead of --data, comma-separated, judged by bfcl-eval's own checker: simple_python,
+    simple_java, simple_javascript, multiple, parallel, parallel_multiple, irrelevance, live_simple,
+    live_multiple, live_parallel, live_parallel_multiple, live_irrelevance, live_relevance; or the
+    groups simple (the three simple sets), non_live, live, all. Read from the installed bfcl-eval package."""
+    bfcl_mode: Literal["auto", "fc", "prompt"] = "auto"
+    """How BFCL asks the model: fc (tools in the chat template, calls parsed from its tool-call format),
+    prompt (BFCL's system prompt and Python-call output parser), auto (fc when the chat template uses tools)."""
+    limit: int | None = None
+    """BFCL: evaluate only the first N entries of each category (a quick look)."""
     predictions: Path | None = None
     """JSONL of {"id", "turn", "prediction"} per assistant turn, made elsewhere (docs/formats.md)."""
     model: Path | None = None
@@ -266,36 +278,42 @@ class EvalConfig:
     batch_size: int = 8
     """Prompts decoded together (--model only)."""
 
+    progress: bool = True
+    """Show a progress bar while decoding (--model only)."""
 
-def run(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
-    """Evaluate as configured; returns ``{column: metrics}`` (one column, or one per BFCL category
-    plus ``all``)."""
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate as configured. ``--data``: ``{column: metrics}``. ``--bfcl``: the leaderboard result
+    of ``leaderboard.run_bfcl`` (verdicts, columns, and ESM's columns under ``esm``)."""
     if (cfg.data is None) == (cfg.bfcl is None):
         raise DataError("give exactly one test set: --data FILE or --bfcl CATEGORIES")
     if (cfg.predictions is None) == (cfg.model is None):
         raise DataError("give exactly one source of predictions: --predictions FILE or --model DIR")
     if cfg.bfcl is not None:
-        from ttpa_jax.evaluate import bfcl
+        from ttpa_jax.evaluate.leaderboard import run_bfcl
 
-        items = bfcl.load_items([c.strip() for c in cfg.bfcl.split(",") if c.strip()])
-    else:
-        records = read_records(cfg.data)
-        items = items_from_records(records)
-        failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
-        if failed:
-            print(f"{cfg.data}: {failed} failed tool calls (answered by an error) not scored", file=sys.stderr)
+        return run_bfcl([c.strip() for c in cfg.bfcl.split(",") if c.strip()], name=cfg.name,
+                        predictions=cfg.predictions, model=cfg.model, mode=cfg.bfcl_mode, limit=cfg.limit,
+                        format=cfg.format, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                        progress=cfg.progress)
+    records = read_records(cfg.data)
+    items = items_from_records(records)
+    failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
+    if failed:
+        print(f"{cfg.data}: {failed} failed tool calls (answered by an error) not scored", file=sys.stderr)
     if cfg.predictions is not None:
         preds = read_predictions(cfg.predictions, items)
     else:
-        preds = generate_predictions(items, str(cfg.model), cfg.max_new_tokens, cfg.batch_size)
-    columns = {cfg.name: evaluate_items(items, preds, cfg.format)}
-    categories = sorted({i.category for i in items if i.category})
-    if len(categories) > 1:
-        for cat in categories:
-            sub = evaluate_items([i for i in items if i.category == cat], preds, cfg.format)
-            sub.pop("per_turn")
-            columns[f"{cfg.name} {cat}"] = sub
-    return columns
+        preds = generate_predictions(items, str(cfg.model), cfg.max_new_tokens, cfg.batch_size, cfg.progress)
+    return {cfg.name: evaluate_items(items, preds, cfg.format)}
+
+
+def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:
+    """What ``main`` prints: the BFCL report, or the fine-grained table."""
+    if cfg.bfcl is not None:
+        from ttpa_jax.evaluate.leaderboard import format_report
+
+        return format_report(result)
+    return format_table(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,10 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(format_table(columns))
+    print(report_text(cfg, columns))
     if cfg.out is not None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        cfg.out.write_text(json.dumps(columns, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        cfg.out.write_text(json.dumps(columns, indent=1, ensure_ascii=False, default=repr) + "\n", encoding="utf-8")
     return 0
 
 

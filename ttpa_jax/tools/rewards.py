@@ -38,17 +38,26 @@ to an unknown tool -2.0), and the turn gets the lowest of these: one bad call ma
 as one bad call makes it fail when executed. With one call on each side this is the code's rule.
 
 ``esm_reward`` is the ESM score (``esm.score``), in [0, 1].
+
+For the RL stage: ``format_reward`` (1 when the turn holds parsable calls and nothing malformed),
+``answer_reward`` (the share of the values the tools returned that the final answer mentions), and
+``parse_reward_spec``, which reads ``--reward`` (``esm``, ``esm+format``,
+``0.5*esm+0.5*tl+0.2*format``) into a weighted sum of ``COMPONENTS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ttpa_jax.core.conversation import is_error_feedback
 from ttpa_jax.tools.assignment import match_name_first
 from ttpa_jax.tools.calls import Format, normalize_call, parse, parse_value
 from ttpa_jax.tools.esm import ErrorWeights, score, tools_by_name
 from ttpa_jax.tools.gold_values import matches_gold, may_omit, property_schema
+from ttpa_jax.tools.return_values import mentions, result_values
 
 Prediction = str | Sequence[Any] | Any
 Reward = Callable[..., float]
@@ -154,3 +163,63 @@ def esm_reward(prediction: Prediction, gold_calls: Sequence[Mapping[str, Any]], 
 
 
 REWARDS: dict[str, Reward] = {"tl": tl_reward, "esm": esm_reward}
+
+
+# --------------------------------------------------------------------------- the RL stage's terms
+def format_reward(prediction: Prediction, gold_calls: Sequence[Mapping[str, Any]] = (),
+                  tools: Sequence[Mapping[str, Any]] | None = None, *, format: Format = "auto") -> float:
+    """1.0 when the turn holds at least one parsable call and no malformed block, else 0.0 (the
+    structure only: names and arguments are the other terms' business)."""
+    return 1.0 if _parsed(prediction, format).status == "ok" else 0.0
+
+
+REWARDS["format"] = format_reward
+
+
+def answer_reward(final_answer: str | None, tool_results: Sequence[str]) -> float:
+    """The final answer's use of the returned values: the share of the scalar values in the tool
+    results (error results left out) that the answer mentions (``return_values.mentions``); 0.0
+    without an answer or without a returned value."""
+    if not final_answer:
+        return 0.0
+    values = result_values([r for r in tool_results if not is_error_feedback(r)])
+    if not values:
+        return 0.0
+    return sum(mentions(final_answer, v) for v in values) / len(values)
+
+
+COMPONENTS = ("esm", "tl", "format", "answer")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """A weighted sum of reward components, ``terms = ((weight, name), ...)`` (``parse_reward_spec``)."""
+
+    terms: tuple[tuple[float, str], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for _, n in self.terms))
+
+    def total(self, components: Mapping[str, float]) -> float:
+        return float(sum(w * components[n] for w, n in self.terms))
+
+
+_TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([a-z_]+)\s*$")
+
+
+def parse_reward_spec(text: str) -> RewardSpec:
+    """``"esm"``, ``"esm+format"``, ``"0.5*esm+0.5*tl+0.2*format"`` -> RewardSpec; a term without a
+    weight has weight 1. Raises ValueError naming the term it cannot read."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("--reward: empty; give e.g. esm, tl, esm+format or 0.5*esm+0.5*tl+0.2*format")
+    terms = []
+    for raw in text.split("+"):
+        m = _TERM.match(raw)
+        if not m:
+            raise ValueError(f"--reward {text!r}: cannot read the term {raw.strip()!r} (write WEIGHT*NAME or NAME)")
+        name = m.group(2)
+        if name not in COMPONENTS:
+            raise ValueError(f"--reward {text!r}: unknown component {name!r} (known: {', '.join(COMPONENTS)})")
+        terms.append((float(m.group(1)) if m.group(1) else 1.0, name))
+    return RewardSpec(tuple(terms))

@@ -34,7 +34,7 @@ from ttpa_jax.train.checkpoint import Checkpoints
 from ttpa_jax.train.config import TrainConfig
 from ttpa_jax.train.optim import make_optimizer, schedule
 from ttpa_jax.train.rl.algorithm import Algorithm
-from ttpa_jax.train.rl.rewards import RewardSpec, parse_reward_spec
+from ttpa_jax.train.rl.rewards import EpisodeReward
 from ttpa_jax.train.rl.rollout import Rollout, rollout, toolbox_executor
 from ttpa_jax.train.run_log import RunLog
 from ttpa_jax.train.trainer import TrainingDiverged, build_model, split_model, tokenizer_dir, write_config
@@ -151,7 +151,7 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
-    reward: RewardSpec = reward_fn or parse_reward_spec(rl.reward)
+    reward = reward_fn or EpisodeReward.parse(rl.reward)
     placement = Placement(make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     R = rl.prompts_per_step * rl.group_size
     if rl.group_size < 2 and cfg.objective == "grpo":

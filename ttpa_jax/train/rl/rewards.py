@@ -1,32 +1,24 @@
-"""Rewards of the RL stage, as pure functions of one episode (no JAX).
+"""Episode rewards of the RL stage (no JAX): ``tools.rewards``'s terms applied to one rollout.
 
 An *episode* is what a rollout produced for one prompt: the completion of the tool-call turn (scored
-against the prompt's gold calls), the tool results the calls returned, and the final answer the model
-wrote after them (if it got that far). Components, each a float:
+against the prompt's gold calls), the tool results its calls returned, and the final answer the
+model wrote after them (if it got that far). Components:
 
-- ``esm``: the ESM score in [0, 1] (``tools.esm.score``) of the tool-call turn.
-- ``tl``: TL-Training's error-category reward in [-2, 1] (``tl_reward``) of the tool-call turn.
-- ``format``: 1 when the tool-call turn holds at least one call and nothing malformed, else 0.
-- ``answer``: the share of the values the tools returned (error results left out) that the final
-  answer mentions (``tools.return_values``); 0 without a final answer or without a returned value.
+- ``esm``: the ESM score in [0, 1] of the tool-call turn (``esm_reward``);
+- ``tl``: TL-Training's error-category reward in [-2, 1] of the tool-call turn (``tl_reward``);
+- ``format``: 1 when the tool-call turn holds calls and nothing malformed (``format_reward``);
+- ``answer``: the final answer's use of the returned values (``answer_reward``).
 
-``--reward`` picks a weighted sum of them: ``esm``, ``tl``, ``esm+format``,
-``0.5*esm+0.5*tl+0.2*format`` (``parse_reward_spec``).
+``--reward`` picks a weighted sum (``tools.rewards.parse_reward_spec``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ttpa_jax.core.conversation import is_error_feedback
-from ttpa_jax.tools import esm
-from ttpa_jax.tools.calls import parse
-from ttpa_jax.tools.return_values import mentions, result_values
-
-COMPONENTS = ("esm", "tl", "format", "answer")
+from ttpa_jax.tools.rewards import COMPONENTS, REWARDS, RewardSpec, answer_reward, parse_reward_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,72 +39,29 @@ class Episode:
     final_answer: str | None = None
 
 
-def format_reward(completion: str) -> float:
-    """1.0 when the text holds at least one parsable call and no malformed block, else 0.0."""
-    return 1.0 if parse(completion).status == "ok" else 0.0
-
-
-def answer_reward(final_answer: str | None, tool_results: Sequence[str]) -> float:
-    """Share of the returned values (results that are not errors) that the final answer mentions."""
-    if not final_answer:
-        return 0.0
-    values = result_values([r for r in tool_results if not is_error_feedback(r)])
-    if not values:
-        return 0.0
-    return sum(mentions(final_answer, v) for v in values) / len(values)
-
-
 def component_rewards(episode: Episode, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
     """The named components of one episode's reward."""
     out: dict[str, float] = {}
     for name in names:
-        if name == "esm":
-            out[name] = esm.score(episode.completion, episode.gold_calls, episode.tools).score
-        elif name == "tl":
-            out[name] = float(esm.tl_reward(episode.completion, episode.gold_calls, episode.tools))
-        elif name == "format":
-            out[name] = format_reward(episode.completion)
-        elif name == "answer":
+        if name == "answer":
             out[name] = answer_reward(episode.final_answer, episode.tool_results)
+        elif name in REWARDS:
+            out[name] = float(REWARDS[name](episode.completion, episode.gold_calls, episode.tools))
         else:
             raise ValueError(f"unknown reward component {name!r} (known: {', '.join(COMPONENTS)})")
     return out
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardSpec:
-    """A weighted sum of reward components: ``terms`` is ``((weight, name), ...)``."""
+class EpisodeReward:
+    """``reward(episode) -> (total, components)`` for a ``--reward`` spec."""
 
-    terms: tuple[tuple[float, str], ...]
+    spec: RewardSpec
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(n for _, n in self.terms))
-
-    def total(self, components: Mapping[str, float]) -> float:
-        return float(sum(w * components[n] for w, n in self.terms))
+    @classmethod
+    def parse(cls, text: str) -> "EpisodeReward":
+        return cls(parse_reward_spec(text))
 
     def __call__(self, episode: Episode) -> tuple[float, dict[str, float]]:
-        """(total reward, components) of one episode."""
-        parts = component_rewards(episode, self.names)
-        return self.total(parts), parts
-
-
-_TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([a-z_]+)\s*$")
-
-
-def parse_reward_spec(text: str) -> RewardSpec:
-    """``"esm"``, ``"esm+format"``, ``"0.5*esm+0.5*tl+0.2*format"`` -> RewardSpec; a term without a
-    weight has weight 1. Raises ValueError naming the bad term."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("--reward: empty; give e.g. esm, tl, esm+format or 0.5*esm+0.5*tl+0.2*format")
-    terms = []
-    for raw in text.split("+"):
-        m = _TERM.match(raw)
-        if not m:
-            raise ValueError(f"--reward {text!r}: cannot read the term {raw.strip()!r} (write WEIGHT*NAME or NAME)")
-        weight, name = float(m.group(1)) if m.group(1) else 1.0, m.group(2)
-        if name not in COMPONENTS:
-            raise ValueError(f"--reward {text!r}: unknown component {name!r} (known: {', '.join(COMPONENTS)})")
-        terms.append((weight, name))
-    return RewardSpec(tuple(terms))
+        parts = component_rewards(episode, self.spec.names)
+        return self.spec.total(parts), parts
