@@ -13,6 +13,7 @@ from ttpa_jax.tools import esm
 from ttpa_jax.tools.assignment import match_name_first, min_cost_assignment
 from ttpa_jax.tools.esm import ErrorWeights, score
 from ttpa_jax.tools.calls import render
+from ttpa_jax.tools.gold_values import matches_gold, standardize_string
 
 
 def tool(name, properties, required=()):
@@ -340,3 +341,42 @@ def test_score_never_raises_on_json(value, gold):
     text = json.dumps(value)
     _check(score(text, gold, TOOLS))
     _check(score(f"<tool_call>\n{text}\n</tool_call>", gold, TOOLS))
+
+
+def _bfcl_standardize_string():
+    """bfcl-eval's own ``standardize_string``, taken from its source (importing the checker pulls in
+    every vendor SDK)."""
+    import ast
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("bfcl_eval")
+    path = Path(spec.submodule_search_locations[0]) / "eval_checker" / "ast_eval" / "ast_checker.py"
+    tree = ast.parse(path.read_text())
+    [fn] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "standardize_string"]
+    namespace = {"re": re}
+    exec(compile(ast.Module([fn], []), str(path), "exec"), namespace)
+    return namespace["standardize_string"]
+
+
+STRINGS = ["April 1, 2024", "april 1,2024", "April 1 2024", "C#", "C", "a@b.com", "a b com", "New-York_City",
+           "x^2 * y", "l'été", 'l"été', "Tab\there", "ÄÖÜ straße", "<=", ">=", "", " ", "3.14", "314", "C++"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(" ,./-_*^'\"#@"), max_size=12), max_size=3))
+def test_string_normalisation_is_bfcls(extra):
+    bfcl = _bfcl_standardize_string()
+    for s in STRINGS + extra:
+        assert standardize_string(s) == bfcl(s)
+    for a in STRINGS + extra:
+        for b in STRINGS[:6] + extra:
+            assert matches_gold(a, b, {"type": "string"}) == (bfcl(a) == bfcl(b))
+
+
+def test_string_normalisation_cases():
+    gold = [call("get_weather", city="April 1, 2024")]
+    assert score([call("get_weather", city="april 1,2024")], gold, TOOLS).exact
+    assert score([call("get_weather", city="C")], [call("get_weather", city="C#")], TOOLS).errors == only(param_value=1)
+    assert score([call("get_weather", city="a b com")], [call("get_weather", city="a@b.com")], TOOLS).errors == only(param_value=1)

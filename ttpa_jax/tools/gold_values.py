@@ -14,30 +14,31 @@ The convention (BFCL's, made unambiguous for arrays):
 * Inside a literal array, elements are literals; an object element's properties are argument
   positions again (BFCL's list-of-dicts answers).
 
-Comparison: strings after light normalisation (``normalize_text``), numbers by value
+Comparison: strings after BFCL's normalisation (``standardize_string``), numbers by value
 (``3 == 3.0``), booleans apart from numbers, arrays element-wise in order, objects key by key.
 """
 
 from __future__ import annotations
 
 import math
-import unicodedata
+import re
 from typing import Any
 
 from ttpa_jax.tools.schema import is_number, schema_violation
 
 
-def normalize_text(text: str) -> str:
-    """Case-folded, NFKC, punctuation turned into spaces, whitespace collapsed.
+_BFCL_DROPPED = re.compile(r"[ ,./\-_*^]")
 
-    ``"April 1, 2024"``, ``"april 1,2024"`` and ``" April  1 2024 "`` are equal. Symbols (``<``,
-    ``=``, ``$``, ``+``) are kept, so ``"<="`` and ``">="`` stay apart. A string made only of
-    punctuation keeps its characters.
+
+def standardize_string(text: str) -> str:
+    """BFCL's string normalisation (``standardize_string`` in bfcl-eval's AST checker): spaces and
+    ``,./-_*^`` dropped, lowercased, single quotes turned into double quotes.
+
+    ``"April 1, 2024"``, ``"april 1,2024"`` and ``"April 1 2024"`` are equal; every other character
+    counts, so ``"C#"`` differs from ``"C"`` and ``"a@b.com"`` from ``"a b com"``. One rule for our
+    test sets and BFCL keeps the two comparable.
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    spaced = "".join(" " if unicodedata.category(c).startswith("P") else c for c in folded)
-    words = " ".join(spaced.split())
-    return words if words or not folded.strip() else " ".join(folded.split())
+    return _BFCL_DROPPED.sub("", text).lower().replace("'", '"')
 
 
 def property_schema(schema: Any, key: str) -> Any:
@@ -102,7 +103,7 @@ def value_equals(value: Any, gold: Any, schema: Any) -> bool:
             and all(value_equals(v, g, item_schema(schema, i)) for i, (v, g) in enumerate(zip(value, gold)))
         )
     if isinstance(gold, str):
-        return isinstance(value, str) and normalize_text(value) == normalize_text(gold)
+        return isinstance(value, str) and standardize_string(value) == standardize_string(gold)
     if is_number(gold):
         return is_number(value) and _numbers_equal(value, gold)
     if isinstance(gold, bool):

@@ -19,11 +19,24 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from ttpa_jax.tools.gold_values import normalize_text
 from ttpa_jax.tools.schema import is_number
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, NFKC, punctuation turned into spaces, whitespace collapsed: the words of a
+    text, for finding a value in an answer as whole words. (Gold argument values are compared with
+    BFCL's rule instead, ``gold_values.standardize_string``, which drops spaces and so cannot tell
+    word boundaries.) A string made only of punctuation keeps its characters.
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    spaced = "".join(" " if unicodedata.category(c).startswith("P") else c for c in folded)
+    words = " ".join(spaced.split())
+    return words if words or not folded.strip() else " ".join(folded.split())
+
 
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
