@@ -28,7 +28,7 @@ def compiled_memory(model: str, mesh: tuple[int, int, int], *, objective: str = 
                     batch_size: int = 8, seq_len: int = 128, dtype: str = "float32", grad_accum: int = 1,
                     logits_chunk: int = 0):
     """``compiled.memory_analysis()`` of the train step for this run on the first devices."""
-    cfg = TrainConfig(objective=objective, model=model, lora=LoraConfig(rank=lora_rank), mesh=MeshConfig(*mesh),
+    cfg = TrainConfig(objective=objective, model=model, data="", out="", lora=LoraConfig(rank=lora_rank), mesh=MeshConfig(*mesh),
                       dtype=dtype, optim=OptimConfig(grad_accum=grad_accum), logits_chunk=logits_chunk)
     placement = Placement(make_mesh(*mesh))
     st = TrainState.create(cfg, placement, steps=10)

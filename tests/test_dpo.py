@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 import ttpa_jax
 from ttpa_jax.train.example_proto import decode_example
-from ttpa_jax.export.exporter import load_run
+from ttpa_jax.export.weights import load_run
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.model.transformer import Ctx, token_scores
 from ttpa_jax.train.objectives import make_dpo

@@ -219,7 +219,7 @@ def test_bad_prediction_lines(tmp_path, capsys, line, message):
     data, preds = tmp_path / "data.jsonl", tmp_path / "preds.jsonl"
     write_jsonl(data, RECORDS)
     write_jsonl(preds, [PREDICTIONS[0], line])
-    assert evaluate.main(["--data", str(data), "--predictions", str(preds)]) == 1
+    assert evaluate.main(["--data", str(data), "--predictions", str(preds)]) == 2
     err = capsys.readouterr().err
     assert f"{preds}:2: {message}" in err
 
@@ -230,11 +230,11 @@ def test_bad_data_and_bad_options(tmp_path, capsys):
     bad[1]["messages"][0]["role"] = "customer"
     write_jsonl(data, bad)
     write_jsonl(preds, PREDICTIONS)
-    assert evaluate.main(["--data", str(data), "--predictions", str(preds)]) == 1
+    assert evaluate.main(["--data", str(data), "--predictions", str(preds)]) == 2
     assert f"{data}:2: messages[0].role: unknown role 'customer'" in capsys.readouterr().err
-    assert evaluate.main(["--predictions", str(preds)]) == 1
+    assert evaluate.main(["--predictions", str(preds)]) == 2
     assert "--data FILE or --bfcl" in capsys.readouterr().err
-    assert evaluate.main(["--data", str(data)]) == 1
+    assert evaluate.main(["--data", str(data)]) == 2
     assert "--predictions FILE or --model DIR" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 import ttpa_jax
 from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.example_proto import decode_example, encode_example
-from ttpa_jax.export.exporter import load_run
+from ttpa_jax.export.weights import load_run
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.train.loader import Loader
@@ -264,13 +264,13 @@ def test_cli_help_documents_fields():
     out = subprocess.run([sys.executable, "-m", "ttpa_jax.train", "sft", "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--model", "--data", "--out", "--lora.rank", "--dataset.max-length", "--optim.grad-accum", "--mae", "--pkt-wmax"):
         assert flag in out
-    assert "resumes" in out
+    assert "resumes" in out and "--beta" not in out and "--loss-type" not in out
 
 
 def test_yaml_config_defaults_with_cli_overrides(tmp_path):
     cfg_file = tmp_path / "exp.yaml"
     cfg_file.write_text("steps: 5\nseed: 7\nlora:\n  rank: 16\ndataset:\n  batch_size: 4\n")
-    cfg = parse_cli(["sft", "--config", str(cfg_file), "--steps", "9"])
+    cfg = parse_cli(["sft", "--config", str(cfg_file), "--steps", "9", "--model", "m", "--data", "d", "--out", "o"])
     assert (cfg.objective, cfg.steps, cfg.seed, cfg.lora.rank, cfg.dataset.batch_size) == ("sft", 9, 7, 16, 4)
     bad = tmp_path / "bad.yaml"
     bad.write_text("stepz: 5\n")
@@ -283,7 +283,7 @@ def test_cli_reports_bad_data_with_nonzero_exit(tiny_model_dir, tmp_path):
     p.write_text(json.dumps(sft_records(1)[0]) + "\nnot json\n")
     r = subprocess.run([sys.executable, "-m", "ttpa_jax.train", "sft", "--model", str(tiny_model_dir), "--data", str(p),
                         "--out", str(tmp_path / "run"), "--mesh.fsdp", "1"], capture_output=True, text=True)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "bad.jsonl:2: invalid JSON" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -297,10 +297,11 @@ def test_remat_step_equals_plain_step(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_bundled_configs_parse(name):
-    cfg = parse_cli(["sft", "--config", str(REPO / "configs" / name)])
-    assert cfg.config.endswith(name) and cfg.dataset.max_length >= 512
+    objective = "dpo" if "-dpo-" in name else "sft"  # each file names the subcommand it is for
+    cfg = parse_cli([objective, "--config", str(REPO / "configs" / name), "--model", "m", "--data", "d", "--out", "o"])
+    assert cfg.config.endswith(name) and cfg.dataset.max_length >= 512 and cfg.objective == objective
 
 
-def test_no_arguments_needs_the_demo_files(tmp_path):
+def test_no_arguments_prints_usage(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ttpa_jax.train"], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 1 and "run `make demo` first" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("usage: python -m ttpa_jax.train {sft|dpo")

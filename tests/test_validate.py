@@ -114,7 +114,7 @@ def test_mentions():
 
 
 def test_validate_cli_reports_rejections_by_reason(tmp_path, capsys):
-    from ttpa_jax.construct.checks import main
+    from ttpa_jax.construct.validate import main
 
     clean = _record("Could you find flights from Lyon to Oslo on 2025-03-14 for 2 travellers?",
                     [("search_flights", FLIGHT_ARGS)])

@@ -1,6 +1,7 @@
 """``python -m ttpa_jax.generate``: decode completions for a JSONL file of prompts; the code is in ``ttpa_jax.decode.generate``."""
 
-import runpy
+from ttpa_jax.decode.generate import main
+from ttpa_jax.core.cli import run
 
 if __name__ == "__main__":
-    runpy.run_module("ttpa_jax.decode.generate", run_name="__main__", alter_sys=True)
+    run(main)

@@ -1,6 +1,7 @@
-"""``python -m ttpa_jax.validate``: check constructed SFT records; the code is in ``ttpa_jax.construct.checks``."""
+"""``python -m ttpa_jax.validate``: check constructed SFT records; the code is in ``ttpa_jax.construct.validate``."""
 
-import runpy
+from ttpa_jax.construct.validate import main
+from ttpa_jax.core.cli import run
 
 if __name__ == "__main__":
-    runpy.run_module("ttpa_jax.construct.checks", run_name="__main__", alter_sys=True)
+    run(main)

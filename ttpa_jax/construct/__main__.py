@@ -1,5 +1,7 @@
-"""``python -m ttpa_jax.construct``: runs ``ttpa_jax.construct.build``."""
+"""``python -m ttpa_jax.construct``: the command line of ``ttpa_jax.construct.build``."""
 
-import runpy
+from ttpa_jax.construct.build import main
+from ttpa_jax.core.cli import run
 
-runpy.run_module("ttpa_jax.construct.build", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    run(main)

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from ttpa_jax.construct.generators import make_generator
 from ttpa_jax.construct.generators.protocol import EndpointError, Episode, GenerationFailure, GenerationStats, Generator
-from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.core.cli import run, stage_main
+from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.core.record_log import RecordLog
 from ttpa_jax.construct.episodes import EpisodeSettings, add_recovery, new_episode, run_episode, to_record
 from ttpa_jax.tools.library import BUNDLED, Tool, fingerprint, load_library
@@ -32,10 +33,6 @@ from ttpa_jax.construct.toolbox import MistakeMaker, executor_for, mistake_for, 
 from ttpa_jax.construct.checks import check_record
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Use the available tools when they help answer the user."
-
-
-class ConfigError(ValueError):
-    """A setting the user has to change; the message says which and why."""
 
 
 @dataclass
@@ -352,24 +349,21 @@ async def construct_async(cfg: ConstructConfig) -> ConstructSummary:
 def construct(cfg: ConstructConfig) -> ConstructSummary:
     """Build the dataset described by ``cfg``; return what was done.
 
-    Raises ``ConfigError``, ``DataError`` or ``EndpointError`` (all ``ValueError``) for problems the
+    Raises ``ConfigError``, ``DataError`` or ``EndpointError`` (all ``UserError``) for problems the
     user must fix.
     """
     return asyncio.run(construct_async(cfg))
 
 
+@stage_main
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(ConstructConfig, args=argv)
-    try:
-        summary = construct(cfg)
-    except (ConfigError, DataError, EndpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = construct(cfg)
     print(summary.format(), file=sys.stderr)
     return 0 if summary.made + summary.already_present == summary.requested else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -25,7 +25,8 @@ Rules (docs/construction.md explains them with examples):
 - **Shape** (``malformed_record``, ``empty_text``, ``call_count``): user, assistant tool-call, tool
   and answer messages in order; non-empty queries and answers; the number of calls in bounds.
 
-``python -m ttpa_jax.validate FILE`` applies the checks to any SFT JSONL file and reports them.
+``python -m ttpa_jax.validate FILE`` (``ttpa_jax.construct.validate``) applies the checks to any SFT
+JSONL file and reports them.
 """
 
 from __future__ import annotations
@@ -331,50 +332,3 @@ def _wrong_values(step: ParsedStep) -> set[str]:
         return set()
     kept = {json.dumps(v) for v in leaves(step.correction.arguments)}
     return {json.dumps(v) for v in leaves(step.arguments)} - kept
-
-
-# ---------------------------------------------------------------- command line
-
-def validate_file(path: str, min_calls: int = 1, max_calls: int | None = None) -> dict[str, Any]:
-    """Check every record of an SFT JSONL file: ``{"records", "passed", "rejected": {reason: n},
-    "examples": {reason: "file:line: detail"}}``."""
-    from collections import Counter
-
-    from ttpa_jax.core.jsonl import iter_jsonl
-
-    rejected: Counter = Counter()
-    examples: dict[str, str] = {}
-    records = passed = 0
-    for lineno, record in iter_jsonl(path):
-        records += 1
-        rejections = check_record(record, min_calls, max_calls)
-        passed += not rejections
-        for r in rejections:
-            rejected[r.reason] += 1
-            examples.setdefault(r.reason, f"{path}:{lineno}: {r.detail}")
-    return {"records": records, "passed": passed, "rejected": dict(rejected), "examples": examples}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ttpa_jax.validate FILE [--min-calls N] [--max-calls N]``: report, exit 1 on rejections."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m ttpa_jax.validate", description=main.__doc__)
-    parser.add_argument("file", help="SFT JSONL file")
-    parser.add_argument("--min-calls", type=int, default=1, help="fewest tool calls per record")
-    parser.add_argument("--max-calls", type=int, default=None, help="most tool calls per record")
-    args = parser.parse_args(argv)
-    try:
-        report = validate_file(args.file, args.min_calls, args.max_calls)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{report['passed']} of {report['records']} records pass")
-    for reason, n in sorted(report["rejected"].items()):
-        print(f"  {reason}: {n} (e.g. {report['examples'][reason]})")
-    return 0 if report["passed"] == report["records"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

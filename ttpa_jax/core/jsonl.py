@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ttpa_jax.core.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad input data. The message names the file and line (or field) and the reason."""
 
 

@@ -1,5 +1,7 @@
-"""``python -m ttpa_jax.evaluate``: runs ``ttpa_jax.evaluate.evaluator``."""
+"""``python -m ttpa_jax.evaluate``: the command line of ``ttpa_jax.evaluate.evaluator``."""
 
-import runpy
+from ttpa_jax.evaluate.evaluator import main
+from ttpa_jax.core.cli import run
 
-runpy.run_module("ttpa_jax.evaluate.evaluator", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    run(main)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.tools import esm
 from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.core.jsonl import DataError, iter_jsonl, where
@@ -277,9 +278,9 @@ class EvalConfig:
     """Decoding budget per turn (--model only)."""
     batch_size: int = 8
     """Prompts decoded together (--model only)."""
-
     progress: bool = True
     """Show a progress bar while decoding (--model only)."""
+
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate as configured. ``--data``: ``{column: metrics}``. ``--bfcl``: the leaderboard result
@@ -316,15 +317,12 @@ def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:
     return format_table(result)
 
 
+@stage_main
 def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(EvalConfig, args=argv)
-    try:
-        columns = run(cfg)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    columns = run(cfg)
     print(report_text(cfg, columns))
     if cfg.out is not None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
@@ -333,4 +331,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -18,12 +18,13 @@ import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import tyro
 
+from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.pipeline import PipelineConfig
 
@@ -166,7 +167,9 @@ def plot(path: Path, summary) -> None:
     plt.close(fig)
 
 
-def main(args: Args) -> int:
+@stage_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tyro.cli(Args, args=argv)
     t0 = time.perf_counter()
     per_seed = {}
     for seed in args.seeds:
@@ -183,4 +186,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args)))
+    run_cli(main)

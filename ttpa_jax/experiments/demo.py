@@ -10,12 +10,13 @@ table. Writes RUN_DIR/report.md and RUN_DIR/report.png. Rerunning continues an i
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import tyro
 
+from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.pipeline import PipelineConfig
 
@@ -61,7 +62,9 @@ def run(cfg: PipelineConfig) -> dict:
     return {"results": results, "report": report, "seconds": seconds}
 
 
-def main(args: Args) -> int:
+@stage_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tyro.cli(Args, args=argv)
     from ttpa_jax.evaluate.evaluator import format_table
 
     cfg = PipelineConfig.quick(args.out, args.seed) if args.quick else PipelineConfig(out=args.out, seed=args.seed)
@@ -73,4 +76,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args)))
+    run_cli(main)

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
 
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
@@ -170,7 +170,8 @@ def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
 
 def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
     """Train (or resume) and export merged weights next to the run: RUN-model/."""
-    from ttpa_jax.export.exporter import Args, export
+    from ttpa_jax.export.settings import Args
+    from ttpa_jax.export.weights import export
     from ttpa_jax.train.trainer import train
 
     summary = train(train_cfg, progress=progress)

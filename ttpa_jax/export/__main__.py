@@ -1,5 +1,7 @@
-"""``python -m ttpa_jax.export``: runs ``ttpa_jax.export.exporter``."""
+"""``python -m ttpa_jax.export``: the command line of ``ttpa_jax.export.exporter``."""
 
-import runpy
+from ttpa_jax.export.exporter import main
+from ttpa_jax.core.cli import run
 
-runpy.run_module("ttpa_jax.export.exporter", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    run(main)

@@ -2,131 +2,28 @@
 
 Turns a training run into something Hugging Face loads: merged weights as a model directory
 (tokenizer included), or with ``--peft`` a PEFT LoRA adapter directory (``adapter_config.json`` +
-``adapter_model.safetensors``) for the run's base model directory.
+``adapter_model.safetensors``) for the run's base model directory. The settings are in
+``export.settings``, the JAX work in ``export.weights``; importing this module loads no JAX.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import sys
-from pathlib import Path
+from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import tyro
-import yaml
-from flax import nnx
 
-from ttpa_jax.train.checkpoint import Checkpoints
-from ttpa_jax.model.lora import iter_linears
-from ttpa_jax.train.config import TrainConfig, from_dict
+from ttpa_jax.core.cli import run, stage_main
+from ttpa_jax.export.settings import Args
 
+# Export checks (--peft on a run from a preset, a run without adapters) raise ValueError naming the flag.
+@stage_main(user_errors=(ValueError,))
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tyro.cli(Args, args=argv, prog="python -m ttpa_jax.export")
+    from ttpa_jax.export.weights import export  # JAX: loaded once the command line is good
 
-def run_config(run_dir: str | Path) -> TrainConfig:
-    p = Path(run_dir) / "config.yaml"
-    if not p.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
-    return from_dict(TrainConfig, yaml.safe_load(p.read_text()), where=str(p))
-
-
-def load_run(run_dir: str | Path, step: int | None = None):
-    """The trained model of a run: base rebuilt from its HF directory, checkpoint laid over it.
-
-    Returns (model, config, step).
-    """
-    from ttpa_jax.train.trainer import build_model, split_model
-
-    cfg = run_config(run_dir)
-    ckpts = Checkpoints(run_dir, keep=cfg.keep)
-    steps = ckpts.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint for step {step} (have {steps})")
-    model = build_model(cfg)
-    lora = cfg.lora.rank > 0
-    graphdef, trainable, frozen = split_model(model, lora)
-    trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
-    restored, _ = ckpts.restore_trainable(step, trainable)
-    ckpts.close()
-    return nnx.merge(graphdef, restored, frozen), cfg, step
-
-
-def save_peft_adapter(model, out_dir: str | Path, base_model_dir: str, cfg: TrainConfig) -> Path:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's naming."""
-    from safetensors.numpy import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, lin in iter_linears(model):
-        if lin.lora_a is None:
-            continue
-        prefix = f"base_model.model.model.{name}"
-        tensors[f"{prefix}.lora_A.weight"] = np.asarray(jax.device_get(lin.lora_a[...]), np.float32)
-        tensors[f"{prefix}.lora_B.weight"] = np.asarray(jax.device_get(lin.lora_b[...]), np.float32)
-    if not tensors:
-        raise ValueError("the run has no LoRA adapters (it was trained with --lora.rank 0); export merged weights instead")
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    adapter_config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(base_model_dir).absolute()),
-        "r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-        "target_modules": sorted(cfg.lora.targets), "bias": "none", "fan_in_fan_out": False,
-        "inference_mode": True, "use_rslora": False, "use_dora": False, "modules_to_save": None,
-        "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None,
-    }
-    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-    return out
-
-
-@dataclasses.dataclass
-class Args:
-    """Export a training run as a Hugging Face model directory or a PEFT adapter."""
-
-    run: str
-    """Run directory written by `python -m ttpa_jax.train`."""
-    out: str
-    """Output directory."""
-    peft: bool = False
-    """Write a PEFT LoRA adapter (for the run's base model directory) instead of merged weights."""
-    step: int | None = None
-    """Checkpoint step to export (default: the latest)."""
-    dtype: str | None = None
-    """Weight dtype of the merged export (float32 or bfloat16; default: the base model's)."""
-
-
-def export(args: Args) -> Path:
-    from ttpa_jax.model.hf_io import save_pretrained
-
-    model, cfg, step = load_run(args.run, args.step)
-    tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else None)
-    if args.peft:
-        if not Path(cfg.model).is_dir():
-            raise ValueError(f"--peft needs a base model directory; the run started from preset {cfg.model!r}")
-        out = save_peft_adapter(model, args.out, cfg.model, cfg)
-    else:
-        dtype = jnp.dtype(args.dtype) if args.dtype else None
-        if dtype is None and Path(cfg.model).is_dir():
-            hf = json.loads((Path(cfg.model) / "config.json").read_text())
-            dtype = jnp.dtype(hf.get("dtype") or hf.get("torch_dtype") or "float32")
-        out = save_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, dtype=dtype)
-    if jax.process_index() == 0:
-        print(f"exported step {step} of {args.run} to {out}" + (" (PEFT adapter)" if args.peft else ""))
-    return out
-
-
-def main() -> int:
-    args = tyro.cli(Args)
-    try:
-        export(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    export(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from ttpa_jax.core.errors import ConfigError
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
-class ConfigError(ValueError):
-    """A config.json that this package cannot build a model from. The message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from ttpa_jax.core.errors import UserError
 from ttpa_jax.model.config import ConfigError, ModelConfig, load_config
 from ttpa_jax.model.transformer import Transformer, abstract_model
 
@@ -35,7 +36,7 @@ IGNORED_CHECKPOINT_KEYS = ("rotary_emb.inv_freq",)  # buffers some older checkpo
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory that does not match its config. The message names the tensor or file."""
 
 

@@ -8,30 +8,16 @@ base weights. ``merge_lora`` folds ``scale * B @ A`` into the base weights for e
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ttpa_jax.model.settings import ALL_TARGETS, LoraConfig  # the settings live in the JAX-free layer
 from ttpa_jax.model.transformer import Linear, Transformer
 
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """LoRA adapters. rank 0 means full fine-tuning (no adapters, every parameter trains)."""
-
-    rank: int = 8
-    """Adapter rank r; 0 disables LoRA and trains all weights."""
-    alpha: float = 16.0
-    """Scale numerator: adapters are scaled by alpha / rank."""
-    dropout: float = 0.0
-    """Dropout on the adapter input during training."""
-    targets: tuple[str, ...] = ALL_TARGETS
-    """Projections that get adapters (any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)."""
+__all__ = ["ALL_TARGETS", "LoraConfig", "apply_lora", "has_lora", "iter_linears", "merge_lora", "merged_weight"]
 
 
 def iter_linears(model: Transformer):
@@ -49,9 +35,7 @@ def apply_lora(model: Transformer, cfg: LoraConfig, seed: int = 0) -> Transforme
     """Attach adapters in place (A ~ Kaiming-uniform as in PEFT, B = 0). Returns the model."""
     if cfg.rank <= 0:
         return model
-    bad = sorted(set(cfg.targets) - set(ALL_TARGETS))
-    if bad:
-        raise ValueError(f"lora.targets: unknown projection(s) {bad}; choose from {list(ALL_TARGETS)}")
+    cfg.check()
     key = jax.random.key(seed)
     for idx, (name, lin) in enumerate(iter_linears(model)):
         if name.rsplit(".", 1)[-1] not in cfg.targets:

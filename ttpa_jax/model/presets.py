@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from collections.abc import Sequence
 import tyro
 
+from ttpa_jax.core.cli import run, stage_main
 from ttpa_jax.model.config import list_presets, load_config, presets_dir
 
 
@@ -43,13 +45,15 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.1f}P{unit}"
 
 
-def main(args: Args) -> None:
+@stage_main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tyro.cli(Args, args=argv, prog="python -m ttpa_jax.models")
     rows = preset_sizes()
     if args.json:
         import json
 
         print(json.dumps(rows, indent=2))
-        return
+        return 0
     print(f"presets in {presets_dir()}\n")
     print(f"{'preset':<16}{'type':<8}{'layers':>7}{'hidden':>8}{'params':>10}{'bf16 weights':>14}  tied")
     for r in rows:
@@ -58,5 +62,8 @@ def main(args: Args) -> None:
         print(f"{r['preset']:<16}{r['model_type']:<8}{r['layers']:>7}{r['hidden']:>8}{_human(r['params']):>10}{size:>14}  {r['tied']}")
 
 
+    return 0
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(main)

@@ -1,5 +1,7 @@
-"""``python -m ttpa_jax.plan``: runs ``ttpa_jax.plan.memory``."""
+"""``python -m ttpa_jax.plan``: the command line of ``ttpa_jax.plan.memory``."""
 
-import runpy
+from ttpa_jax.plan.memory import main
+from ttpa_jax.core.cli import run
 
-runpy.run_module("ttpa_jax.plan.memory", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    run(main)

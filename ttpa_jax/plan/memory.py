@@ -15,17 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
+from collections.abc import Sequence
 from typing import Literal
 
 import tyro
 
+from ttpa_jax.core.cli import run, stage_main
 from ttpa_jax.model.config import load_config
-from ttpa_jax.model.lora import LoraConfig
-from ttpa_jax.plan.activations import TensorSplit, activation_bytes
-from ttpa_jax.plan.state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, count,
-                                 gathered_bytes, optimizer_bytes, split_abstract, state_bytes)
-from ttpa_jax.model.sharding import mesh_shape
+from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.train.config import MeshConfig, OptimConfig
 
 GIB = 1024**3
@@ -72,13 +69,19 @@ def _devices(args: PlanArgs) -> int:
     dims = (args.mesh.data, args.mesh.fsdp, args.mesh.tensor)
     if -1 not in dims:
         return math.prod(dims)
-    import jax
+    import jax  # only to count this machine's devices; the settings stay JAX-free
 
     return jax.device_count()
 
 
 def plan_for(args: PlanArgs) -> dict:
     """The per-device figures (bytes) of ``args``; see ``PlanArgs`` for the fields."""
+    # The abstract model and mesh need JAX: imported here so that the settings and --help load none.
+    from ttpa_jax.model.sharding import mesh_shape
+    from ttpa_jax.plan.activations import TensorSplit, activation_bytes
+    from ttpa_jax.plan.state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, count,
+                                     gathered_bytes, optimizer_bytes, split_abstract, state_bytes)
+
     cfg = load_config(args.model)
     n_dev = _devices(args)
     shape = mesh_shape(args.mesh.data, args.mesh.fsdp, args.mesh.tensor, n_dev)
@@ -198,15 +201,14 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: PlanArgs) -> int:
-    try:
-        p = plan_for(args)
-    except ValueError as e:  # a bad mesh, batch size or model path: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+# A bad mesh (model.sharding raises ValueError naming the mesh field) is a user error here too.
+@stage_main(user_errors=(ValueError,))
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tyro.cli(PlanArgs, args=argv, description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = plan_for(args)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(PlanArgs, description=__doc__.split("\n\n")[1].replace("\n", " "))))
+    run(main)

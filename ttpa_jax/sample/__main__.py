@@ -1,5 +1,7 @@
-"""``python -m ttpa_jax.sample``: runs ``ttpa_jax.sample.sampler``."""
+"""``python -m ttpa_jax.sample``: the command line of ``ttpa_jax.sample.sampler``."""
 
-import runpy
+from ttpa_jax.sample.sampler import main
+from ttpa_jax.core.cli import run
 
-runpy.run_module("ttpa_jax.sample.sampler", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    run(main)

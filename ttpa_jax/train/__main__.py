@@ -1,5 +1,7 @@
-"""``python -m ttpa_jax.train``: runs ``ttpa_jax.train.cli``."""
+"""``python -m ttpa_jax.train``: the command line of ``ttpa_jax.train.cli``."""
 
-import runpy
+from ttpa_jax.train.cli import main
+from ttpa_jax.core.cli import run
 
-runpy.run_module("ttpa_jax.train.cli", run_name="__main__", alter_sys=True)
+if __name__ == "__main__":
+    run(main)

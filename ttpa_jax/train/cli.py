@@ -1,56 +1,49 @@
 """``python -m ttpa_jax.train sft|dpo --model DIR|PRESET --data FILE --out RUN_DIR [flags]``
 
-Fine-tunes with SFT or DPO, LoRA (default for dpo) or full (``--lora.rank 0``). Re-running the same
-command on the same ``--out`` resumes from the latest checkpoint. With no arguments it runs the DPO
-stage of the demo (``pipeline.dpo_config``) on the files ``make demo`` wrote under runs/demo.
-``--help`` on each subcommand lists every field; ``--config configs/NAME.yaml`` supplies defaults.
+Fine-tunes with SFT or DPO, LoRA (the default, rank 8) or full (``--lora.rank 0``). Re-running the same
+command on the same ``--out`` resumes from the latest checkpoint. ``--help`` on each subcommand lists
+its fields; ``--config configs/NAME.yaml`` supplies defaults. With no arguments it prints the usage
+and exits 2. Errors a user causes print one line and exit 2 (``core.cli``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+
+from ttpa_jax.core.cli import EXIT_USER_ERROR, run, stage_main
+from ttpa_jax.core.errors import UserError
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ttpa_jax.core.jsonl import DataError
-    from ttpa_jax.train.config import parse_cli
+# The trainer checks some settings against the data and devices as it starts (a preset without
+# --tokenizer, a batch that does not divide the mesh) and raises ValueError naming the flag.
+@stage_main(user_errors=(ValueError,))
+def main(argv: Sequence[str] | None = None) -> int:
+    from ttpa_jax.train.config import parse_cli, usage
 
-    argv = sys.argv[1:] if argv is None else argv
-    cfg = demo_dpo_stage() if not argv else parse_cli(argv)
-    if cfg is None:
-        return 1
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    cfg = parse_cli(argv)
+    # Imported once the command line is known to be good, so that --help and a bad flag load no JAX.
     from ttpa_jax.model.distributed import maybe_initialize
     from ttpa_jax.train.trainer import TrainingDiverged, train
 
+    if cfg.objective in ("grpo", "ppo"):
+        from ttpa_jax.train.rl.loop import train_rl as train
     maybe_initialize(cfg.dist.coordinator, cfg.dist.num_processes, cfg.dist.process_id)
     try:
-        summary = train(cfg)
-    except (DataError, TrainingDiverged, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        summary = train(cfg, progress=cfg.progress)
+    except TrainingDiverged as e:  # a learning rate or data problem the user has to fix
+        raise UserError(str(e)) from None
     m = summary["metrics"]
     if m:
-        shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in m)
+        shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins", "reward", "kl")
+                          if k in m)
         print(f"step {summary['step']}/{summary['steps']}: {shown}; run directory {summary['run_dir']}")
     return 0
 
 
-def demo_dpo_stage():
-    """The DPO stage of ``make demo`` on the files the demo wrote, or None (with a message) without them."""
-    from pathlib import Path
-
-    from ttpa_jax.experiments.pipeline import PipelineConfig, dpo_config
-
-    demo = PipelineConfig()
-    model, pairs = demo.out / "sft-model", demo.out / "data" / "pairs.jsonl"
-    missing = [str(p) for p in (model, pairs) if not Path(p).exists()]
-    if missing:
-        print(f"error: no arguments runs the demo's DPO stage, which needs {' and '.join(missing)}: "
-              "run `make demo` first, or see `python -m ttpa_jax.train --help`", file=sys.stderr)
-        return None
-    print(f"no arguments: running the demo's DPO stage ({pairs} on {model} -> {demo.out / 'dpo'})")
-    return dpo_config(demo, model, pairs)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

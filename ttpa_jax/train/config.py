@@ -1,7 +1,11 @@
 """Configuration of ``python -m ttpa_jax.train``: tyro dataclasses, YAML defaults, CLI overrides.
 
-Every field's docstring is its ``--help`` text. ``--config configs/NAME.yaml`` supplies defaults; flags
-on the command line override them. The run writes the final config to ``RUN_DIR/config.yaml``.
+A subcommand is one dataclass: ``RunArgs`` holds what every objective takes, ``SftArgs`` and
+``DpoArgs`` add their own options, so ``train sft --help`` lists no DPO option. ``SUBCOMMANDS`` maps
+each name to its class; a new objective adds a class there and its fields to ``TrainConfig``, the
+union that the trainer reads and that the run writes to ``RUN_DIR/config.yaml``. Every field's
+docstring is its ``--help`` text. ``--config configs/NAME.yaml`` supplies defaults; flags on the
+command line override them. No JAX is imported here.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Annotated, Any, Literal, Union
 import tyro
 import yaml
 
-from ttpa_jax.model.lora import LoraConfig
+from ttpa_jax.core.errors import ConfigError
+from ttpa_jax.model.settings import LoraConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +65,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DpoConfig:
-    """DPO objective (used by ``train dpo``)."""
+    """DPO objective (``train dpo``)."""
 
     beta: float = 0.1
     """Temperature of the implicit reward: rewards are beta * (policy - reference) log-probs."""
@@ -72,6 +77,49 @@ class DpoConfig:
     """Weight of an extra SFT term (mean NLL per chosen completion token)."""
     precompute_ref: bool = False
     """Compute reference log-probs once before training and store them with the tokenized data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RlConfig:
+    """The RL stage (used by ``train grpo`` and ``train ppo``): rollouts with tools that run, rewards,
+    GRPO's or PPO's update."""
+
+    reward: str = "esm+format"
+    """Reward: a weighted sum of esm, tl, format and answer, e.g. esm, tl, esm+format, 0.5*esm+0.5*tl+0.2*format."""
+    group_size: int = 4
+    """Completions sampled per prompt (GRPO's group)."""
+    prompts_per_step: int = 2
+    """Prompts per step; a step's batch is prompts_per_step x group_size episodes."""
+    num_iterations: int = 1
+    """Optimizer updates on each batch of rollouts."""
+    max_new_tokens: int = 128
+    """Most tokens generated per model turn."""
+    max_turns: int = 2
+    """Most model turns per episode (calls are executed and the model continues until it answers)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: no limit)."""
+    kl_coef: float = 0.04
+    """KL to the reference: GRPO's k3 penalty weight; PPO's per-token kl_ctl (TL-Training: 0.4)."""
+    epsilon: float = 0.2
+    """Clipping of the policy ratio to [1 - epsilon, 1 + epsilon] (PPO's cliprange)."""
+    epsilon_high: float = 0.0
+    """GRPO: upper clip 1 + epsilon_high (DAPO's clip-higher); 0 uses epsilon."""
+    scale_rewards: bool = True
+    """GRPO: divide advantages by the group's reward std; off, the Dr. GRPO form."""
+    clip_reward_value: float = 5.0
+    """PPO: the episode reward is clipped to +-this."""
+    cliprange_value: float = 0.2
+    """PPO: clipping of the value update around the rollout's values."""
+    gamma: float = 1.0
+    """PPO: GAE discount."""
+    lam: float = 0.95
+    """PPO: GAE lambda."""
+    vf_coef: float = 0.1
+    """PPO: weight of the value loss (the value head shares the policy's trunk)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,20 +147,18 @@ class DistConfig:
     """This process's index, 0 .. num_processes-1."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Fine-tune a model with SFT or DPO."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunArgs:
+    """What every training objective takes: the model, the data, the run directory, the schedule."""
 
-    objective: Annotated[Literal["sft", "dpo"], tyro.conf.Suppress] = "dpo"
-    """Training objective (chosen by the sft/dpo subcommand)."""
-    model: str = "runs/demo/sft-model"
+    model: str
     """Local HF model directory (safetensors + tokenizer + chat template), or a preset name (random init)."""
+    data: str
+    """Training data: JSONL, a Hugging Face `datasets` directory (save_to_disk) or parquet file(s)."""
+    out: str
+    """Run directory. Re-running the same command on it resumes from its latest checkpoint."""
     tokenizer: str | None = None
     """Tokenizer directory when --model is a preset (default: the model directory)."""
-    data: str = "runs/demo/data/pairs.jsonl"
-    """Training JSONL: {"messages","tools"} records for sft, {"prompt","chosen","rejected","tools"} for dpo."""
-    out: str = "runs/demo/dpo"
-    """Run directory. Re-running the same command on it resumes from its latest checkpoint."""
     config: str | None = None
     """YAML file of defaults for every field below; command-line flags override it."""
     steps: int = 0
@@ -137,19 +183,77 @@ class TrainConfig:
     """Checkpoints to keep (the latest K)."""
     log_every: int = 1
     """Write metrics every N steps."""
-    mae: bool = False
-    """TL-Training MAE: assistant tool calls whose tool feedback is an error get zero loss weight (sft)."""
-    pkt_wmax: float = 0.0
-    """TL-Training PKT: weight key tokens by min(|non-key|/|key|, W); 0 disables (sft)."""
+    progress: bool = True
+    """Show progress bars (tokenizing, training)."""
     lora: LoraConfig = LoraConfig()
     dataset: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
-    dpo: Annotated[DpoConfig, tyro.conf.OmitArgPrefixes] = DpoConfig()
     mesh: MeshConfig = MeshConfig()
     dist: DistConfig = DistConfig()
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SftArgs(RunArgs):
+    """``train sft``: supervised fine-tuning on {messages, tools} records, with TL-Training's MAE and PKT."""
+
+    mae: bool = False
+    """TL-Training MAE: assistant tool calls whose tool feedback is an error get zero loss weight."""
+    pkt_wmax: float = 0.0
+    """TL-Training PKT: weight key tokens by min(|non-key|/|key|, W); 0 disables."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DpoArgs(RunArgs):
+    """``train dpo``: DPO on {prompt, chosen, rejected, tools} preference records."""
+
+    dpo: Annotated[DpoConfig, tyro.conf.OmitArgPrefixes] = DpoConfig()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RlArgs(RunArgs):
+    """``train grpo`` / ``train ppo``: RL on the tool-call turns of {messages, tools} records, with
+    sampled multi-turn episodes whose calls run on the bundled toolbox."""
+
+    rl: Annotated[RlConfig, tyro.conf.OmitArgPrefixes] = RlConfig()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GrpoArgs(RlArgs):
+    """``train grpo``: group-normalised advantages, clipped ratio objective, k3 KL to the reference."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PpoArgs(RlArgs):
+    """``train ppo``: TL-Training's PPO (value head, GAE, per-token KL control), their defaults."""
+
+    rl: Annotated[RlConfig, tyro.conf.OmitArgPrefixes] = RlConfig(
+        reward="tl", group_size=1, prompts_per_step=8, temperature=0.7, kl_coef=0.4)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(SftArgs, DpoArgs, RlArgs):
+    """A whole run's settings: every subcommand's fields and the objective it chose (what the trainer reads)."""
+
+    objective: Literal["sft", "dpo", "grpo", "ppo"] = "dpo"
+    """Training objective (chosen by the subcommand)."""
+
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+
+# name -> (the subcommand's dataclass, its --help line)
+SUBCOMMANDS: dict[str, tuple[type[RunArgs], str]] = {
+    "sft": (SftArgs, "Supervised fine-tuning on {messages, tools} records (loss on assistant tokens)."),
+    "dpo": (DpoArgs, "DPO on {prompt, chosen, rejected, tools} preference records (LoRA reference: adapters off)."),
+    "grpo": (GrpoArgs, "GRPO on the tool-call turns of {messages, tools} records: episodes with tools that run."),
+    "ppo": (PpoArgs, "TL-Training's PPO (value head, GAE, KL control) on the tool-call turns of {messages, tools} records."),
+}
+
+
+def to_train_config(args: RunArgs) -> TrainConfig:
+    """The run's ``TrainConfig`` from a subcommand's parsed arguments."""
+    objective = next(name for name, (cls, _) in SUBCOMMANDS.items() if type(args) is cls)
+    return TrainConfig(objective=objective, **{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
 
 
 def _plain(x):
@@ -161,36 +265,43 @@ def _plain(x):
 
 
 def from_dict(cls, d: dict[str, Any], base=None, where: str = "config"):
-    """Build dataclass ``cls`` from a nested dict, on top of ``base``; unknown keys raise, naming them."""
-    base = base if base is not None else cls()
+    """Build dataclass ``cls`` from a nested dict, on top of ``base`` (default: ``cls``'s defaults, every
+    field without one then taken from ``d``); unknown or missing keys raise ``ConfigError`` naming them."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     updates = {}
     for k, v in (d or {}).items():
         key = k.replace("-", "_")
         if key not in fields:
-            raise ValueError(f"{where}: unknown field {k!r} (known: {', '.join(sorted(fields))})")
-        cur = getattr(base, key)
-        if dataclasses.is_dataclass(cur):
+            raise ConfigError(f"{where}: unknown field {k!r} (known: {', '.join(sorted(fields))})")
+        cur = getattr(base, key, None) if base is not None else None
+        sub = fields[key].default if cur is None else cur
+        if dataclasses.is_dataclass(sub):
             if not isinstance(v, dict):
-                raise ValueError(f"{where}: field {k!r} expects a mapping")
-            updates[key] = from_dict(type(cur), v, cur, f"{where}.{k}")
-        elif isinstance(cur, tuple) and isinstance(v, list):
+                raise ConfigError(f"{where}: field {k!r} expects a mapping")
+            updates[key] = from_dict(type(sub), v, sub, f"{where}.{k}")
+        elif isinstance(v, list):
             updates[key] = tuple(v)
         else:
             updates[key] = v
-    return dataclasses.replace(base, **updates)
+    if base is not None:
+        return dataclasses.replace(base, **updates)
+    missing = [n for n, f in fields.items() if n not in updates and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+    return cls(**updates)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: config file not found")
     try:
         d = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: invalid YAML ({e})") from None
+        raise ConfigError(f"{p}: invalid YAML ({e})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{p}: expected a mapping of fields at the top level")
+        raise ConfigError(f"{p}: expected a mapping of fields at the top level")
     return d
 
 
@@ -203,32 +314,30 @@ def _config_arg(argv: list[str]) -> str | None:
     return None
 
 
+def _blank(cls: type[RunArgs]) -> RunArgs:
+    """``cls`` at its defaults, the fields without a default marked required for tyro."""
+    return cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+
+
+def usage() -> str:
+    names = "|".join(SUBCOMMANDS)
+    return (f"usage: python -m ttpa_jax.train {{{names}}} --model DIR|PRESET --data FILE --out RUN_DIR [flags]\n"
+            f"  python -m ttpa_jax.train {{{names}}} --help lists every flag of that subcommand")
+
+
 def parse_cli(argv: list[str] | None = None) -> TrainConfig:
-    """``train [sft|dpo] [--config FILE] [flags]`` -> TrainConfig (no subcommand means dpo)."""
+    """``train SUBCOMMAND [--config FILE] [flags]`` -> TrainConfig. The YAML file gives defaults to the
+    chosen subcommand's dataclass (a field it does not have is an error naming the file)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    defaults = {
-        "sft": TrainConfig(objective="sft", data="runs/demo/data/train.jsonl", out="runs/demo/sft",
-                           model="runs/demo/base-model", lora=LoraConfig(rank=0),
-                           optim=OptimConfig(lr=1e-3)),
-        "dpo": TrainConfig(objective="dpo"),
-    }
     yaml_path = _config_arg(argv)
-    if yaml_path:
-        d = load_yaml(yaml_path)
-        defaults = {k: from_dict(TrainConfig, {**d, "objective": k, "config": yaml_path}, v, yaml_path)
-                    for k, v in defaults.items()}
-    if not argv or argv[0] not in defaults and argv[0] not in ("-h", "--help"):
-        argv = ["dpo", *argv]
-    choices = tuple(
-        Annotated[TrainConfig, tyro.conf.subcommand(name, default=default, description=_SUBCOMMAND_HELP[name])]
-        for name, default in defaults.items()
-    )
-    return tyro.cli(Union[choices], args=argv,  # type: ignore[valid-type]
-                    description="Fine-tune a model with SFT or DPO (LoRA or full); rerun the same command "
-                                "to resume. With no arguments at all: the DPO stage of `make demo`.")
-
-
-_SUBCOMMAND_HELP = {
-    "sft": "Supervised fine-tuning on {messages, tools} records (loss on assistant tokens).",
-    "dpo": "DPO on {prompt, chosen, rejected, tools} preference records (LoRA reference: adapters off).",
-}
+    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    choices = []
+    for name, (cls, help_text) in SUBCOMMANDS.items():
+        default = _blank(cls)
+        if yaml_path and name == chosen:
+            default = from_dict(cls, {**load_yaml(yaml_path), "config": yaml_path}, default, yaml_path)
+        choices.append(Annotated[cls, tyro.conf.subcommand(name, default=default, description=help_text)])
+    args = tyro.cli(Union[tuple(choices)], args=argv, prog="python -m ttpa_jax.train",  # type: ignore[valid-type]
+                    description="Fine-tune a model (LoRA or full); rerun the same command to resume.")
+    return to_train_config(args)

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ttpa_jax.core.errors import UserError
 from ttpa_jax.tools.library import Tool
 
 Mode = Literal["reversed", "forward"]
@@ -86,7 +87,7 @@ class GenerationFailure(Exception):
         self.detail = detail
 
 
-class EndpointError(ValueError):
+class EndpointError(UserError):
     """The endpoint refuses every request (bad key, unknown model, wrong URL): the run stops."""
 
 
