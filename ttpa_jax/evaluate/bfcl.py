@@ -1,40 +1,42 @@
-"""BFCL (Berkeley Function Calling Leaderboard) test sets, scored AST-style with ESM.
+"""BFCL (Berkeley Function Calling Leaderboard) single-turn test sets, read from the installed package.
 
-Questions and possible answers are read from the data files of the installed ``bfcl-eval``
-package (``bfcl_eval/data/BFCL_v4_<category>.json`` and ``possible_answer/BFCL_v4_<category>.json``,
-one JSON object per line); nothing is downloaded. Install it without its dependencies, which the
-data files do not need: ``pip install --no-deps bfcl-eval``.
+Questions and possible answers come from the data files of ``bfcl-eval``
+(``bfcl_eval/data/BFCL_v4_<category>.json`` and ``possible_answer/BFCL_v4_<category>.json``, one
+JSON object per line); nothing is downloaded. Install it without its dependencies, which neither the
+data files nor the checker need: ``pip install --no-deps bfcl-eval``.
 
-Conversion: BFCL function schemas use ``"type": "dict"`` and Python type names; they become JSON
-Schema (``dict`` -> ``object``, ``float`` -> ``number``, ``tuple`` -> ``array``, ``any`` -> no type
-constraint) wrapped as OpenAI tools. Each possible answer ``{name: {arg: [acceptable values]}}``
-becomes a gold call whose argument values are lists of acceptable values (``gold_values``; ``""``
-means the argument may be left out), so ESM applies BFCL's rules: any order for parallel calls,
-light string normalisation, ints accepted for floats.
+Categories are BFCL's own names (``bfcl_checker.CATEGORIES``); ``simple`` stands for the three
+simple sets (python, java, javascript, which the leaderboard's "Simple" averages), ``non_live``,
+``live`` and ``all`` for the groups.
+
+An entry keeps the functions twice: as in the data file (what the checker reads) and with BFCL's
+language-specific hints (what the model reads, as BFCL's generation adds them: a note on the syntax
+in each description, Java/JavaScript parameters typed as strings). For the model they become
+OpenAI tools (function-calling mode) or BFCL's system prompt (prompt mode); for ESM, JSON Schema
+(``dict`` -> ``object``, ``float`` -> ``number``, ``tuple`` -> ``array``, ``any`` -> no type) and
+gold calls whose values list the acceptable ones (``gold_values``; ``""`` means it may be left out).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ttpa_jax.evaluate.evaluator import EvalItem
 from ttpa_jax.core.jsonl import DataError, iter_jsonl, where
+from ttpa_jax.evaluate.bfcl_checker import (CATEGORIES, LIVE, NON_LIVE, BFCLNotInstalled, is_relevance_category,
+                                           package_dir, system_prompt_messages)
+from ttpa_jax.evaluate.evaluator import EvalItem
 
-INSTALL_HINT = "pip install --no-deps bfcl-eval"
+__all__ = ["BFCLNotInstalled", "CATEGORIES", "Entry", "data_dir", "expand_categories", "load_entries", "to_items"]
 
-# Category names accepted by --bfcl, and the file stem each reads (Python AST categories).
-CATEGORIES = {
-    "simple": "simple_python",
-    "simple_python": "simple_python",
-    "multiple": "multiple",
-    "parallel": "parallel",
-    "parallel_multiple": "parallel_multiple",
-    "live_simple": "live_simple",
-    "live_multiple": "live_multiple",
-    "live_parallel": "live_parallel",
-    "live_parallel_multiple": "live_parallel_multiple",
+Mode = Literal["fc", "prompt"]
+GROUPS = {
+    "simple": ("simple_python", "simple_java", "simple_javascript"),
+    "non_live": NON_LIVE,
+    "live": LIVE,
+    "all": CATEGORIES,
 }
 
 _TYPES = {
@@ -58,22 +60,9 @@ _TYPES = {
 }
 
 
-class BFCLNotInstalled(DataError):
-    """The bfcl-eval package (its data files) cannot be found."""
-
-
 def data_dir(package: str = "bfcl_eval") -> Path:
     """The ``data`` directory of the installed bfcl-eval package (located without importing it)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        path = Path(loc) / "data"
-        if path.is_dir():
-            return path
-    raise BFCLNotInstalled(f"the BFCL data files come with the bfcl-eval package, which is not installed: {INSTALL_HINT}")
+    return package_dir(package) / "data"
 
 
 def to_json_schema(schema: Any) -> Any:
@@ -113,33 +102,100 @@ def to_gold_calls(ground_truth: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return calls
 
 
+def with_language_hints(functions: list[dict[str, Any]], category: str) -> list[dict[str, Any]]:
+    """The functions as BFCL's generation shows them (``bfcl_eval.utils``' language-specific hints)."""
+    from bfcl_eval.utils import _func_doc_language_specific_pre_processing
+
+    return _func_doc_language_specific_pre_processing(copy.deepcopy(functions), category)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One BFCL test entry.
+
+    question:     the messages of its one turn.
+    functions:    the function docs as in the data file (the checker's input).
+    hinted:       the same with BFCL's language-specific hints (the model's input).
+    ground_truth: the possible answer ``[{name: {arg: [acceptable]}}]``; None for (ir)relevance.
+    """
+
+    id: str
+    category: str
+    question: list[dict[str, Any]]
+    functions: list[dict[str, Any]]
+    hinted: list[dict[str, Any]]
+    ground_truth: list[dict[str, Any]] | None
+
+
+def expand_categories(names: list[str]) -> list[str]:
+    """Category names and groups as BFCL categories, in the leaderboard's order, each once."""
+    chosen = set()
+    for name in names:
+        if name in GROUPS:
+            chosen.update(GROUPS[name])
+        elif name in CATEGORIES:
+            chosen.add(name)
+        else:
+            known = ", ".join([*CATEGORIES, *GROUPS])
+            raise DataError(f"unknown BFCL category {name!r} (known: {known})")
+    return [c for c in CATEGORIES if c in chosen]
+
+
 def _read(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    if not path.is_file():
+        raise BFCLNotInstalled(f"{path}: BFCL data file not found (pip install --no-deps bfcl-eval==2026.3.23)")
     return [(where(path, lineno), obj) for lineno, obj in iter_jsonl(path)]
 
 
-def load_items(categories: list[str], root: Path | None = None) -> list[EvalItem]:
-    """The entries of the given BFCL categories as evaluation items (one tool-call turn each).
-
-    The prompt is the entry's question (its one turn of messages); ``turn`` is the index the
-    answer would take, i.e. the number of prompt messages.
-    """
+def load_entries(categories: list[str], limit: int | None = None, root: Path | None = None) -> list[Entry]:
+    """The entries of the given categories (or groups), the first ``limit`` of each when given."""
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1, got {limit}")
     root = root if root is not None else data_dir()
-    items = []
-    for category in categories:
-        if category not in CATEGORIES:
-            raise DataError(f"unknown BFCL category {category!r} (known: {', '.join(CATEGORIES)})")
-        stem = CATEGORIES[category]
-        questions = _read(root / f"BFCL_v4_{stem}.json")
-        answers = {obj.get("id"): obj for _, obj in _read(root / "possible_answer" / f"BFCL_v4_{stem}.json")}
+    entries = []
+    for category in expand_categories(categories):
+        questions = _read(root / f"BFCL_v4_{category}.json")[:limit]
+        answers = {} if is_relevance_category(category) else {
+            obj.get("id"): obj for _, obj in _read(root / "possible_answer" / f"BFCL_v4_{category}.json")}
         for at, q in questions:
-            if q.get("id") not in answers:
-                raise DataError(f"{at}: no possible answer for {q.get('id')!r}")
             turns = q.get("question")
-            if not isinstance(turns, list) or len(turns) != 1:
-                raise DataError(f"{at}: expected a single-turn question")
-            prompt = [dict(m) for m in turns[0]]
-            tools = [to_tool(f) for f in q.get("function", [])]
-            gold = to_gold_calls(answers[q["id"]]["ground_truth"])
-            items.append(EvalItem(str(q["id"]), len(prompt), "tool_call", prompt, tools, gold, category=category))
+            if not isinstance(turns, list) or len(turns) != 1 or not isinstance(q.get("function"), list):
+                raise DataError(f"{at}: expected a single-turn question with a 'function' list")
+            gold = None
+            if not is_relevance_category(category):
+                if q.get("id") not in answers:
+                    raise DataError(f"{at}: no possible answer for {q.get('id')!r}")
+                gold = answers[q["id"]]["ground_truth"]
+            functions = q["function"]
+            entries.append(Entry(str(q["id"]), category, [dict(m) for m in turns[0]], functions,
+                                 with_language_hints(functions, category), gold))
+    return entries
+
+
+def prompt_of(entry: Entry, mode: Mode) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(messages, tools)`` the model is given: the question with the functions as tools (``fc``), or
+    BFCL's system prompt listing them and no tools (``prompt``)."""
+    if mode == "fc":
+        return entry.question, [to_tool(f) for f in entry.hinted]
+    return system_prompt_messages(entry.question, entry.hinted, entry.id), []
+
+
+def to_items(entries: list[Entry]) -> list[EvalItem]:
+    """Evaluation items for ESM and for keying predictions (one turn each; ``turn`` = number of
+    question messages; ``prompt`` the question, ``tools`` the hinted functions as OpenAI tools): a
+    tool-call turn with gold calls, or a ``text`` turn (no call wanted) for irrelevance;
+    live_relevance, which has no possible answer, is a tool-call turn without gold calls."""
+    items = []
+    for e in entries:
+        if e.ground_truth is not None:
+            kind, gold = "tool_call", to_gold_calls(e.ground_truth)
+        else:
+            kind, gold = ("text" if "irrelevance" in e.category else "tool_call"), []
+        items.append(EvalItem(e.id, len(e.question), kind, e.question, [to_tool(f) for f in e.hinted], gold,
+                              category=e.category))
     return items
 
+
+def load_items(categories: list[str], root: Path | None = None, limit: int | None = None) -> list[EvalItem]:
+    """``to_items(load_entries(...))``: the entries as evaluation items."""
+    return to_items(load_entries(categories, limit, root))
