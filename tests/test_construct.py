@@ -17,11 +17,13 @@ from ttpa_jax.construct.build import ConfigError, ConstructConfig, construct, he
 from ttpa_jax.core.jsonl import read_jsonl
 from ttpa_jax.construct.checks import check_record, mentions, parse_turns
 
+from construct_configs import construct_config
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _cfg(out, **kw):
-    return ConstructConfig(out=out, progress=False, **{"num": 40, "seed": 5, **kw})
+    return construct_config(out, progress=False, **{"num": 40, "seed": 5, **kw})
 
 
 def _run_cli(*args, **kw):
@@ -174,8 +176,8 @@ def test_cli_errors_are_one_clear_message(tmp_path):
     assert not (tmp_path / "a.jsonl").exists()
 
 
-def _field_docs():
-    tree = ast.parse(inspect.getsource(ConstructConfig))
+def _field_docs(cls):
+    tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body
     return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
@@ -185,8 +187,15 @@ def test_help_documents_every_field():
     proc = _run_cli("--help", env={**os.environ, "COLUMNS": "400"})
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
-    docs = _field_docs()
+    docs = _field_docs(ConstructConfig)
     assert set(docs) == {f.name for f in dataclasses.fields(ConstructConfig)}
+    nested = {f.name: f.default for f in dataclasses.fields(ConstructConfig) if dataclasses.is_dataclass(f.default)}
+    assert set(nested) == {"episode", "openai"}  # their fields are flags without a prefix
+    for name in nested:
+        docs.pop(name)
+        sub = _field_docs(type(nested[name]))
+        assert set(sub) == {f.name for f in dataclasses.fields(nested[name])}
+        docs.update(sub)
     for name, doc in docs.items():
         assert "--" + name.replace("_", "-") in text, name
         first_words = " ".join(doc.split()[:5]).replace("`", "")

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_jax.construct.build import ConfigError, ConstructConfig, construct
+from ttpa_jax.construct.build import ConfigError, construct
 from ttpa_jax.core.conversation import mae_masked_messages, normalize_record
 from ttpa_jax.core.jsonl import read_jsonl
 from ttpa_jax.construct.checks import check_record
+
+from construct_configs import construct_config
 
 REPO = Path(__file__).resolve().parent.parent
 NUM = {"reversed": 60, "forward": 30}
@@ -24,7 +26,7 @@ PINNED = {"reversed": "906bef8e9172751e862d314363cc4efc2a781b710eee4fd68bdd5f11d
 
 
 def _cfg(out, **kw):
-    return ConstructConfig(out=out, progress=False, **{"seed": 3, **kw})
+    return construct_config(out, progress=False, **{"seed": 3, **kw})
 
 
 @pytest.fixture(scope="module", params=["reversed", "forward"])

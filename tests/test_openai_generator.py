@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from construct_configs import construct_config
 from openai_stub_server import StubServer
-from ttpa_jax.construct.build import ConstructConfig, construct
+from ttpa_jax.construct.build import construct
 from ttpa_jax.construct.generators.openai_chat import extract_json, public_url
 from ttpa_jax.construct.generators.protocol import EndpointError
 from ttpa_jax.core.jsonl import read_jsonl
@@ -50,7 +51,7 @@ def tools_file(tmp_path):
 
 
 def _config(tmp_path, tools_file, base_url, **kw):
-    return ConstructConfig(out=tmp_path / "sft.jsonl", tools=str(tools_file), generator="openai", num=kw.pop("num", 12),
+    return construct_config(tmp_path / "sft.jsonl", tools=str(tools_file), generator="openai", num=kw.pop("num", 12),
                            seed=3, base_url=base_url, model="stub-model", concurrency=4, request_timeout=0.4,
                            retry_base_delay=0.01, retry_max_delay=0.05, min_calls=2, max_calls=3,
                            min_candidates=3, max_candidates=4, progress=False, **kw)
@@ -163,3 +164,21 @@ def test_error_recovery_fails_calls_of_tools_with_executors_only(tmp_path, monke
         assert failed["name"] == correction["name"] == "get_air_quality"
         assert failed["arguments"]["city"] != correction["arguments"]["city"]
         assert "estimate_paint" in r["meta"]["played_by_generator"]
+
+
+def test_an_endpoint_that_refuses_every_connection_stops_the_run_naming_it(tmp_path, tools_file, monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    t0 = time.perf_counter()
+    with pytest.raises(EndpointError) as e:  # default retry settings: 6 retries, 1 s first backoff
+        construct(construct_config(tmp_path / "sft.jsonl", tools=str(tools_file), generator="openai", num=20,
+                                   base_url=url, concurrency=1, progress=False))
+    assert time.perf_counter() - t0 < 15  # every retry of every request would take minutes
+    assert str(e.value).startswith(f"{url}: cannot connect") and SECRET not in str(e.value)
+    assert (tmp_path / "sft.jsonl").read_text() == ""

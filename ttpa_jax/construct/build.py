@@ -20,9 +20,12 @@ import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from ttpa_jax.construct.generators import make_generator
+from ttpa_jax.construct.generators.openai_chat import OpenAISettings
 from ttpa_jax.construct.generators.protocol import EndpointError, Episode, GenerationFailure, GenerationStats, Generator
 from ttpa_jax.core.cli import run, stage_main
 from ttpa_jax.core.errors import ConfigError
@@ -53,24 +56,14 @@ class ConstructConfig:
     """Number of records to make (train and test together when --split is set)."""
     seed: int = 0
     """Seed of every random choice; with the template generator the output is a function of it."""
-    mode: Literal["reversed", "forward"] = "reversed"
-    """`reversed`: the query is written last (TTPA). `forward`: query first, the ablation baseline."""
-    min_calls: int = 2
-    """Fewest tool calls in one record (over all its user turns)."""
-    max_calls: int = 7
-    """Most tool calls in one record (over all its user turns)."""
-    follow_up: float = 0.25
-    """Fraction of records with a follow-up user turn answered with further calls."""
+    episode: Annotated[EpisodeSettings, tyro.conf.OmitArgPrefixes] = EpisodeSettings()
+    """How each record is drawn: --mode, --min-calls, --max-calls, --follow-up, --min-candidates, --max-candidates."""
     error_recovery: float = 0.0
     """Fraction of records with an error-recovery episode: one call is first made with a plausible
     wrong argument value (a misspelled city, an id never issued, a past date, ...) that the tool
     refuses, and its error result stays in the record (TL-Training's MAE masks that call); the next
     call corrects it. Only training records (not the --split file), only calls of tools with a
     bundled executor that has such a mistake."""
-    min_candidates: int = 4
-    """Fewest tools shown to the model per record (tools used plus distractors)."""
-    max_candidates: int = 8
-    """Most tools shown to the model per record."""
     split: float = 0.0
     """Held-out fraction. Tools are partitioned first (per domain). This fraction of the records uses
     only the held-out tools and goes to OUT with `.test` inserted before its suffix (data/sft.jsonl
@@ -82,28 +75,8 @@ class ConstructConfig:
     """System message of every record; empty for none."""
     concurrency: int = 8
     """Records built at the same time (openai: requests in flight)."""
-    base_url: str | None = None
-    """openai: the endpoint, e.g. http://localhost:8000/v1 (default: the client's own, or the
-    OPENAI_BASE_URL environment variable)."""
-    model: str = "gpt-4o-mini"
-    """openai: the model name sent to the endpoint."""
-    temperature: float = 0.8
-    """openai: sampling temperature."""
-    max_tokens: int = 1024
-    """openai: most tokens per reply."""
-    request_timeout: float = 120.0
-    """openai: seconds before a request is abandoned (and retried)."""
-    max_retries: int = 6
-    """openai: retries of one request after a timeout, a connection error, 429 or 5xx."""
-    retry_base_delay: float = 1.0
-    """openai: first backoff delay in seconds; doubles with each retry (with jitter)."""
-    retry_max_delay: float = 60.0
-    """openai: longest backoff delay in seconds."""
-    max_malformed: int = 2
-    """openai: re-asks after a reply that is not the JSON asked for, before the step fails."""
-    structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
-    """openai: `auto` tries response_format json_schema, then json_object, then plain prompting,
-    falling back when the server refuses one."""
+    openai: Annotated[OpenAISettings, tyro.conf.OmitArgPrefixes] = OpenAISettings()
+    """The endpoint of the openai generator: --base-url, --model, --temperature, --max-retries, ..."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -194,13 +167,13 @@ def check_config(cfg: ConstructConfig) -> None:
     problems = []
     if cfg.num < 0:
         problems.append("--num must be >= 0")
-    if not 1 <= cfg.min_calls <= cfg.max_calls:
+    if not 1 <= cfg.episode.min_calls <= cfg.episode.max_calls:
         problems.append("need 1 <= --min-calls <= --max-calls")
-    if not 2 <= cfg.min_candidates <= cfg.max_candidates:
+    if not 2 <= cfg.episode.min_candidates <= cfg.episode.max_candidates:
         problems.append("need 2 <= --min-candidates <= --max-candidates")
     if not 0 <= cfg.split < 1:
         problems.append("--split must be in [0, 1)")
-    if not 0 <= cfg.follow_up <= 1:
+    if not 0 <= cfg.episode.follow_up <= 1:
         problems.append("--follow-up must be in [0, 1]")
     if not 0 <= cfg.error_recovery <= 1:
         problems.append("--error-recovery must be in [0, 1]")
@@ -214,10 +187,10 @@ def run_signature(cfg: ConstructConfig, gen: Generator, library: list[Tool]) -> 
     """The settings a record's content depends on, written into every record's ``meta``; a resumed
     file must have been made with the same ones. A setting in ``OMITTED_AT_DEFAULT`` is written only
     when it differs from its default."""
-    signature = {**gen.describe(), "mode": cfg.mode, "seed": cfg.seed, "library": fingerprint(library),
-                 "split_fraction": cfg.split, "min_calls": cfg.min_calls, "max_calls": cfg.max_calls,
-                 "follow_up": cfg.follow_up, "min_candidates": cfg.min_candidates,
-                 "max_candidates": cfg.max_candidates, "system_prompt": cfg.system_prompt,
+    signature = {**gen.describe(), "mode": cfg.episode.mode, "seed": cfg.seed, "library": fingerprint(library),
+                 "split_fraction": cfg.split, "min_calls": cfg.episode.min_calls, "max_calls": cfg.episode.max_calls,
+                 "follow_up": cfg.episode.follow_up, "min_candidates": cfg.episode.min_candidates,
+                 "max_candidates": cfg.episode.max_candidates, "system_prompt": cfg.system_prompt,
                  "error_recovery": cfg.error_recovery}
     return {k: v for k, v in signature.items() if k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k]}
 
@@ -256,15 +229,13 @@ def draw_recovery(cfg: ConstructConfig, side: Side, index: int, attempt: int, ep
 
 async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature: dict[str, Any],
                      summary: ConstructSummary, bar) -> None:
-    settings = EpisodeSettings(mode=cfg.mode, min_calls=cfg.min_calls, max_calls=cfg.max_calls,
-                               follow_up_rate=cfg.follow_up, min_candidates=cfg.min_candidates,
-                               max_candidates=cfg.max_candidates)
+    settings = cfg.episode
     executors = {t.name: executor_for(t) for t in side.tools}
     mistakes = {t.name: mistake_for(t) for t in side.tools}
     domain_of = domain_map(side.tools)
     with RecordLog(side.path) as log:
         _check_resumable(log, signature)
-        ids = [side.record_id(cfg.mode, cfg.seed, i) for i in range(side.count)]
+        ids = [side.record_id(cfg.episode.mode, cfg.seed, i) for i in range(side.count)]
         pending = iter([i for i, rid in enumerate(ids) if rid not in log])
         present = sum(rid in log for rid in ids)
         summary.already_present += present
@@ -284,7 +255,7 @@ async def _fill_side(cfg: ConstructConfig, side: Side, gen: Generator, signature
                 draw_recovery(cfg, side, index, attempt, ep, mistakes)
                 meta = {**signature, "split": side.name, "index": index, "attempt": attempt}
                 record = to_record(ep, ids[index], cfg.system_prompt, meta)
-                rejections = check_record(record, cfg.min_calls, cfg.max_calls)
+                rejections = check_record(record, cfg.episode.min_calls, cfg.episode.max_calls)
                 if rejections:
                     summary.rejected_instances += 1
                     summary.rejected.update({r.reason for r in rejections})
@@ -357,9 +328,7 @@ def construct(cfg: ConstructConfig) -> ConstructSummary:
 
 @stage_main
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
-    cfg = tyro.cli(ConstructConfig, args=argv)
+    cfg = tyro.cli(ConstructConfig, args=argv, prog="python -m ttpa_jax.construct")
     summary = construct(cfg)
     print(summary.format(), file=sys.stderr)
     return 0 if summary.made + summary.already_present == summary.requested else 1

@@ -31,20 +31,26 @@ Executor = Callable[[Any], dict[str, Any]]
 
 @dataclass(frozen=True)
 class EpisodeSettings:
-    """How episodes are drawn: call counts, follow-up turns, candidate set sizes."""
+    """How episodes are drawn: construction order, call counts, follow-up turns, candidate set sizes."""
 
     mode: Mode = "reversed"
+    """`reversed`: the query is written last (TTPA). `forward`: query first, the ablation baseline."""
     min_calls: int = 2
+    """Fewest tool calls in one record (over all its user turns)."""
     max_calls: int = 7
-    follow_up_rate: float = 0.25
+    """Most tool calls in one record (over all its user turns)."""
+    follow_up: float = 0.25
+    """Fraction of records with a follow-up user turn answered with further calls."""
     min_candidates: int = 4
+    """Fewest tools shown to the model per record (tools used plus distractors)."""
     max_candidates: int = 8
+    """Most tools shown to the model per record."""
 
 
 def draw_budget(rng: random.Random, s: EpisodeSettings) -> list[int]:
     """Calls per user turn: ``min_calls..max_calls`` in all; sometimes split over two turns."""
     total = rng.randint(s.min_calls, s.max_calls)
-    if total >= 2 and rng.random() < s.follow_up_rate:
+    if total >= 2 and rng.random() < s.follow_up:
         first = rng.randint(1, total - 1)
         return [first, total - first]
     return [total]

@@ -10,8 +10,11 @@ A stage whose lower layers still raise a plain ``ValueError`` for a bad setting 
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from ttpa_jax.core.errors import UserError
@@ -35,6 +38,14 @@ def error_message(e: BaseException) -> str:
         reason = next((r for cls, r in PATH_REASONS.items() if isinstance(e, cls)), e.strerror or str(e))
         return f"{e.filename}: {reason}"
     return one_line(str(e)) or type(e).__name__
+
+
+def require_paths(*paths: str | os.PathLike) -> None:
+    """Raise ``FileNotFoundError`` naming the first of ``paths`` that does not exist (checked before a
+    stage starts loading, so that a library's own message about it never reaches the user)."""
+    for path in paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
 
 def stage_main(fn: Callable[[list[str] | None], int] | None = None, *,

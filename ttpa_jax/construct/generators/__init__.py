@@ -17,7 +17,8 @@ __all__ = ["CallStep", "Episode", "GenerationFailure", "GenerationStats", "Gener
 
 
 def make_generator(cfg: Any, tools: list[Tool]) -> Generator:
-    """The generator ``cfg.generator`` names, set up from the construction config.
+    """The generator ``cfg.generator`` names, set up from the construction config (``cfg.openai``:
+    the endpoint's settings; ``cfg.concurrency``: requests in flight).
 
     Raises ``ValueError`` with a message for the user when it cannot run (a tool without executor
     in template mode, no ``OPENAI_API_KEY`` in openai mode).
@@ -27,7 +28,7 @@ def make_generator(cfg: Any, tools: list[Tool]) -> Generator:
 
         return TemplateGenerator(tools)
     if cfg.generator == "openai":
-        from ttpa_jax.construct.generators.openai_chat import OpenAIGenerator, OpenAISettings
+        from ttpa_jax.construct.generators.openai_chat import OpenAIGenerator  # the openai client, only when asked for
 
-        return OpenAIGenerator(OpenAISettings.from_config(cfg), tools)
+        return OpenAIGenerator(cfg.openai, tools, concurrency=cfg.concurrency)
     raise ValueError(f"unknown generator {cfg.generator!r} (choose template or openai)")

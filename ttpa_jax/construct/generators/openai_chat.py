@@ -34,23 +34,37 @@ class Malformed(Exception):
     """A reply that is not what the step asked for; the message is sent back with the re-ask."""
 
 
+# Before the endpoint has answered once, this many refused connections stop the run (EndpointError).
+REFUSALS_BEFORE_FIRST_REPLY = 3
+
+
 @dataclass(frozen=True)
 class OpenAISettings:
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None
-    temperature: float = 0.8
-    max_tokens: int = 1024
-    request_timeout: float = 120.0
-    max_retries: int = 6
-    retry_base_delay: float = 1.0
-    retry_max_delay: float = 60.0
-    max_malformed: int = 2
-    structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
-    concurrency: int = 8
+    """The `openai` generator: an OpenAI-compatible endpoint (key from the OPENAI_API_KEY environment variable)."""
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> OpenAISettings:
-        return cls(**{name: getattr(cfg, name) for name in cls.__dataclass_fields__})
+    base_url: str | None = None
+    """openai: the endpoint, e.g. http://localhost:8000/v1 (default: the client's own, or the
+    OPENAI_BASE_URL environment variable)."""
+    model: str = "gpt-4o-mini"
+    """openai: the model name sent to the endpoint."""
+    temperature: float = 0.8
+    """openai: sampling temperature."""
+    max_tokens: int = 1024
+    """openai: most tokens per reply."""
+    request_timeout: float = 120.0
+    """openai: seconds before a request is abandoned (and retried)."""
+    max_retries: int = 6
+    """openai: retries of one request after a timeout, a connection error, 429 or 5xx. Until the
+    endpoint has answered once, a few refused connections stop the run instead, naming the URL."""
+    retry_base_delay: float = 1.0
+    """openai: first backoff delay in seconds; doubles with each retry (with jitter)."""
+    retry_max_delay: float = 60.0
+    """openai: longest backoff delay in seconds."""
+    max_malformed: int = 2
+    """openai: re-asks after a reply that is not the JSON asked for, before the step fails."""
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    """openai: `auto` tries response_format json_schema, then json_object, then plain prompting,
+    falling back when the server refuses one."""
 
 
 def public_url(url: str | None) -> str | None:
@@ -87,7 +101,7 @@ def json_object_text(value: Any, what: str) -> dict[str, Any]:
 class OpenAIGenerator:
     """Writes each construction step with a chat model behind an OpenAI-compatible API."""
 
-    def __init__(self, settings: OpenAISettings, tools: list[Tool]):
+    def __init__(self, settings: OpenAISettings, tools: list[Tool], concurrency: int = 8):
         import openai
 
         self._key = os.environ.get("OPENAI_API_KEY", "")
@@ -101,7 +115,9 @@ class OpenAIGenerator:
                                           timeout=settings.request_timeout, max_retries=0)
         initial = "json_schema" if settings.structured_output == "auto" else settings.structured_output
         self._format: FormatMode = initial
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._answered = False  # has any request got a reply (even an error status)?
+        self._refused = 0  # connections refused before the first reply
         self._jitter = random.Random()
         self._tools = {t.name: t for t in tools}
 
@@ -132,6 +148,17 @@ class OpenAIGenerator:
             self.stats.structured_output_fallbacks += 1
         return True
 
+    def _check_reachable(self, error: Exception) -> None:
+        """Stop the run (``EndpointError`` naming the URL) when the endpoint has refused every connection
+        so far: retrying a server that is not there would only spend the whole backoff schedule."""
+        if self._answered:
+            return
+        self._refused += 1
+        if self._refused >= REFUSALS_BEFORE_FIRST_REPLY:
+            url = public_url(self.settings.base_url or str(self._client.base_url))
+            raise EndpointError(f"{url}: cannot connect ({self._refused} connections refused, none answered: "
+                                f"{self.redact(str(error))}); is the server running? check --base-url")
+
     async def _backoff(self, attempt: int, reason: str, error: Exception) -> None:
         if attempt >= self.settings.max_retries:
             raise GenerationFailure(reason, self.redact(str(error)))
@@ -153,7 +180,11 @@ class OpenAIGenerator:
             self.stats.requests += 1
             try:
                 async with self._slots:
-                    response = await self._client.chat.completions.create(**kwargs)
+                    try:
+                        response = await self._client.chat.completions.create(**kwargs)
+                    except oa.APIStatusError:
+                        self._answered = True  # the server is there; the status is handled below
+                        raise
             except (oa.BadRequestError, oa.UnprocessableEntityError) as e:
                 if response_format is not None and self._fall_back(mode):
                     continue
@@ -166,6 +197,7 @@ class OpenAIGenerator:
             except oa.APITimeoutError as e:
                 await self._backoff(attempt, "timeout", e)
             except oa.APIConnectionError as e:
+                self._check_reachable(e)
                 await self._backoff(attempt, "connection_error", e)
             except oa.APIStatusError as e:
                 if e.status_code < 500:
@@ -174,6 +206,7 @@ class OpenAIGenerator:
             except (oa.APIResponseValidationError, ValueError) as e:  # a body that is not JSON
                 await self._backoff(attempt, "bad_response", e)
             else:
+                self._answered = True
                 usage = getattr(response, "usage", None)
                 if usage is not None and usage.prompt_tokens is not None:
                     self.stats.tokens_reported = True
