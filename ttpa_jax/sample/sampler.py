@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ttpa_jax.core.cli import run, stage_main
+from ttpa_jax.core.cli import require_paths, run, stage_main
 from ttpa_jax.core.jsonl import DataError, write_jsonl
 from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.sample.audit import audit_path, build_audit, format_audit, write_audit
@@ -158,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(SampleConfig, args=argv)
+    require_paths(cfg.model, cfg.data)
     print(format_summary(sample(cfg)))
     return 0
 
