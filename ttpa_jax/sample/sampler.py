@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(SampleConfig, args=argv)
-    require_paths(cfg.model, cfg.data)
+    require_paths(cfg.data)  # --model may also name a base model (resolved when loading)
     print(format_summary(sample(cfg)))
     return 0
 
