@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -213,27 +214,68 @@ def iter_turns(record: dict[str, Any]) -> Iterator[Turn]:
             yield Turn(i, messages[:i], msg, kind, list(results))
 
 
-def is_error_feedback(content: str) -> bool:
-    """A tool message reports an error: a JSON object with a top-level ``"error"`` key, or text
-    starting with ``error``."""
+# TL-Training's error keywords (``code/mae/mae.py``), matched after ``_letters_and_digits``. Left out:
+# its ``"error":`` and ``'error'`` (replaced by ``_ERROR_KEY``, which lets an empty or null error
+# through) and ``'related_searches'`` (a key its search tool's failures named; a successful search
+# result can hold it too).
+ERROR_KEYWORDS = (
+    "is not defined", "positional argument", "unexpected keyword", "ConnectionError", "not supported",
+    "Invalid API call", "Response error", "Object of type SerpResults is not JSON serializable",
+    "400 Client Error", "slice indices must be integers or None or have an __index__ method", "connection error",
+)
+# An "error" key (in JSON or a Python dict repr, quotes possibly escaped inside a string) whose value
+# is not empty: "", '', null, None, false, False, [] and {} are no error.
+_ERROR_KEY = re.compile(
+    r"""\\?["']error\\?["']\s*+:\s*+(?!\\?["']\\?["']|null\b|None\b|false\b|False\b|\[\s*\]|\{\s*\})""",
+    re.IGNORECASE,
+)
+_NOT_LETTER_OR_DIGIT = re.compile("[^\u4e00-\u9fa5a-zA-Z0-9]")
+
+
+def _letters_and_digits(text: str) -> str:
+    """Lowercased letters, digits and CJK characters only (TL-Training's ``sentence_extraction``)."""
+    return _NOT_LETTER_OR_DIGIT.sub("", text).lower()
+
+
+def is_error_feedback(content: str, keywords: tuple[str, ...] = ERROR_KEYWORDS) -> bool:
+    """A tool message reports an error, judged by what it says (TL-Training's rule): it has an
+    ``"error"`` key with a non-empty value (``{"error": ""}`` and ``{"error": null}`` are no error,
+    ToolBench writes ``{"error": "", "response": ...}`` for a success), or its text starts with
+    ``error``, or it contains one of ``keywords`` (letters and digits compared, case-insensitive:
+    ``ConnectionError`` matches ``connection error``)."""
     text = (content or "").strip()
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return text.lower().startswith("error")
-    return isinstance(obj, dict) and "error" in obj
+    if text.lower().startswith("error") or _ERROR_KEY.search(text):
+        return True
+    letters = _letters_and_digits(text)
+    return any(_letters_and_digits(k) in letters for k in keywords)
+
+
+def failed_calls(messages: list[dict[str, Any]]) -> dict[int, set[int]]:
+    """``{assistant message index: indices of its tool calls whose response is an error}``, for each
+    tool-call message with at least one failed call.
+
+    The tool messages after an assistant message answer its calls: by ``tool_call_id`` when it
+    names one of the calls' ids, else by position (the k-th tool message answers call k). An error
+    response that cannot be placed this way marks every call of the message.
+    """
+    out: dict[int, set[int]] = {}
+    for i, msg in enumerate(messages):
+        calls = msg.get("tool_calls") if msg["role"] == "assistant" else None
+        if not calls:
+            continue
+        ids = {tc.get("id"): k for k, tc in enumerate(calls) if tc.get("id") is not None}
+        j = i + 1
+        while j < len(messages) and messages[j]["role"] == "tool":
+            response = messages[j]
+            if is_error_feedback(response.get("content", "")):
+                k = ids.get(response.get("tool_call_id"), j - i - 1)
+                out.setdefault(i, set()).update([k] if k < len(calls) else range(len(calls)))
+            j += 1
+    return out
 
 
 def mae_masked_messages(messages: list[dict[str, Any]]) -> set[int]:
-    """Indices of assistant tool-call messages whose tool responses include an error: failed calls,
-    which MAE leaves unweighted, sampling leaves out and evaluation does not score."""
-    masked = set()
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant" or not msg.get("tool_calls"):
-            continue
-        j = i + 1
-        while j < len(messages) and messages[j]["role"] == "tool":
-            if is_error_feedback(messages[j].get("content", "")):
-                masked.add(i)
-            j += 1
-    return masked
+    """Indices of assistant tool-call messages with at least one failed call (``failed_calls``):
+    sampling leaves them out and evaluation does not score them. MAE's token weights mask only the
+    failed calls' tokens (``train.token_weights``)."""
+    return set(failed_calls(messages))

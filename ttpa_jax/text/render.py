@@ -13,6 +13,7 @@ TL-Training's weighting (MAE, PKT) is applied on top by ``tl_weights``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ class Rendered:
     ids: np.ndarray  # [T] int32
     offsets: np.ndarray  # [T, 2] char span of each token
     spans: list[tuple[int, int, int]]  # (char_start, char_end, message_index) per assistant message
+    # message_index -> (char_start, char_end) of each tool call, for messages with two or more calls
+    call_spans: dict[int, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
 
     def token_range(self, start: int, end: int) -> np.ndarray:
         """Boolean [T]: tokens whose first character lies in [start, end)."""
@@ -63,12 +66,31 @@ def render_conversation(tokenizer, messages: list[dict], tools: list[dict], wher
             )
         spans.append((len(prefix), len(upto.rstrip()), i))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return Rendered(
-        text=text,
-        ids=np.asarray(enc["input_ids"], np.int32),
-        offsets=np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2),
-        spans=spans,
-    )
+    offsets = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)
+    call_spans = {i: _call_spans(tokenizer, messages, tools, i, start, end, offsets)
+                  for start, end, i in spans if len(messages[i].get("tool_calls") or []) > 1}
+    return Rendered(text=text, ids=np.asarray(enc["input_ids"], np.int32), offsets=offsets, spans=spans,
+                    call_spans=call_spans)
+
+
+def _call_spans(tokenizer, messages, tools, i, start, end, offsets) -> list[tuple[int, int]]:
+    """Char spans of the tool calls of ``messages[i]`` (rendered at [start, end)).
+
+    Rendering the message with its first k calls and with its first k + 1 calls, the two texts part
+    where call k begins (the first with no call at all: after the content); rendering one call more
+    than it has (the last repeated) finds where the last one ends. A cut inside a token moves to
+    that token's start, so each token belongs to one call.
+    """
+    msg = messages[i]
+    calls = msg["tool_calls"]
+    texts = [_template(tokenizer, [*messages[:i], {**msg, "tool_calls": calls[:k]}], tools) for k in range(len(calls) + 1)]
+    texts.append(_template(tokenizer, [*messages[:i], {**msg, "tool_calls": [*calls, calls[-1]]}], tools))
+    cuts = []
+    for a, b in zip(texts, texts[1:]):
+        cut = min(max(len(os.path.commonprefix([a, b])), start), end)
+        inside = np.flatnonzero((offsets[:, 0] < cut) & (offsets[:, 1] > cut))
+        cuts.append(int(offsets[inside[0], 0]) if inside.size else cut)
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def render_prompt_completion(tokenizer, prompt: list[dict], completion: dict, tools: list[dict], where: str = ""):
