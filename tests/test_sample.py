@@ -1,5 +1,5 @@
-"""``python -m ttpa_jax.sample`` end to end on a tiny model directory, both modes, and the pair
-records built from scored candidates."""
+"""``python -m ttpa_jax.sample`` end to end on a tiny model directory, both modes; the token ids DPO
+receives for TPS pairs; answer-turn pairs, gold-chosen marking, the audit and span-restricted branching."""
 
 import json
 import os
@@ -7,27 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ttpa_jax
-from ttpa_jax.tools import esm
 from ttpa_jax.core.conversation import normalize_preference
 from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.sample import sampler
+from ttpa_jax.sample.audit import audit_path
+from ttpa_jax.sample.sampler import SampleConfig, sample
 from ttpa_jax.text.prompts import load_tokenizer
-from ttpa_jax.sample.sampler import Candidate, Prompt, SampleConfig, pair_records, sample
-from ttpa_jax.tools.calls import render
+from ttpa_jax.tools import esm
 
 from tool_records import RECORDS, TOOLS, build_tiny_model_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TOOL_TURNS = 3  # r1 has one tool-call turn, r2 two, r3 none
+N_ANSWER_TURNS = 2  # r1's and r2's final answers use the tool results; r3's "Hi!" follows no tool
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
-    build_tiny_model_dir(d / "model")
-    return d / "model", write_jsonl(d / "sft.jsonl", RECORDS)
+    model_dir = build_tiny_model_dir(d / "model")
+    return model_dir, write_jsonl(d / "sft.jsonl", RECORDS), ttpa_jax.load_pretrained(model_dir), load_tokenizer(model_dir)
 
 
 def read(path):
@@ -37,105 +41,131 @@ def read(path):
 def check_well_formed(records):
     for i, r in enumerate(records):
         normalize_preference(r, f"record {i}")  # raises on anything malformed
-        assert set(r) == {"prompt", "chosen", "rejected", "tools", "meta"} and r["tools"] == TOOLS
+        assert set(r) == {"prompt", "chosen", "rejected", "tools", "prompt_ids", "chosen_ids", "rejected_ids",
+                          "chosen_source", "meta"} and r["tools"] == TOOLS
         src = next(x for x in RECORDS if x["id"] == r["meta"]["id"])
-        assert r["prompt"][-1]["role"] in ("user", "tool")
         assert [m["content"] for m in r["prompt"]] == [m["content"] for m in src["messages"][: r["meta"]["turn"]]]
         assert r["meta"]["chosen_score"] - r["meta"]["rejected_score"] >= 0.1 - 1e-9
+        assert r["chosen_ids"] != r["rejected_ids"]  # no identical pairs
 
 
-def test_sample_cli_tps(tiny, tmp_path):
-    model_dir, data = tiny
+def test_sample_cli_tps_answer_turns_gold_and_audit(tiny, tmp_path):
+    model_dir, data, _, tok = tiny
     out = tmp_path / "pairs.jsonl"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "ttpa_jax.sample", "--model", str(model_dir), "--data", str(data), "--out", str(out),
-         "--max-new-tokens", "12", "--batch-size", "2", "--epsilon", "0.5", "--top-k", "3",
-         "--max-branch-points", "2", "--no-progress"],
+         "--decoding.max-new-tokens", "12", "--decoding.batch-size", "2", "--tps.epsilon", "0.5", "--tps.top-k", "3",
+         "--tps.max-branch-points", "2", "--tps.min-alt-prob", "0", "--no-progress"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = proc.stdout.splitlines()
-    # Random weights: near-uniform distributions, so every prompt gets its 2 branch points x 2 alternatives.
-    assert summary[0].startswith(f"3 records, {N_TOOL_TURNS} tool-call prompts, 6 branch points, 12 branches, "
-                                 f"15 candidates, ")
-    assert any(line.split()[0] == "format" for line in summary[2:])
+    # Random weights write no tool call, so branching inside calls (the default) finds no step on the
+    # tool-call turns; the answer turns branch anywhere but EOS: 2 points x 2 alternatives each.
+    assert summary[0].startswith(f"3 records, {N_TOOL_TURNS} tool-call prompts, {N_ANSWER_TURNS} answer prompts, "
+                                 "4 branch points, 8 branches, 13 candidates, ")
     records = read(out)
-    assert f", {len(records)} pairs -> " in summary[0]
     check_well_formed(records)
-    tok = load_tokenizer(model_dir)
-    greedy = {}
+    audit = json.loads(audit_path(out).read_text())
+    assert audit_path(out).name == "pairs.audit.json" and f"audit -> {audit_path(out)}" in proc.stdout
+    assert "pairs by kind: gold_chosen" in proc.stdout and "prompts without a pair:" in proc.stdout
+    # Every candidate is garbage (score 0 < --gold-below 0.8): the gold completion is chosen, marked.
+    assert all(r["chosen_source"] == "gold" and r["meta"]["pair_kind"] == "gold_chosen" for r in records)
+    assert audit["pair_kinds"] == {"gold_chosen": len(records)} and audit["chosen_source"] == {"gold": len(records)}
+    assert audit["branch_locations"] == {"answer": 4}  # never outside a call on a tool-call turn
+    assert sum(audit["score_gaps"]["histogram"].values()) == len(records)
+    answers = [r for r in records if r["meta"]["turn_kind"] == "answer"]
+    assert len(answers) == audit["pairs_by_turn_kind"]["answer"] > 0
+    for r in answers:  # the reference answer is chosen, rendered after the prompt as DPO renders it
+        assert r["chosen"][0]["content"] == next(x for x in RECORDS if x["id"] == r["meta"]["id"])["messages"][
+            r["meta"]["turn"]]["content"]
+        assert r["meta"]["rejected_errors"]["missed_values"] >= 1
     for r in records:
-        m = r["meta"]
-        assert m["mode"] == "tps" and m["chosen_source"] == "gold"  # garbage output: the gold call is chosen
-        assert r["chosen"][0]["tool_calls"]
-        if m["rejected_source"] == "greedy":
-            greedy[m["id"], m["turn"]] = m["rejected_token_ids"]
-    assert len(greedy) == N_TOOL_TURNS
-    branches = [r for r in records if r["meta"]["rejected_source"] == "branch"]
-    assert branches
-    for r in branches:
-        m, b = r["meta"], r["meta"]["rejected_branch"]
-        ids = m["rejected_token_ids"]
-        assert m["branch_position"] == b["position"] and m["gap"] == b["gap"] < 0.5
-        assert ids[: b["position"]] == greedy[m["id"], m["turn"]][: b["position"]]  # the shared prefix
-        assert ids[b["position"]] == b["token_id"] and b["rank"] in (1, 2)
-        if not r["rejected"][0].get("tool_calls"):
-            assert r["rejected"][0]["content"] == tok.decode(ids, skip_special_tokens=True)
+        if r["meta"]["turn_kind"] == "tool_call":
+            assert r["chosen"][0]["tool_calls"] and r["meta"]["rejected_kind"] == "greedy"
+        assert r["rejected"][0]["content"] == tok.decode(r["rejected_ids"], skip_special_tokens=True)
+
+
+def _stub_score(text, prompt, weights, format):
+    """A stand-in scorer with spread-out scores, so sampled candidates beat each other by the margin."""
+    return esm.ScoreResult(score=(sum(map(ord, text)) % 11) / 10, errors={"format": 0})
+
+
+def test_tps_pairs_share_every_token_before_the_branch_in_the_dpo_batch(tiny, tmp_path, monkeypatch):
+    """The done-when check: in the token ids the DPO step receives (records tokenized by
+    ``prepare``, batched by the trainer's ``Loader``), each TPS pair is equal before its branch
+    token and differs at it."""
+    from ttpa_jax.train.dataset import prepare
+    from ttpa_jax.train.loader import Loader
+
+    model_dir, data, model, tok = tiny
+    monkeypatch.setattr(sampler, "score_candidate", _stub_score)
+    cfg = SampleConfig(model=model_dir, data=data, out=tmp_path / "pairs.jsonl", gold_below=0.0, margin=0.1,
+                       decoding=Decoding(max_new_tokens=10, batch_size=2), progress=False,
+                       tps=TPSConfig(epsilon=0.5, top_k=3, max_branch_points=2, min_alt_prob=0.0, branch_in="anywhere"))
+    s = sample(cfg, model=model, tokenizer=tok)
+    records = read(cfg.out)
+    assert s["pairs"] == len(records) > 0
+    kinds = {r["meta"]["pair_kind"] for r in records}
+    assert kinds <= {"greedy_vs_branch", "branch_vs_branch"} and "branch_vs_branch" in kinds
+    assert all(r["chosen_source"] == "sampled" for r in records)
+    path, stats = prepare(cfg.out, model_dir, tmp_path / "tok", kind="preference", max_length=512, progress=False)
+    assert stats.written == stats.sampled_ids == len(records)
+    batch = next(Loader(path, "arrayrecord", global_batch=len(records), seed=0, shuffle=False, pad_id=0,
+                        pad_multiple=64, max_length=512))
+    for i, r in enumerate(records):
+        P, b = len(r["prompt_ids"]), r["meta"]["branch_position"]
+        chosen, rejected = batch["chosen_ids"][i], batch["rejected_ids"][i]
+        assert (chosen[:P + b] == rejected[:P + b]).all() and chosen[P + b] != rejected[P + b]
+        assert r["meta"]["shared_prefix_tokens"] == b  # counted on the completion ids DPO sees
+        for side in ("chosen", "rejected"):  # DPO sees the prompt, then the tokens exactly as sampled
+            n = P + len(r[f"{side}_ids"])
+            assert batch[f"{side}_ids"][i, :n].tolist() == r["prompt_ids"] + r[f"{side}_ids"]
+            assert batch[f"{side}_weights"][i, :n].tolist() == [0.0] * P + [1.0] * len(r[f"{side}_ids"])
+        both = [x for x in (r["meta"]["chosen_branch"], r["meta"]["rejected_branch"]) if x]
+        assert b == min(x["position"] for x in both)
+    same_point = [r for r in records if r["meta"]["pair_kind"] == "branch_vs_branch"
+                  and r["meta"]["chosen_branch"]["position"] == r["meta"]["rejected_branch"]["position"]]
+    assert same_point  # k = 3: two alternatives at one point make a pair of their own
+    audit = s["audit"]
+    assert sum(audit["pair_kinds"].values()) == len(records) and audit["chosen_source"] == {"sampled": len(records)}
+    assert audit["prompts_without_pair"]["count"] == sum(1 for o in audit["prompts_without_pair"]["prompts"])
 
 
 def test_sample_trajectory_mode_python_entry(tiny, tmp_path):
-    model_dir, data = tiny
-    model, tok = ttpa_jax.load_pretrained(model_dir), load_tokenizer(model_dir)
+    model_dir, data, model, tok = tiny
     cfg = SampleConfig(model=model_dir, data=data, out=tmp_path / "a.jsonl", mode="trajectory", num_samples=3,
-                       max_new_tokens=8, batch_size=4, temperature=1.0, seed=1, progress=False)
+                       decoding=Decoding(max_new_tokens=8, batch_size=4, temperature=1.0, seed=1), progress=False)
     s = sample(cfg, model=model, tokenizer=tok)
     assert (s["records"], s["prompts"], s["candidates"], s["branches"], s["branch_points"]) == (3, N_TOOL_TURNS, 9, 0, 0)
     assert s["errors"]["format"] == 9 and s["pairs"] == len(read(cfg.out)) > 0
     records = read(cfg.out)
     check_well_formed(records)
     assert all(r["meta"]["mode"] == "trajectory" and r["meta"]["branch_position"] is None for r in records)
-    assert {r["meta"]["rejected_source"] for r in records} == {"sample"}
+    assert {r["meta"]["rejected_kind"] for r in records} == {"sample"}
     again = SampleConfig(**{**cfg.__dict__, "out": tmp_path / "b.jsonl"})
     sample(again, model=model, tokenizer=tok)
     assert (tmp_path / "b.jsonl").read_text() == cfg.out.read_text()  # same seed, same samples
     with pytest.raises(DataError, match="unknown error type 'bogus'"):
         sample(SampleConfig(**{**cfg.__dict__, "weights": {"bogus": 1.0}}), model=model, tokenizer=tok)
-
-
-def test_pair_records_from_scored_candidates():
-    gold = [{"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}}]
-    prompt = Prompt("r1", 1, RECORDS[0]["messages"][:1], TOOLS, gold, [5, 6, 7])
-    good = render(gold, "qwen")
-    wrong = render([{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}], "qwen")
-    cands = [Candidate(good, [10, 11, 12, 13], "greedy"),
-             Candidate(wrong, [10, 11, 20, 21], "branch", {"position": 2, "gap": 0.03, "token_id": 20, "rank": 1, "prob": 0.4}),
-             Candidate("no call here", [30], "branch", {"position": 0, "gap": 0.01, "token_id": 30, "rank": 1, "prob": 0.2})]
-    scores = [esm.score(c.text, gold, TOOLS) for c in cands]
-    cfg = SampleConfig(model=Path("m"), data=Path("d"), out=Path("o"), margin=0.1)
-    records = pair_records(prompt, cands, scores, cfg, "qwen")
-    assert len(records) == 2
-    first, second = records
-    assert first["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"city": "Lyon", "unit": "celsius"}
-    assert first["rejected"][0]["tool_calls"][0]["function"]["arguments"]["city"] == "Paris"
-    assert first["meta"]["chosen_source"] == "greedy" and first["meta"]["rejected_errors"]["param_value"] == 1
-    assert first["meta"]["branch_position"] == 2 and first["meta"]["shared_prefix_tokens"] == 2
-    assert first["meta"]["chosen_score"] == 1.0 and first["meta"]["rejected_score"] < 1.0
-    assert second["rejected"][0] == {"role": "assistant", "content": "no call here"}  # raw text kept
-    assert second["meta"]["rejected_errors"]["format"] == 1 and second["meta"]["shared_prefix_tokens"] == 0
+    with pytest.raises(DataError, match="temperature > 0"):
+        sample(SampleConfig(**{**cfg.__dict__, "decoding": Decoding()}), model=model, tokenizer=tok)
 
 
 def test_a_call_answered_by_an_error_is_not_sampled(tiny, tmp_path):
     from tool_records import _call
 
-    from ttpa_jax.sample.sampler import read_prompts
+    from ttpa_jax.sample.candidates import read_prompts
 
-    model_dir, _ = tiny
+    model_dir, _, _, tok = tiny
     user, call, result, answer = RECORDS[0]["messages"]
     failed = {"role": "assistant", "content": "", "tool_calls": [_call("call_9", "get_weather", {"city": "Lyom"})]}
     error = {"role": "tool", "tool_call_id": "call_9", "name": "get_weather", "content": "{\"error\": \"unknown city\"}"}
     recovered = {"id": "r4", "tools": TOOLS, "messages": [user, failed, error, call, result, answer]}
     data = write_jsonl(tmp_path / "sft.jsonl", [*RECORDS, recovered])
-    n_records, prompts = read_prompts(data, load_tokenizer(model_dir), 12, 4096)
+    n_records, prompts = read_prompts(data, tok, 12, 4096)
     assert n_records == 4 and len(prompts) == N_TOOL_TURNS + 1
     [prompt] = [p for p in prompts if p.record_id == "r4"]
     assert prompt.turn == 3 and prompt.gold == [{"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}}]
+    _, with_answers = read_prompts(data, tok, 12, 4096, answer_turns=True)
+    assert sorted((p.record_id, p.turn) for p in with_answers if p.kind == "answer") == [("r1", 3), ("r2", 6), ("r4", 5)]

@@ -151,21 +151,60 @@ def sft_example(tokenizer, record: dict[str, Any], max_length: int, overflow: st
     return Example({"input_ids": ids, "weights": weights}, truncated)
 
 
+def stored_ids(record: dict[str, Any], key: str, where: str = "") -> np.ndarray | None:
+    """``record[key]`` as int32 ids, None when absent; a value that is not a list of non-negative
+    integers is an error naming the field."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+        raise DataError(f"{where}: {key}: expected a list of non-negative token ids")
+    return np.asarray(value, np.int32)
+
+
+def preference_sides(tokenizer, record: dict[str, Any], where: str = "") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(prompt ids, {"chosen": completion ids, "rejected": completion ids})``.
+
+    A record that carries ``chosen_ids`` / ``rejected_ids`` (what ``sample`` writes: each side's
+    completion exactly as decoded) is trained on those ids after its ``prompt_ids``, or after the
+    prompt rendered with the chat template when it has none; stored ``prompt_ids`` must equal that
+    rendering (else the pairs were sampled with another tokenizer or template). A side without ids
+    is rendered from its message. The prompt is tokenized once, so both sides share its ids.
+    """
+    prompt_text = _template(tokenizer, record["prompt"], record["tools"], add_generation_prompt=True)
+    prompt_ids = np.asarray(tokenizer(prompt_text, add_special_tokens=False)["input_ids"], np.int32)
+    stored = stored_ids(record, "prompt_ids", where)
+    if stored is not None and not np.array_equal(stored, prompt_ids):
+        raise DataError(f"{where}: prompt_ids differ from the prompt rendered with this tokenizer's chat template "
+                        "(the pairs were sampled with another tokenizer or template: sample again, or drop the *_ids fields)")
+    sides = {}
+    for side in ("chosen", "rejected"):
+        ids = stored_ids(record, f"{side}_ids", where)
+        if ids is None:
+            p_ids, ids = render_prompt_completion(tokenizer, record["prompt"], record[side][0], record["tools"], where)
+            if not np.array_equal(p_ids, prompt_ids):
+                raise DataError(f"{where}: the chat template renders the prompt differently before the {side} side")
+        sides[side] = ids
+    return prompt_ids, sides
+
+
 def preference_example(tokenizer, record: dict[str, Any], max_length: int, overflow: str, where: str = "") -> Example:
     """Preference record -> ``chosen_ids``, ``chosen_weights``, ``rejected_ids``, ``rejected_weights``.
 
-    Weights mark completion tokens. Truncation shortens completions (the prompt is kept whole); a
-    prompt that alone leaves no room for a completion is dropped.
+    Each ``*_ids`` is the prompt ids followed by that side's completion ids (``preference_sides``:
+    the sampled ids when the record has them); weights mark the completion tokens, so the prompt is
+    the zero-weight prefix, shared by both sides. Truncation shortens completions (the prompt is
+    kept whole); a prompt that alone leaves no room for a completion is dropped.
     """
+    p_ids, completions = preference_sides(tokenizer, record, where)
+    if len(p_ids) >= max_length:
+        return TOO_LONG
     out, truncated = {}, False
-    for side in ("chosen", "rejected"):
-        p_ids, c_ids = render_prompt_completion(tokenizer, record["prompt"], record[side][0], record["tools"], where)
-        ids = np.concatenate([p_ids, c_ids])
-        weights = np.concatenate([np.zeros(len(p_ids), np.float32), np.ones(len(c_ids), np.float32)])
-        if len(p_ids) >= max_length:
-            return TOO_LONG
+    for side, c_ids in completions.items():
         if len(c_ids) == 0:
             return NO_TARGET
+        ids = np.concatenate([p_ids, c_ids])
+        weights = np.concatenate([np.zeros(len(p_ids), np.float32), np.ones(len(c_ids), np.float32)])
         fitted = fit_length(ids, weights, max_length, overflow)
         if fitted is None:
             return TOO_LONG

@@ -34,6 +34,7 @@ class DataStats:
     truncated: int = 0
     dropped_no_target: int = 0
     tokens: int = 0
+    sampled_ids: int = 0  # preference records trained on their stored token ids (``sample``'s output)
     fingerprint: str = ""
 
     def summary(self) -> str:
@@ -44,6 +45,8 @@ class DataStats:
             parts.append(f"{self.truncated} truncated to max_length")
         if self.dropped_no_target:
             parts.append(f"{self.dropped_no_target} dropped with no loss-bearing tokens")
+        if self.sampled_ids:
+            parts.append(f"{self.sampled_ids} preference records on their sampled token ids")
         return "; ".join(parts)
 
 
@@ -123,6 +126,7 @@ def prepare(
                 continue
             stats.truncated += int(ex.truncated)
             stats.written += 1
+            stats.sampled_ids += kind == "preference" and ("chosen_ids" in obj or "rejected_ids" in obj)
             stats.tokens += int(sum(len(v) for k, v in ex.features.items() if k.endswith("ids")))
             writer.write(encode_example(ex.features))
     tmp.replace(out)

@@ -1,0 +1,149 @@
+"""The prompts ``sample`` decodes and the candidates it scores.
+
+A prompt is one assistant turn of an SFT record: a tool-call turn (scored by ESM against the
+turn's gold calls) or, with ``--tps.answer-turns``, a final-answer turn after tool results (scored
+by the return-value metric: the share of the result values the reference mentions that the
+candidate mentions too). Candidates keep the token ids exactly as decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
+from ttpa_jax.core.jsonl import iter_jsonl, where
+from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.sample.spans import call_spans, token_locations, token_offsets
+from ttpa_jax.text.detokenize import finish, stop_token_sequences
+from ttpa_jax.text.prompts import check_length, encode_chat
+from ttpa_jax.tools import esm
+from ttpa_jax.tools.calls import calls_from_message
+from ttpa_jax.tools.return_values import check_answer
+
+
+@dataclasses.dataclass
+class Candidate:
+    text: str
+    tokens: list[int]  # generated ids as decoded (the EOS or stop string that ended it included)
+    source: str  # greedy | branch | sample
+    branch: dict[str, Any] | None = None  # position, gap, token_id, rank, prob, location
+
+
+@dataclasses.dataclass
+class Prompt:
+    """One assistant turn to sample. ``kind``: ``tool_call`` or ``answer``; ``reference``: the
+    dataset's assistant message; ``tool_results``: what an answer should draw its values from."""
+
+    record_id: str
+    turn: int
+    messages: list[dict]
+    tools: list[dict]
+    gold: list[dict]
+    ids: list[int]
+    kind: str = "tool_call"
+    reference: dict | None = None
+    tool_results: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_prompts(path: Path, tokenizer, max_new_tokens: int, max_positions: int, answer_turns: bool = False,
+                 skipped: Counter | None = None) -> tuple[int, list[Prompt]]:
+    """(records read, one Prompt per sampled turn); errors name file:line.
+
+    A call whose tool feedback is an error (an error-recovery episode's failed call, which MAE
+    masks) is no gold call to prefer: its turn is left out. An answer turn whose reference mentions
+    no result value cannot be scored: it is left out and counted in ``skipped``.
+    """
+    n_records, prompts = 0, []
+    for lineno, obj in iter_jsonl(path):
+        src = where(path, lineno)
+        rec = normalize_record(obj, src)
+        n_records += 1
+        failed = mae_masked_messages(rec["messages"])
+        for t in iter_turns(rec):
+            if t.kind == "tool_call" and t.index in failed:
+                continue
+            if t.kind == "answer" and answer_turns:
+                needed, _ = check_answer("", t.message.get("content") or "", t.tool_results)
+                if not needed:
+                    if skipped is not None:
+                        skipped["answer_not_judgeable"] += 1
+                    continue
+            elif t.kind != "tool_call":
+                continue
+            ids = encode_chat(tokenizer, t.prompt, rec["tools"])
+            check_length(len(ids), max_new_tokens, max_positions, f"{src} (turn {t.index})")
+            gold = calls_from_message(t.message) if t.kind == "tool_call" else []
+            prompts.append(Prompt(str(rec.get("id", lineno)), t.index, t.prompt, rec["tools"], gold, ids,
+                                  t.kind, t.message, list(t.tool_results)))
+    return n_records, prompts
+
+
+def score_candidate(text: str, prompt: Prompt, weights: esm.ErrorWeights, format: str) -> esm.ScoreResult:
+    """ESM for a tool-call turn; for an answer turn, the share of needed result values mentioned
+    (``errors["missed_values"]`` counts the rest)."""
+    if prompt.kind == "tool_call":
+        return esm.score(text, prompt.gold, prompt.tools, weights, format)
+    needed, found = check_answer(text, (prompt.reference or {}).get("content") or "", prompt.tool_results)
+    return esm.ScoreResult(score=len(found) / len(needed), errors={"missed_values": len(needed) - len(found)})
+
+
+def call_steps(tokenizer, ids: list[int]) -> np.ndarray:
+    """[N] bool: the tokens of ``ids`` that overlap a tool-call span of their decoded text."""
+    offsets = token_offsets(tokenizer, ids)
+    text = tokenizer.decode(list(ids), skip_special_tokens=False)
+    spans = call_spans(text)
+    return np.array([any(a < e and s < max(b, a + 1) for s, e in spans) for a, b in offsets], bool)
+
+
+def branch_locations(tokenizer, prompt: Prompt, greedy: list[int]) -> list[str]:
+    """Per greedy step, where a branch there falls: ``answer`` on an answer turn, else the token's
+    location in the call (``spans.LOCATIONS``)."""
+    if prompt.kind != "tool_call":
+        return ["answer"] * len(greedy)
+    return token_locations(tokenizer.decode(list(greedy), skip_special_tokens=False), token_offsets(tokenizer, greedy))
+
+
+def tps_candidates(model, tokenizer, prompts: list[Prompt], decoding: Decoding, tps_cfg: TPSConfig, eos,
+                   progress) -> tuple[list[list[Candidate]], list[int]]:
+    """Greedy + branch candidates per prompt, and each prompt's number of branch points."""
+    from ttpa_jax.decode.tps import tps  # JAX is loaded only to decode
+
+    stop_seqs = stop_token_sequences(tokenizer, decoding.stop)
+
+    def eligible(i: int, greedy: list[int]):
+        if prompts[i].kind != "tool_call" or tps_cfg.branch_in == "anywhere":
+            return np.ones(len(greedy), bool)
+        return call_steps(tokenizer, greedy)
+
+    results = tps(model, [p.ids for p in prompts], max_new_tokens=decoding.max_new_tokens, config=tps_cfg,
+                  batch_size=decoding.batch_size, eos_ids=eos, stop_token_seqs=stop_seqs, bucket=decoding.bucket,
+                  progress=progress, eligible=eligible)
+    out, n_points = [], []
+    for prompt, res in zip(prompts, results, strict=True):
+        n_points.append(len(res.branch_points))
+        g = finish(tokenizer, res.greedy, eos, decoding.stop)
+        cands = [Candidate(g.text, g.token_ids, "greedy")]
+        locations = branch_locations(tokenizer, prompt, res.greedy) if res.branches else []
+        for b in res.branches:
+            c = finish(tokenizer, b.tokens, eos, decoding.stop)
+            info = {"position": b.position, "gap": b.gap, "token_id": b.token_id, "rank": b.rank, "prob": b.prob,
+                    "location": locations[b.position]}
+            cands.append(Candidate(c.text, c.token_ids, "branch", info))
+        out.append(cands)
+    return out, n_points
+
+
+def trajectory_candidates(model, tokenizer, prompts: list[Prompt], decoding: Decoding, num_samples: int, eos,
+                          progress) -> list[list[Candidate]]:
+    """``num_samples`` independent samples per prompt (``decoding.temperature`` must be > 0)."""
+    from ttpa_jax.decode.generate import complete_with  # JAX is loaded only to decode
+
+    n = num_samples
+    done = complete_with(model, tokenizer, [p.ids for p in prompts for _ in range(n)], decoding, eos)
+    progress(len(prompts))
+    return [[Candidate(c.text, c.token_ids, "sample") for c in done[i * n:(i + 1) * n]] for i in range(len(prompts))]
