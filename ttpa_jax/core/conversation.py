@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jsonschema
 
 from ttpa_jax.core.jsonl import DataError
-from ttpa_jax.tools.calls import decode_arguments
+from ttpa_jax.core.arguments import decode_arguments
 
 ROLES = ("system", "user", "assistant", "tool")
 

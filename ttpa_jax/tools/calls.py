@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ttpa_jax.core.arguments import decode_arguments  # defined in core: record normalisation uses it too
+
 Format = Literal["qwen", "llama", "auto"]
 Status = Literal["ok", "no_call", "malformed", "partial"]
 
@@ -65,23 +67,6 @@ def json_depth(obj: Any) -> int:
         elif isinstance(node, list):
             stack.extend((v, d + 1) for v in node)
     return depth
-
-
-def decode_arguments(arguments: Any) -> dict[str, Any]:
-    """Arguments as a dict: a dict passes, a JSON string holding an object is decoded.
-
-    ``None`` and ``""`` mean no arguments. Anything else raises ``ValueError`` with the reason.
-    """
-    if arguments is None or arguments == "":
-        return {}
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"arguments string is not JSON ({e})") from None
-    if not isinstance(arguments, dict):
-        raise ValueError(f"arguments must be a JSON object, got {type(arguments).__name__}")
-    return arguments
 
 
 def normalize_call(obj: Any) -> dict[str, Any]:
