@@ -45,7 +45,8 @@ class SampleConfig:
     model: Path
     """Local HF model directory (the policy to sample from)."""
     data: Path
-    """SFT JSONL ({"messages", "tools"} per line); every assistant tool-call turn is a prompt."""
+    """SFT JSONL ({"messages", "tools"} per line); every assistant tool-call turn is a prompt (and, with
+    --tps.answer-turns, every final answer after tool results)."""
     out: Path
     """Output JSONL of preference records {"prompt", "chosen", "rejected", "tools", "prompt_ids",
     "chosen_ids", "rejected_ids", "chosen_source", "meta"}; the audit goes to <out>.audit.json."""
