@@ -102,6 +102,8 @@ def test_evaluate_predictions_is_pure_and_complete():
     rows = {(r["id"], r["turn"]): r for r in result["per_turn"]}
     assert rows["f2", 1]["errors"]["param_value"] == 1 and "passengers" in rows["f2", 1]["messages"][0]
     assert rows["w1", 4]["return_values"]["needed"] == [14.26, "cloudy", 21, "sunny"]
+    # each turn's prediction text is kept next to its verdict
+    assert {key: row["prediction"] for key, row in rows.items()} == keyed(PREDICTIONS)
 
 
 def test_missing_and_wrong_answers_are_counted():
@@ -187,6 +189,9 @@ def test_cli_predictions_end_to_end(tmp_path):
     result = json.loads(out.read_text())["mine"]
     for key, value in EXPECTED.items():
         assert result[key] == value, key
+    rows = {(r["id"], r["turn"]): r for r in result["per_turn"]}  # --out: each prediction next to its verdict
+    assert rows["f2", 1]["prediction"] == PREDICTIONS[2]["prediction"] and rows["f2", 1]["errors"]["param_value"] == 1
+    assert rows["w1", 4]["prediction"] == PREDICTIONS[1]["prediction"] and rows["w1", 4]["return_values"]["found"]
     assert "| Metric | mine |" in proc.stdout
     assert "| Parameter values | 50.0% |" in proc.stdout
     assert "| Return-value parsing | 100.0% |" in proc.stdout
@@ -241,6 +246,7 @@ def test_bad_data_and_bad_options(tmp_path, capsys):
 def test_help_documents_every_field():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for flag in ("--data", "--bfcl", "--predictions", "--model", "--out", "--name", "--format", "--max-new-tokens", "--batch-size"):
+    for flag in ("--data", "--bfcl", "--bfcl-mode", "--limit", "--predictions", "--model", "--out", "--name", "--format",
+                 "--max-new-tokens", "--batch-size", "--no-progress"):
         assert flag in proc.stdout
     assert "SFT JSONL test set" in proc.stdout and "Decoding budget" in proc.stdout
