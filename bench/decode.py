@@ -102,7 +102,7 @@ def main() -> None:
     report.ratio("ratio (ours / transformers)", t_hf / t_ours)
 
     tool_prompts = prompts(4, 160, 224, seed=1)  # tool-schema prompts are long
-    cfg = TPSConfig(epsilon=1.0, top_k=2, max_branch_points=4)  # 4 branch points per prompt: 16 branches
+    cfg = TPSConfig(epsilon=1.0, top_k=2, max_branch_points=4, min_alt_prob=0.0)  # 4 branch points per prompt: 16 branches
     n_new = 32
 
     def forked():
