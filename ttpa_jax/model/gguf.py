@@ -31,10 +31,7 @@ from typing import Literal
 import numpy as np
 import tyro
 
-try:  # the package's user-error base (ttpa_jax.core.errors), else the data error it grew from
-    from ttpa_jax.core.errors import UserError
-except ImportError:  # pragma: no cover
-    from ttpa_jax.core.jsonl import DataError as UserError
+from ttpa_jax.core.errors import UserError
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -278,11 +275,14 @@ def build_tokenizer(meta: dict, source: str):
 
 # --------------------------------------------------------------------------- conversion
 def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float32",
-                 chat_template: str | None = None) -> Path:
+                 chat_template: str | None = None, progress: bool = False) -> Path:
     """Write the HF checkpoint directory ``out`` from the GGUF file ``path``; returns ``out``.
 
     ``chat_template``: template text that replaces the file's own (e.g. one that renders tools).
+    ``progress``: a progress bar over the tensors.
     """
+    from tqdm.auto import tqdm
+
     if dtype not in ("float32", "bfloat16"):
         raise GGUFError(f"dtype {dtype!r}: choose float32 or bfloat16")
     path, out = Path(path), Path(out)
@@ -300,7 +300,9 @@ def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, *, dtype: str 
     if chat_template is not None:
         tok.chat_template = chat_template
     out.mkdir(parents=True, exist_ok=True)
-    write_safetensors(iter_hf_tensors(reader, cfg, str(path)), out, dtype)
+    tensors = tqdm(iter_hf_tensors(reader, cfg, str(path)), total=len(reader.tensors) - ("rope_freqs.weight" in names),
+                   desc="convert GGUF", unit="tensor", disable=not progress)
+    write_safetensors(tensors, out, dtype)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     gen = {"bos_token_id": cfg.get("bos_token_id"), "eos_token_id": cfg.get("eos_token_id"),
            "pad_token_id": cfg.get("pad_token_id")}
@@ -323,16 +325,17 @@ class Args:
     """A Jinja chat template file that replaces the GGUF's own (e.g. one that renders tools)."""
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = tyro.cli(Args, args=argv)
-    try:
-        template = args.chat_template.read_text() if args.chat_template else None
-        out = convert_gguf(args.file, args.out, dtype=args.dtype, chat_template=template)
-    except (UserError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
+    template = args.chat_template.read_text() if args.chat_template else None
+    print(f"wrote {convert_gguf(args.file, args.out, dtype=args.dtype, chat_template=template, progress=True)}")
     return 0
+
+
+def main(argv=None) -> int:
+    from ttpa_jax.core.cli import stage_main  # the package's CLI error rule: `error: <message>`, exit 2
+
+    return stage_main(_main)(argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from ttpa_jax.core.errors import UserError
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.config import ConfigError, ModelConfig, load_config
 from ttpa_jax.model.transformer import Transformer, abstract_model
 
@@ -93,7 +94,7 @@ def load_pretrained(
     shardings: optional ``fn(state_path, shape, logical_axes) -> Sharding``; each tensor is then
     assembled from the slices its devices need (see ``sharding.loader_shardings``).
     """
-    model_dir = Path(path)
+    model_dir = Path(resolve_model(path))  # a base model name or FILE.gguf -> its cached directory
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: not a directory")
     cfg = load_config(model_dir)

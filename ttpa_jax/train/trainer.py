@@ -25,6 +25,7 @@ from flax import nnx
 
 from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.checkpoint import Checkpoints
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.lora import apply_lora
 from ttpa_jax.model.transformer import Ctx, Transformer
 from ttpa_jax.train.objectives import Objective, make_dpo, make_sft, reference_logps
@@ -223,6 +224,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     if cfg.logits_chunk < 0:
         raise ValueError(f"--logits-chunk {cfg.logits_chunk}: give a number of positions, or 0 for the whole sequence")
+    cfg = dataclasses.replace(cfg, model=str(resolve_model(cfg.model)))  # a base model name or FILE.gguf -> its directory
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
