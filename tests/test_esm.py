@@ -1,6 +1,7 @@
 """ESM: each error type in both model formats, order-free parallel matching, score ordering,
 never raising on arbitrary predictions."""
 
+import functools
 import itertools
 import json
 import random
@@ -343,6 +344,7 @@ def test_score_never_raises_on_json(value, gold):
     _check(score(f"<tool_call>\n{text}\n</tool_call>", gold, TOOLS))
 
 
+@functools.lru_cache(maxsize=1)
 def _bfcl_standardize_string():
     """bfcl-eval's own ``standardize_string``, taken from its source (importing the checker pulls in
     every vendor SDK)."""
@@ -364,7 +366,7 @@ STRINGS = ["April 1, 2024", "april 1,2024", "April 1 2024", "C#", "C", "a@b.com"
            "x^2 * y", "l'été", 'l"été', "Tab\there", "ÄÖÜ straße", "<=", ">=", "", " ", "3.14", "314", "C++"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(" ,./-_*^'\"#@"), max_size=12), max_size=3))
 def test_string_normalisation_is_bfcls(extra):
     bfcl = _bfcl_standardize_string()
