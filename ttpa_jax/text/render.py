@@ -7,7 +7,8 @@ including it; tokens whose first character falls inside a span are assistant tok
 any chat template whose renderings of growing prefixes are prefixes of each other, which holds for
 the Qwen2.5 and Llama 3.x templates.
 
-TL-Training's weighting (MAE, PKT) is applied on top by ``tl_weights``.
+TL-Training's weighting (MAE, PKT) is applied on top by ``train.token_weights``; MAE masks single calls
+of a parallel turn by their character spans, ``Rendered.call_spans``.
 """
 
 from __future__ import annotations
