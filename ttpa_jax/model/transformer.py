@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ttpa_jax.model.attention import DEFAULT_BLOCK, NEG_INF, attend, attention_mask  # noqa: F401
 from ttpa_jax.model.config import ModelConfig, load_config
 from ttpa_jax.model.sharding import shard_activation
-
-NEG_INF = -1e30  # finite, so fully masked rows (left padding) give a uniform softmax, not NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +122,7 @@ class Attention(nnx.Module):
         self.v_proj = Linear(D, K * H, axes=("kv_heads", "embed"), bias=cfg.qkv_bias, uid=uid + 2, **kw)
         self.o_proj = Linear(N * H, D, axes=("embed", "q_heads"), bias=cfg.o_bias, uid=uid + 3, **kw)
         self.n_heads, self.n_kv, self.head_dim = N, K, H
+        self.block = DEFAULT_BLOCK  # query rows per attention block (<= 0: dense scores)
 
     def __call__(self, x, positions, mask, inv_freq, ctx, cache: LayerCache | None, write_index):
         """x [B, T, D]; mask [B, T, S] bool; cache rows are written at ``write_index[b] + t``."""
@@ -144,12 +144,7 @@ class Attention(nnx.Module):
         else:
             new_cache = None
         S = k.shape[1]
-        q = q.reshape(B, T, K, N // K, H)
-        scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (H**-0.5)
-        scores = jnp.where(mask[:, None, None, :, :S], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N * H)
+        out = attend(q, k, v, mask[:, :, :S], causal=cache is None, block=self.block)
         return self.o_proj(out, ctx), new_cache
 
 
@@ -201,19 +196,24 @@ class Transformer(nnx.Module):
                 cfg_dtype=self.dtype, param_dtype=param_dtype, uid=-1, rngs=rngs,
             )
 
-    def hidden_states(self, input_ids, positions, kv_mask, *, ctx: Ctx = Ctx(), cache=None, write_index=None):
+    def hidden_states(self, input_ids, positions, kv_mask, *, ctx: Ctx = Ctx(), cache=None, write_index=None,
+                      segment_ids=None, branch_ids=None):
         """Final-norm hidden states ``[B, T, D]`` and the updated cache.
 
         input_ids, positions: [B, T]. kv_mask [B, S]: which key columns are real tokens (S = T without a
         cache, else the cache length). A query at column ``write_index[b] + t`` sees key columns up to
-        its own. Without a cache, ``write_index`` is 0.
+        its own. Without a cache, ``write_index`` is 0. Without a cache, ``segment_ids`` [B, T] (packed
+        records) and ``branch_ids`` [B, T] (shared-prefix rows: 0 trunk, else a branch) narrow what
+        each query sees (``attention.attention_mask``).
         """
         B, T = input_ids.shape
         if write_index is None:
             write_index = jnp.zeros((B,), jnp.int32)
+        if cache is not None and (segment_ids is not None or branch_ids is not None):
+            raise ValueError("segment_ids / branch_ids apply to a whole row without a cache")
         S = kv_mask.shape[1]
         q_cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
-        mask = (jnp.arange(S)[None, None, :] <= q_cols[:, :, None]) & kv_mask[:, None, :].astype(bool)
+        mask = attention_mask(q_cols, kv_mask, S, segment_ids, branch_ids)  # [B, T, S]
         inv_freq = jnp.asarray(self.config.inv_freq())
         x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
         new_cache = []
@@ -247,18 +247,30 @@ class Transformer(nnx.Module):
         """
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        h, _ = self.hidden_states(input_ids, positions_from_mask(attention_mask), attention_mask, ctx=ctx)
+        (lp,), vocab_mean = self.column_scores(input_ids, positions_from_mask(attention_mask), attention_mask,
+                                               (_next_ids(input_ids),), ctx=ctx, chunk=chunk)
+        return _shift_right(lp), _shift_right(vocab_mean)
+
+    def column_scores(self, input_ids, positions, kv_mask, targets, *, ctx: Ctx = Ctx(), chunk: int = 0,
+                      segment_ids=None, branch_ids=None):
+        """Scores of each column's logits, no shift: ``(tuple of log p(targets[j][:, t] | column t) [B, T],
+        vocab_mean [B, T])``. ``targets``: a tuple of id arrays [B, T] (a shared-prefix row's fork column
+        predicts two tokens: one per target array); the other arguments as ``hidden_states``; ``chunk``
+        as ``token_logps``."""
+        h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
+                                  branch_ids=branch_ids)
         w = self.head_weight()
         B, T, D = h.shape
         if chunk <= 0 or chunk >= T:
-            return token_scores(project_to_vocab(h, w), input_ids)
+            return next_token_scores(project_to_vocab(h, w), targets)
         n = -(-T // chunk)
         pad = n * chunk - T
         h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)  # [n, B, C, D]
-        nxt = jnp.pad(_next_ids(input_ids), ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)  # [n, B, C]
-        one = jax.checkpoint(lambda hc, ic: next_token_scores(project_to_vocab(hc, w), ic))
-        scores = jax.lax.map(lambda xs: one(*xs), (h_chunks, nxt))  # ([n, B, C], [n, B, C])
-        return tuple(_shift_right(a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]) for a in scores)
+        tg = tuple(jnp.pad(t, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1) for t in targets)  # [n, B, C]
+        one = jax.checkpoint(lambda hc, tc: next_token_scores(project_to_vocab(hc, w), tc))
+        lps, mean = jax.lax.map(lambda xs: one(*xs), (h_chunks, tg))  # ([n, B, C] per target, [n, B, C])
+        unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]  # noqa: E731
+        return tuple(unchunk(a) for a in lps), unchunk(mean)
 
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
         if attention_mask is None:
@@ -275,12 +287,14 @@ def project_to_vocab(h, w):
 
 
 def next_token_scores(logits, nxt):
-    """logits [B, T, V] float32 and the ids they predict nxt [B, T] -> (log-probs of nxt [B, T], the
-    logits' mean over the vocabulary [B, T], a metric that carries no gradient). Reductions over the
-    whole array: no shifted copy of the logits."""
+    """logits [B, T, V] float32 and the ids they predict -> (log-probs [B, T], the logits' mean over the
+    vocabulary [B, T], a metric that carries no gradient). ``nxt`` is one id array [B, T] or a tuple of
+    them (then the log-probs are a tuple too: one logsumexp, several picked tokens). Reductions over
+    the whole array: no shifted copy of the logits."""
     lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0]
-    return picked - lse, jax.lax.stop_gradient(logits.mean(-1))
+    pick = lambda ids: jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0] - lse  # noqa: E731
+    lp = tuple(pick(t) for t in nxt) if isinstance(nxt, tuple) else pick(nxt)
+    return lp, jax.lax.stop_gradient(logits.mean(-1))
 
 
 def token_scores(logits, ids):
