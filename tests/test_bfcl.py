@@ -318,3 +318,17 @@ def test_schema_conversion():
 def test_missing_package_error():
     with pytest.raises(bfcl.BFCLNotInstalled, match="pip install --no-deps bfcl-eval"):
         bfcl.data_dir("ttpa_jax_no_such_package")
+
+
+def test_model_path_decodes_in_both_modes(tiny_model_dir):
+    """``--model``: prompts built per mode, decoded, and the decoded text judged like any prediction."""
+    for mode in ("fc", "prompt"):
+        result = leaderboard.run_bfcl(["simple_python", "irrelevance"], model=tiny_model_dir, mode=mode, limit=1,
+                                      max_new_tokens=4, batch_size=2, progress=False)
+        assert result["mode"] == mode and result["prompts_too_long"] == []
+        rows = {r["id"]: r for r in result["entries"]}
+        assert set(rows) == {"simple_python_0", "irrelevance_0"}
+        for e in bfcl.load_entries(["simple_python", "irrelevance"], limit=1):
+            row = rows[e.id]
+            assert isinstance(row["prediction"], str) and row["valid"] == oracle(e, row["prediction"], mode)
+    assert leaderboard.resolve_mode("auto", tiny_model_dir) == "fc"  # its template renders tools

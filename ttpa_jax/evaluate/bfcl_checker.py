@@ -224,7 +224,7 @@ def judge(category: str, functions: list[dict[str, Any]], possible_answer: list[
     """
     helpers = checker()
     if is_relevance_category(category):
-        contains_call = decode_error is None and not _is_empty_output(decoded)
+        contains_call = decode_error is None and not is_no_call(decoded)
         success = not contains_call if "irrelevance" in category else contains_call
         if success:
             return Verdict(True)
@@ -235,7 +235,7 @@ def judge(category: str, functions: list[dict[str, Any]], possible_answer: list[
                        "relevance_error:decoder_failed")
     if decode_error is not None:
         return Verdict(False, [f"Invalid syntax. Failed to decode AST. {decode_error}"], "ast_decoder:decoder_failed")
-    if not _is_function_calling_format_output(decoded):
+    if not is_call_list(decoded):
         return Verdict(False, ["Did not output in the specified format. Note: the model_result is wrapped in a string "
                                "to ensure json serializability."], "ast_decoder:decoder_wrong_output_format")
     lang, _ = language(category)
@@ -243,13 +243,15 @@ def judge(category: str, functions: list[dict[str, Any]], possible_answer: list[
     return Verdict(bool(result["valid"]), list(result.get("error", [])), result.get("error_type", ""))
 
 
-def _is_function_calling_format_output(decoded: Any) -> bool:
+def is_call_list(decoded: Any) -> bool:
+    """BFCL's format check: ``[{name: {arg: value}}, ...]`` (``[]`` included)."""
     from bfcl_eval.utils import is_function_calling_format_output
 
     return is_function_calling_format_output(decoded)
 
 
-def _is_empty_output(decoded: Any) -> bool:
+def is_no_call(decoded: Any) -> bool:
+    """BFCL's relevance check: ``[]``, ``[{}]`` or anything not in the call format counts as no call."""
     from bfcl_eval.utils import is_empty_output
 
     return is_empty_output(decoded)

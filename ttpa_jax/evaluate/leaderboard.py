@@ -46,9 +46,11 @@ def resolve_mode(mode: str, model_dir: str | Path | None) -> bfcl.Mode:
         raise DataError(f"--bfcl-mode must be fc, prompt or auto, got {mode!r}")
     if model_dir is None:
         return "fc"
+    from ttpa_jax.model.base_models import resolve_model  # a base model name or FILE.gguf -> its directory
     from ttpa_jax.text.prompts import load_tokenizer
 
-    return "fc" if template_uses_tools(getattr(load_tokenizer(model_dir), "chat_template", None)) else "prompt"
+    template = getattr(load_tokenizer(resolve_model(model_dir)), "chat_template", None)
+    return "fc" if template_uses_tools(template) else "prompt"
 
 
 def _jsonable(value: Any) -> Any:
@@ -76,24 +78,41 @@ def judge_all(entries: Sequence[bfcl.Entry], predictions: Mapping[tuple[str, int
                      "decoded": None if decoded is None else _jsonable(decoded)})
         fine_view = output
         if mode == "prompt" and isinstance(output, str) and decoded is not None \
-                and bfcl_checker._is_function_calling_format_output(decoded):
+                and bfcl_checker.is_call_list(decoded):
             fine_view = _as_calls(decoded)
         for_esm[key] = fine_view
     return rows, for_esm
 
 
 def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max_new_tokens: int, batch_size: int,
-             progress: bool) -> dict[tuple[str, int], str]:
-    """Decode one output per entry with our decoder, prompted the way ``mode`` asks."""
-    from ttpa_jax.decode.generate import generate_completions  # JAX is loaded only for this mode
+             progress: bool) -> tuple[dict[tuple[str, int], str], list[str]]:
+    """Decode one output per entry with our decoder, prompted the way ``mode`` asks.
 
-    prompts = []
+    An entry whose prompt and budget exceed the model's context is not decoded: its output is empty
+    (BFCL records the server's error text, which decodes to no call just the same). Returns the
+    outputs and the ids of those entries.
+    """
+    from ttpa_jax.decode.generate import generate_completions  # JAX is loaded only for this mode
+    from ttpa_jax.model.base_models import resolve_model
+    from ttpa_jax.model.config import load_config
+    from ttpa_jax.text.prompts import encode_prompt, load_tokenizer
+
+    model_dir = resolve_model(model_dir)
+    tokenizer, context = load_tokenizer(model_dir), load_config(model_dir).max_position_embeddings
+    fits, prompts, too_long = [], [], []
     for e in entries:
         messages, tools = bfcl.prompt_of(e, mode)
-        prompts.append({"messages": messages, "tools": tools})
+        prompt = {"messages": messages, "tools": tools}
+        if len(encode_prompt(tokenizer, prompt, e.id)) + max_new_tokens > context:
+            too_long.append(e.id)
+        else:
+            fits.append(e)
+            prompts.append(prompt)
     texts = generate_completions(model_dir, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 progress=progress)
-    return {(e.id, len(e.question)): t for e, t in zip(entries, texts, strict=True)}
+                                 progress=progress) if prompts else []
+    outputs = {(e.id, len(e.question)): t for e, t in zip(fits, texts, strict=True)}
+    outputs.update({(e.id, len(e.question)): "" for e in entries if e.id in set(too_long)})
+    return outputs, too_long
 
 
 def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Path | None = None,
@@ -101,16 +120,17 @@ def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Pat
              max_new_tokens: int = 512, batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
     """The BFCL result: ``mode``, ``categories`` (accuracy per category), ``leaderboard`` (its
     columns), ``entries`` (verdict, error, prediction and decoded calls per entry), ``esm``
-    (``{column: fine-grained metrics}``, all and per category) and ``missing_predictions``."""
+    (``{column: fine-grained metrics}``, all and per category), ``missing_predictions`` and
+    ``prompts_too_long`` (ids not decoded, see ``generate``)."""
     if (predictions is None) == (model is None):
         raise DataError("give exactly one source of predictions: --predictions FILE or --model DIR")
     chosen = bfcl.load_entries(list(categories), limit)
     resolved = resolve_mode(mode, model)
     if predictions is not None:
         # keyed against every BFCL entry, so one file made for all of BFCL serves any subset and --limit
-        preds = read_predictions(predictions, bfcl.to_items(bfcl.load_entries(["all"])))
+        preds, too_long = read_predictions(predictions, bfcl.to_items(bfcl.load_entries(["all"]))), []
     else:
-        preds = generate(chosen, resolved, str(model), max_new_tokens, batch_size, progress)
+        preds, too_long = generate(chosen, resolved, str(model), max_new_tokens, batch_size, progress)
     rows, for_esm = judge_all(chosen, preds, resolved, format)
     scores = bfcl_checker.category_scores([(r["category"], r["valid"]) for r in rows])
     items = [i for i in bfcl.to_items(chosen) if i.kind == "text" or i.gold_calls]
@@ -121,6 +141,7 @@ def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Pat
         esm_columns[f"{name} {cat}"] = sub
     return {"name": name, "mode": resolved, "limit": limit, "categories": scores,
             "leaderboard": bfcl_checker.leaderboard(scores), "missing_predictions": len(chosen) - len(rows),
+            "prompts_too_long": too_long,
             "entries": rows, "esm": esm_columns}
 
 
@@ -137,6 +158,9 @@ def format_report(result: Mapping[str, Any]) -> str:
     lines += ["", "| Leaderboard column | " + result["name"] + " |", "|---|---:|"]
     for column, value in result["leaderboard"].items():
         lines.append(f"| {column} | {_pct(value['display_accuracy'])} |")
+    if result.get("prompts_too_long"):
+        lines += ["", f"{len(result['prompts_too_long'])} prompts did not fit the model's context with the decoding "
+                      "budget: not decoded, judged as an empty output."]
     if result.get("missing_predictions"):
         lines += ["", f"{result['missing_predictions']} entries had no prediction and are left out."]
     lines += ["", "ESM's fine-grained view of the same predictions:", "", format_table(result["esm"])]
