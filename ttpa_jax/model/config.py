@@ -227,8 +227,12 @@ def _thaw(v):
 
 
 def presets_dir() -> Path:
-    """The ``models/`` folder of architecture presets (HF-style config.json files)."""
-    return Path(__file__).resolve().parents[2] / "models"
+    """The architecture presets (HF-style config.json files): the repository's top-level ``models/``.
+
+    ``model/presets_data`` is a link to that folder in a checkout (and an editable install); the wheel
+    holds copies of its files there as package data, so an installed package finds them too.
+    """
+    return (Path(__file__).resolve().parent / "presets_data").resolve()
 
 
 def list_presets() -> list[str]:
