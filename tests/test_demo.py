@@ -10,9 +10,11 @@ def test_demo_quick_runs_every_stage(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ttpa_jax.demo", "--quick", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for stage in ("== construct", "== tiny model", "== sft", "== sample (TPS + ESM)", "== dpo", "== evaluate dpo"):
+    for stage in ("== construct", "== tiny model", "== evaluate zero-shot", "== sft", "== evaluate sft",
+                  "== sample (TPS + ESM)", "== dpo", "== evaluate dpo"):
         assert stage in r.stdout
-    assert "| Metric | SFT | TTPA (SFT + TPS/ESM DPO) |" in r.stdout and "| Tool selection |" in r.stdout
+    assert "| Metric | zero-shot | SFT | TTPA (SFT + TPS/ESM DPO) |" in r.stdout and "| Tool selection |" in r.stdout
+    assert "stage times: construct " in r.stdout
     assert (out / "report.md").read_text().startswith("# ttpa-jax demo report")
     assert (out / "report.png").stat().st_size > 10_000
     train = (out / "data" / "train.jsonl").read_text().splitlines()
@@ -28,6 +30,6 @@ def test_demo_quick_runs_every_stage(tmp_path):
     dpo = [json.loads(line) for line in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
     # The policy starts equal to its reference: ln 2 plus the SFT term on the chosen side.
     assert abs(dpo[0]["loss"] - dpo[0]["nll_loss"] - 0.6931) < 1e-3 and abs(dpo[0]["rewards/margins"]) < 1e-4
-    for system in ("sft", "dpo"):
+    for system in ("zero-shot", "sft", "dpo"):
         result = json.loads((out / "eval" / f"{system}.json").read_text())
         assert result["scored_tool_call_turns"] > 0

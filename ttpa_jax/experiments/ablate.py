@@ -46,6 +46,9 @@ class Args:
     """The results document (a PNG plot is written next to it)."""
     quick: bool = False
     """A few steps per stage (checks the script, not the method)."""
+    model: str | None = None
+    """Base model (a local HF directory, a FILE.gguf or a base model name such as smollm2-135m-instruct),
+    LoRA-trained with the demo's budgets; None trains the tiny Llama 3 preset from scratch."""
 
 
 def run_seed(base: PipelineConfig) -> dict[str, dict]:
@@ -110,7 +113,8 @@ def write_results(path: Path, summary, per_seed, args: Args, seconds: float) -> 
         "Produced by `python -m ttpa_jax.ablate" + (" --quick" if args.quick else "") + "` "
         f"(seeds {', '.join(map(str, args.seeds))}; {seconds / 60:.0f} minutes on this machine). "
         "Each seed constructs 400 records from the bundled tool library with the offline template generator "
-        "(a fifth held out, on tools never seen in training), trains the tiny Llama 3 preset from scratch "
+        "(a fifth held out, on tools never seen in training), "
+        + (f"LoRA-trains `{args.model}` " if args.model else "trains the tiny Llama 3 preset from scratch ") +
         "and evaluates every system on the same held-out set. Mean ± standard deviation over seeds.", "",
         f"About {PipelineConfig().error_recovery:.0%} of the training records (none of the held-out ones) are "
         "error-recovery episodes (a call the tool refuses with an error, then the corrected call): MAE gives "
@@ -167,6 +171,15 @@ def plot(path: Path, summary) -> None:
     plt.close(fig)
 
 
+def seed_config(args: Args, out: Path, seed: int) -> PipelineConfig:
+    if args.quick:
+        quick = PipelineConfig.quick(out, seed)
+        return quick if args.model is None else dataclasses.replace(quick, model=args.model, sft_lora_rank=8)
+    if args.model is not None:
+        return PipelineConfig.pretrained(out, args.model, seed, progress=False)
+    return PipelineConfig(out=out, seed=seed, progress=False)
+
+
 @stage_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv)
@@ -175,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in args.seeds:
         P.say(f"\n==== seed {seed}")
         out = args.out / f"seed{seed}"
-        base = PipelineConfig.quick(out, seed) if args.quick else PipelineConfig(out=out, seed=seed, progress=False)
+        base = seed_config(args, out, seed)
         per_seed[seed] = run_seed(base)
     summary = summarize(per_seed)
     args.results.parent.mkdir(parents=True, exist_ok=True)

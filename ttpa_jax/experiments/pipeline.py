@@ -1,16 +1,17 @@
-"""The whole method on one small task, stage by stage: construct -> tiny model -> SFT -> sample
-(TPS + ESM) -> DPO -> evaluate. ``make demo`` and the ablation run it; every stage reads and writes
+"""The whole method on one small task, stage by stage: construct -> base model (a pretrained one
+given by ``model``, or a tiny one from scratch) -> zero-shot evaluation -> SFT -> sample (TPS + ESM)
+-> DPO -> evaluate. ``make demo`` and the ablation run it; every stage reads and writes
 plain files under one run directory, reusing what an earlier (interrupted) run already made.
 
 Run directory layout::
 
     data/train.jsonl, data/train.test.jsonl   constructed SFT data (disjoint tools), compact schemas
     data/pairs.jsonl                          preference pairs sampled from the SFT model
-    init-model/                               tokenizer + chat template + random tiny preset
+    init-model/                               tokenizer + chat template + random tiny preset (no ``model``)
     base/, base-model/                        optional language-model training of it on the training text
                                               (all tokens): a stand-in for a pretrained open LLM
-    sft/, sft-model/                          SFT run and its merged export
-    dpo/                                      DPO run (LoRA on sft-model)
+    sft/, sft-model/                          SFT run (full, or LoRA on a pretrained base) and its merged export
+    dpo/, dpo-model/                          DPO run (LoRA on sft-model) and its merged export
     eval/<name>.json                          fine-grained metrics per system
 """
 
@@ -26,7 +27,7 @@ from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig
 
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
 _VERBOSE_KEYS = ("description", "pattern", "format", "maxLength", "minLength", "minimum", "maximum",
-                 "additionalProperties", "examples", "default", "title")
+                 "additionalProperties", "examples", "default", "title", "minItems", "maxItems", "uniqueItems")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +45,30 @@ class PipelineConfig:
     error_recovery: float = 0.15
     """Data construction: fraction of training records with an error-recovery episode (a call first
     made with a wrong value that the tool refuses, then corrected; what MAE masks)."""
+    model: str | None = None
+    """Pretrained base: a local HF directory, a FILE.gguf or a base model name (smollm2-135m-instruct);
+    None trains the tiny ``preset`` from scratch."""
     preset: str = "tiny-llama3"
-    """Architecture preset of the model trained from scratch."""
+    """Architecture preset of the model trained from scratch (when no ``model``)."""
+    min_candidates: int = 2
+    """Data construction: fewest candidate tools in a record's prompt."""
+    max_candidates: int = 3
+    """Data construction: most candidate tools in a record's prompt."""
+    max_calls: int = 3
+    """Data construction: most tool calls per record."""
     base_steps: int = 0
     """Language-model steps on the training conversations (every token) before SFT; 0 skips the stage
     (within the demo's few CPU minutes, SFT steps teach the tiny model more)."""
     sft_steps: int = 110
     sft_lr: float = 3e-3
+    sft_lora_rank: int = 0
+    """LoRA rank of the SFT stage (0: full fine-tuning)."""
+    train_batch_size: int = 0
+    """Sequences per SFT / DPO step (0: ``batch_size``)."""
+    logits_chunk: int = 0
+    """Training: positions per chunk of the vocabulary projection (0: all at once)."""
+    pad_multiple: int = 0
+    """Training: sequences are padded to a multiple of this (0: to ``max_length``, one compiled shape)."""
     mae: bool = False
     """TL-Training MAE in the SFT stage."""
     pkt_wmax: float = 0.0
@@ -63,6 +81,9 @@ class PipelineConfig:
     """TPS: branch where the top-1/top-2 probability gap is below this."""
     dpo_steps: int = 24
     dpo_lr: float = 1e-3
+    dpo_lora_rank: int = 8
+    precompute_ref: bool = False
+    """DPO: reference log-probabilities computed once before training."""
     beta: float = 0.1
     sft_weight: float = 1.0
     """DPO: weight of the SFT term on the chosen side (keeps the chosen calls' likelihood up)."""
@@ -70,6 +91,7 @@ class PipelineConfig:
     """Held-out records evaluated (all their assistant turns)."""
     max_new_tokens: int = 96
     batch_size: int = 8
+    """Prompts decoded together (evaluation, sampling)."""
     max_length: int = 512
     progress: bool = True
 
@@ -78,6 +100,16 @@ class PipelineConfig:
         """A few steps per stage: checks the pipeline end to end in about two minutes."""
         return cls(out=out, seed=seed, num=40, base_steps=2, sft_steps=3, sample_records=6, dpo_steps=2, eval_records=4,
                    max_new_tokens=24, batch_size=4, progress=False)
+
+    @classmethod
+    def pretrained(cls, out: Path, model: str, seed: int = 0, progress: bool = True) -> "PipelineConfig":
+        """LoRA SFT + TTPA on a small pretrained instruct model (SmolLM2-135M sized), about 20 minutes on
+        2 CPU cores: 3 candidate tools per record, at most 2 calls, short budgets."""
+        return cls(out=out, seed=seed, model=model, num=300, min_candidates=3, max_candidates=3, max_calls=2,
+                   error_recovery=0.0, sft_steps=50, sft_lr=1e-3, sft_lora_rank=16, train_batch_size=2,
+                   logits_chunk=256, pad_multiple=256, sample_records=10, epsilon=0.2, dpo_steps=4, dpo_lr=5e-4,
+                   dpo_lora_rank=16, precompute_ref=True, eval_records=32, max_new_tokens=64, batch_size=8,
+                   max_length=1024, progress=progress)
 
 
 # --------------------------------------------------------------------------- stages
@@ -99,12 +131,14 @@ def compact_tool(tool: dict) -> dict:
 def construct_data(cfg: PipelineConfig) -> tuple[Path, Path]:
     """Construct train and held-out SFT data; tool schemas are compacted for the tiny model."""
     from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
+    from ttpa_jax.construct.episodes import EpisodeSettings
 
     raw = cfg.out / "data" / "constructed.jsonl"
+    episode = EpisodeSettings(mode=cfg.mode, min_calls=1, max_calls=cfg.max_calls, min_candidates=cfg.min_candidates,
+                              max_candidates=cfg.max_candidates, follow_up=0.1)
     summary = construct(ConstructConfig(
-        out=raw, num=cfg.num, seed=cfg.seed, mode=cfg.mode, split=0.2, min_calls=1, max_calls=3,
-        min_candidates=2, max_candidates=3, follow_up=0.1, error_recovery=cfg.error_recovery, system_prompt="",
-        progress=cfg.progress,
+        out=raw, num=cfg.num, seed=cfg.seed, episode=episode, split=0.2, error_recovery=cfg.error_recovery,
+        system_prompt="", progress=cfg.progress,
     ))
     say(f"construct: {summary.made + summary.already_present} records ({cfg.mode}), "
         f"{summary.rejected_instances} rejected and redrawn")
@@ -135,15 +169,21 @@ def build_base_model(cfg: PipelineConfig, train_file: Path) -> Path:
     return build_model_dir(out, texts, preset=cfg.preset, seed=cfg.seed, split_words=False)
 
 
+def _data(cfg: PipelineConfig, **kw) -> DataConfig:
+    return DataConfig(batch_size=cfg.train_batch_size or cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
+                      pad_multiple=cfg.pad_multiple or cfg.max_length, **kw)
+
+
 def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = False) -> TrainConfig:
-    """Full fine-tuning; ``base=True``: the language-model stage (loss on every token, into base/)."""
+    """Full fine-tuning (LoRA with ``sft_lora_rank``); ``base=True``: the language-model stage (loss on
+    every token, into base/)."""
     steps = cfg.base_steps if base else cfg.sft_steps
+    rank = cfg.sft_lora_rank
     return TrainConfig(
         objective="sft", model=str(model), data=str(data), out=str(cfg.out / ("base" if base else "sft")),
         steps=steps, seed=cfg.seed, mae=cfg.mae and not base, pkt_wmax=0.0 if base else cfg.pkt_wmax,
-        lora=LoraConfig(rank=0), save_every=max(steps // 2, 1),
-        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
-                           pad_multiple=cfg.max_length, assistant_only=not base),
+        lora=LoraConfig(rank=rank, alpha=2.0 * rank), save_every=max(steps // 2, 1), logits_chunk=cfg.logits_chunk,
+        dataset=_data(cfg, assistant_only=not base),
         optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=max(steps // 10, 1), weight_decay=0.01),
         mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
@@ -152,16 +192,21 @@ def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = Fal
 def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
     return TrainConfig(
         objective="dpo", model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=cfg.dpo_steps,
-        seed=cfg.seed, lora=LoraConfig(rank=8, alpha=16), save_every=max(cfg.dpo_steps // 2, 1),
-        dataset=DataConfig(batch_size=cfg.batch_size, max_length=cfg.max_length, overflow="truncate",
-                           pad_multiple=cfg.max_length),
+        seed=cfg.seed, lora=LoraConfig(rank=cfg.dpo_lora_rank, alpha=2.0 * cfg.dpo_lora_rank),
+        save_every=max(cfg.dpo_steps // 2, 1), logits_chunk=cfg.logits_chunk, dataset=_data(cfg),
         optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(cfg.dpo_steps // 10, 1)),
-        dpo=DpoConfig(beta=cfg.beta, sft_weight=cfg.sft_weight), mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+        dpo=DpoConfig(beta=cfg.beta, sft_weight=cfg.sft_weight, precompute_ref=cfg.precompute_ref),
+        mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
 
 
 def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
-    """The model SFT starts from: the random tiny model, after the language-model stage if enabled."""
+    """The model SFT starts from: the pretrained ``model`` (a GGUF or a base model name is converted once
+    into the cache), else the random tiny model, after the language-model stage if enabled."""
+    if cfg.model is not None:
+        from ttpa_jax.model.base_models import resolve_model
+
+        return Path(resolve_model(cfg.model))
     init = build_base_model(cfg, train_file)
     if cfg.base_steps <= 0:
         return init
@@ -185,6 +230,7 @@ def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
 
 def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path:
     """Preference pairs from the SFT model on the tool-call turns of the first training records."""
+    from ttpa_jax.decode.settings import Decoding, TPSConfig
     from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
 
     subset = cfg.out / "data" / "sample-prompts.jsonl"
@@ -196,9 +242,10 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path
         return out
     tmp = out.with_name(out.name + ".tmp")
     summary = sample(SampleConfig(
-        model=model_dir, data=subset, out=tmp, mode=cfg.sample_mode, max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size, epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2,
-        num_samples=4, temperature=1.0, seed=cfg.seed, progress=cfg.progress,
+        model=model_dir, data=subset, out=tmp, mode=cfg.sample_mode,
+        decoding=Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=1.0, seed=cfg.seed),
+        tps=TPSConfig(epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2),
+        num_samples=4, progress=cfg.progress,
     ))
     say("sample: " + format_summary(summary).replace("\n", "\n  "))
     if summary["pairs"] == 0:
