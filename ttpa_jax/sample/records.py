@@ -60,12 +60,12 @@ def pair_records(prompt: Prompt, cands: list[Candidate], scores: list[esm.ScoreR
             cc, cs = cands[p.chosen], scores[p.chosen]
             chosen_msg, c_ids, c_source, c_errors = _message(cc), cc.tokens, cc.source, cs.errors
         shared = common_prefix(c_ids, rc.tokens)
-        positions = [b["position"] for b in (_branch_of(cc), rc.branch) if b]
+        # The earlier branch: where two TPS candidates first differ (the other side follows the greedy row there).
         branch = min((b for b in (_branch_of(cc), rc.branch) if b), key=lambda b: b["position"], default={})
         meta = {
             "id": prompt.record_id, "turn": prompt.turn, "turn_kind": prompt.kind, "mode": mode,
             "pair_kind": pair_kind(c_source, rc.source),
-            "branch_position": min(positions) if positions and cc is not None else branch.get("position"),
+            "branch_position": branch.get("position"),
             "branch_location": branch.get("location"), "gap": branch.get("gap"),
             "chosen_score": p.chosen_score, "rejected_score": p.rejected_score,
             "chosen_kind": c_source, "chosen_errors": c_errors, "chosen_branch": _branch_of(cc),
