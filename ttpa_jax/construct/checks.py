@@ -12,7 +12,8 @@ Rules (docs/construction.md explains them with examples):
 - **Valid calls** (``unknown_tool``, ``invalid_call``): every call names a candidate tool and its
   arguments validate against that tool's JSON Schema (formats checked).
 - **Results used** (``answer_missing_values``): for every call whose result is not an error and has
-  salient values (see ``salient_items``), the turn's final answer contains at least one of them.
+  salient values (see ``salient_items``), the turn's final answer mentions at least one of them
+  (``tools.return_values.mentions``, the rule the evaluation's return-value metric uses too).
 - **Facts recoverable** (``unrecoverable_argument``): every string and number in a call's
   arguments appears in the user messages so far or in an earlier tool result of the record
   (booleans are exempt: a request implies them without spelling them).
@@ -32,7 +33,6 @@ JSONL file and reports them.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,11 +41,11 @@ from typing import Any
 
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.tools.library import Tool, argument_errors, make_tool
+from ttpa_jax.tools.return_values import mentions  # the one rule, shared with the evaluation
 
 REASONS = ("malformed_record", "empty_text", "call_count", "unknown_tool", "invalid_call",
            "query_names_tool", "query_names_parameter", "answer_missing_values",
            "unrecoverable_argument", "invalid_recovery")
-NUMBER_RE = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
 MAX_SALIENT_DEPTH = 3
 
 
@@ -90,41 +90,6 @@ def render_number(x: int | float) -> str:
         return str(int(x))
     text = repr(x)
     return format(x, ".10f").rstrip("0").rstrip(".") if "e" in text else text
-
-
-def numbers_in(text: str) -> list[float]:
-    out = []
-    for m in NUMBER_RE.finditer(text):
-        try:
-            out.append(float(m.group().replace(",", "")))
-        except ValueError:
-            continue
-    return out
-
-
-def _number_matches(value: float, found: Iterable[float]) -> bool:
-    targets = {float(value)} | {round(float(value), d) for d in (0, 1, 2)}
-    return any(any(math.isclose(n, t, rel_tol=1e-9, abs_tol=1e-9) for t in targets) for n in found)
-
-
-def mentions(text: str, value: Any) -> bool:
-    """Whether ``text`` states ``value``: strings as whole tokens (case-insensitive), numbers as
-    written or rounded to 0-2 decimals (thousands separators allowed)."""
-    if isinstance(value, bool) or value is None:
-        return False
-    if isinstance(value, (int, float)):
-        return _number_matches(value, numbers_in(text))
-    needle = " ".join(str(value).casefold().split())
-    if not needle:
-        return True
-    hay = " ".join(text.casefold().split())
-    start = hay.find(needle)
-    while start >= 0:
-        end = start + len(needle)
-        if not (start > 0 and hay[start - 1].isalnum()) and not (end < len(hay) and hay[end].isalnum()):
-            return True
-        start = hay.find(needle, start + 1)
-    return False
 
 
 def leaves(obj: Any) -> list[Any]:
@@ -302,7 +267,8 @@ def check_record(record: dict[str, Any], min_calls: int = 1, max_calls: int | No
             if not step.failed:
                 earlier_results += "\n" + json.dumps(step.result, ensure_ascii=False)
         for step in turn.steps:
-            salient = salient_items(step.result, step.arguments if isinstance(step.arguments, dict) else {})
+            salient = [(k, v) for k, v in salient_items(step.result, step.arguments if isinstance(step.arguments, dict)
+                                                        else {}) if v != ""]  # an empty value states nothing
             if salient and not any(mentions(turn.answer, v) for _, v in salient):
                 out.append(Rejection("answer_missing_values",
                                      f"turn {k}: no value of the {step.name} result in the answer"))
@@ -318,7 +284,7 @@ def _check_call(step: ParsedStep, by_name: dict[str, Tool], user_text: str, earl
         return [Rejection("invalid_call", f"{step.name}: {'; '.join(errors)}")]
     wrong = _wrong_values(step)
     missing = [v for v in leaves(step.arguments)
-               if not isinstance(v, bool) and v is not None and json.dumps(v) not in wrong
+               if not isinstance(v, bool) and v is not None and v != "" and json.dumps(v) not in wrong
                and not mentions(user_text, v) and not mentions(earlier, v)]
     if missing:
         return [Rejection("unrecoverable_argument",

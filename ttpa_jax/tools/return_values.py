@@ -71,8 +71,14 @@ def _numbers_in(text: str) -> list[tuple[float, int]]:
     return out
 
 
-def mentions(text: str, value: str | int | float) -> bool:
-    """Whether ``text`` mentions ``value`` (see the module doc for the rules)."""
+def mentions(text: str, value: Any) -> bool:
+    """Whether ``text`` mentions ``value`` (see the module doc for the rules): the one rule for "the
+    text uses this value", shared by construction's checks and the evaluation. A boolean, a null, an
+    empty string or a non-finite number is never mentioned (no text states it as a value)."""
+    if isinstance(value, bool) or value is None or (is_number(value) and not math.isfinite(value)):
+        return False
+    if not isinstance(value, (str, int, float)):
+        return False
     if isinstance(value, str):
         needle = normalize_text(value)
         return bool(needle) and f" {needle} " in f" {normalize_text(text)} "
