@@ -19,9 +19,8 @@ R = TypeVar("R")
 
 
 def pad_token_id(config) -> int:
-    """The id prompts are padded with: the config's ``pad_token_id``, else 0."""
-    pad = getattr(config, "pad_token_id", None)
-    return 0 if pad is None else int(pad)
+    """The id prompts are padded with (``ModelConfig.pad_id``)."""
+    return config.pad_id
 
 
 def decode_in_batches(prompt_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int,

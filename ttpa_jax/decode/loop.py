@@ -238,7 +238,7 @@ def _spec(model, max_new_tokens, sampling, eos_ids, stop_token_seqs, record_k) -
     eos = tuple(sorted(set(cfg.eos_token_ids if eos_ids is None else eos_ids)))
     stops = tuple(tuple(int(t) for t in s) for s in stop_token_seqs if len(s))
     return LoopSpec(max_new_tokens=int(max_new_tokens), sampling=sampling, eos_ids=eos, stop_seqs=stops,
-                    record_k=int(record_k), pad_id=int(cfg.pad_token_id or 0))
+                    record_k=int(record_k), pad_id=cfg.pad_id)
 
 
 def _result(out: _Loop, state: DecodeState | None) -> DecodeResult:

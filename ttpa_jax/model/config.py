@@ -62,6 +62,12 @@ class ModelConfig:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
     @property
+    def pad_id(self) -> int:
+        """The id sequences are padded with: ``pad_token_id``, else 0 (the one rule; padded positions
+        are masked, so any id in the vocabulary works)."""
+        return 0 if self.pad_token_id is None else int(self.pad_token_id)
+
+    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         if self.eos_token_id is None:
             return ()

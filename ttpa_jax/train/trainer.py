@@ -174,7 +174,7 @@ class TrainState:
     def create(cls, cfg: TrainConfig, placement: Placement, steps: int) -> "TrainState":
         lora = cfg.lora.rank > 0
         model = build_model(cfg, placement)
-        pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        pad_id = model.config.pad_id
         graphdef, trainable, frozen = split_model(model, lora)
         trainable = placement.state(jax.tree.map(lambda x: x.astype(jnp.float32), trainable))
         frozen = placement.state(frozen)

@@ -46,11 +46,12 @@ def make_algorithm(cfg: TrainConfig) -> Algorithm:
         from ttpa_jax.train.rl.grpo import make_grpo
 
         return make_grpo(kl_coef=rl.kl_coef, epsilon_low=rl.epsilon, epsilon_high=rl.epsilon_high or rl.epsilon,
-                         scale_rewards=rl.scale_rewards)
+                         scale_rewards=rl.scale_rewards, temperature=rl.temperature or 1.0)
     from ttpa_jax.train.rl.ppo import make_ppo
 
     return make_ppo(kl_ctl=rl.kl_coef, clip_reward_value=rl.clip_reward_value, cliprange=rl.epsilon,
-                    cliprange_value=rl.cliprange_value, gamma=rl.gamma, lam=rl.lam, vf_coef=rl.vf_coef)
+                    cliprange_value=rl.cliprange_value, gamma=rl.gamma, lam=rl.lam, vf_coef=rl.vf_coef,
+                    temperature=rl.temperature or 1.0)
 
 
 def step_prompts(step: int, per_step: int, n: int, seed: int, shuffle: bool) -> list[int]:
@@ -169,7 +170,7 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
     st = build_state(cfg, algo, placement, steps * rl.num_iterations)
     lr_at = schedule(cfg.optim, steps * rl.num_iterations)
     eos = eos_token_ids(mcfg, tokenizer, cfg.model if Path(cfg.model).is_dir() else None)
-    pad_id = mcfg.pad_token_id or 0
+    pad_id = mcfg.pad_id
     sampling = Sampling(rl.temperature, rl.top_k, rl.top_p)
 
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
