@@ -1,4 +1,4 @@
-"""Compile the real train step (``trainer.TrainState.create``: the model built, split, placed and
+"""Compile the real train step (``trainer.Trainer.create``: the model built, split, placed and
 jitted as ``trainer.train`` does) and return XLA's memory analysis of it, for ``ttpa_jax.plan.memory``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.model.sharding import Placement, make_mesh
 from ttpa_jax.train.config import MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.train.trainer import TrainState
+from ttpa_jax.train.trainer import Trainer
 
 
 def host_batch(objective: str, batch: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -31,7 +31,7 @@ def compiled_memory(model: str, mesh: tuple[int, int, int], *, objective: str = 
     cfg = TrainConfig(objective=objective, model=model, data="", out="", lora=LoraConfig(rank=lora_rank), mesh=MeshConfig(*mesh),
                       dtype=dtype, optim=OptimConfig(grad_accum=grad_accum), logits_chunk=logits_chunk)
     placement = Placement(make_mesh(*mesh))
-    st = TrainState.create(cfg, placement, steps=10)
+    st = Trainer.create(cfg, placement, steps=10)
     batch = placement.batch(host_batch(objective, batch_size, seq_len))
     with jax.set_mesh(placement.mesh):
         lowered = st.step_fn.lower(st.trainable, st.frozen, st.ref_params, st.opt_state, batch, jax.random.key(0))

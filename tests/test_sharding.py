@@ -18,7 +18,7 @@ from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.sharding import Placement, make_mesh, mesh_shape, place_state, spec_for
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.train.trainer import TrainState, train
+from ttpa_jax.train.trainer import Trainer, train
 
 from helpers import metrics, preference_records, write_jsonl
 
@@ -61,7 +61,7 @@ def test_lora_dpo_steps_match_single_device(tiny_model_dir, single_device_run):
     _, records, reference = single_device_run
     for mesh in MESHES:
         cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh)
-        st = TrainState.create(cfg, Placement(make_mesh(*mesh)), steps=4)
+        st = Trainer.create(cfg, Placement(make_mesh(*mesh)), steps=4)
         loader = Loader(records, "arrayrecord", global_batch=8, seed=0, shuffle=True, pad_id=st.pad_id,
                         pad_multiple=64, max_length=512)
         for ref in reference[:2]:
@@ -85,7 +85,7 @@ def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, 
         for f in (records, records.parent / "stats.json"):
             shutil.copy(f, d / f.name)
         cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh, logits_chunk=16)
-        out = precompute_reference(TrainState.create(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg)
+        out = precompute_reference(Trainer.create(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg)
         src = open_source(out, "arrayrecord")
         logps[mesh] = np.array([[decode_example(src[i])[k][0] for k in ("ref_chosen_logp", "ref_rejected_logp")]
                                 for i in range(len(src))])

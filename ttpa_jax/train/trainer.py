@@ -155,7 +155,7 @@ def _host_metrics(metrics) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- state
 @dataclasses.dataclass
-class TrainState:
+class Trainer:
     """What the step function reads and updates, placed on the mesh: the model split into trainable
     and frozen parts, the DPO reference copy (full fine-tuning only), the optimizer state."""
 
@@ -171,7 +171,7 @@ class TrainState:
     lora: bool
 
     @classmethod
-    def create(cls, cfg: TrainConfig, placement: Placement, steps: int) -> "TrainState":
+    def create(cls, cfg: TrainConfig, placement: Placement, steps: int) -> "Trainer":
         lora = cfg.lora.rank > 0
         model = build_model(cfg, placement)
         pad_id = model.config.pad_id
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     records, stats = prepare_data(cfg, run_dir, progress)
     steps = total_steps(cfg, stats.written)
-    st = TrainState.create(cfg, placement, steps)
+    st = Trainer.create(cfg, placement, steps)
     lr_at = schedule(cfg.optim, steps)
 
     if st.objective.needs_reference and cfg.dpo.precompute_ref:
@@ -308,7 +308,7 @@ def _say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- reference pass
-def precompute_reference(st: TrainState, records: Path, cfg: TrainConfig) -> Path:
+def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
     """One pass over the preference data computing reference log-probs; writes a second record file
     with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists."""
     from ttpa_jax.train.example_proto import decode_example, encode_example
