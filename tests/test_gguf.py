@@ -165,7 +165,7 @@ def test_unsupported_quant_type_is_one_clear_error(tmp_path):
 
 
 def _fake_convert(calls):
-    def convert(src, out, *, dtype="float32", chat_template=None):
+    def convert(src, out, *, dtype="float32", chat_template=None, progress=False):
         calls.append(Path(src))
         out.mkdir(parents=True)
         (out / "config.json").write_text("{}")
@@ -201,3 +201,82 @@ def test_missing_base_model_wheel_says_how_to_install(monkeypatch):
         resolve_model("no-such-base")
     with pytest.raises(GGUFError, match=r"nope\.gguf: no such GGUF file"):
         resolve_model("nope.gguf")
+
+
+def _gguf_from_hf(hf, path: Path, arch: str, q8_embed: bool = False) -> Path:
+    """Write a transformers model as llama.cpp's converter would: GGUF names, q/k rows permuted (llama)."""
+    c = hf.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "llama-bpe")
+    w.add_token_list(["<pad>", "<eos>", '!"'] + [chr(0x21 + i) for i in range(c.vocab_size - 3)])
+    w.add_token_types([3, 3] + [1] * (c.vocab_size - 2))
+    w.add_token_merges(['! "'])
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(0)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, t in hf.state_dict().items():
+        a = t.detach().numpy().astype(np.float32)
+        if name == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif name == "model.norm.weight":
+            g = "output_norm.weight"
+        elif name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            g = "output.weight"
+        else:
+            i, rest = name.removeprefix("model.layers.").split(".", 1)  # "3", "self_attn.q_proj.weight"
+            key, leaf = rest.rsplit(".", 1)
+            g = f"blk.{i}.{names[key]}.{leaf}"
+            if arch == "llama" and key in ("self_attn.q_proj", "self_attn.k_proj"):
+                n = c.num_attention_heads if key.endswith("q_proj") else c.num_key_value_heads
+                a = a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+        if g == "token_embd.weight" and q8_embed:
+            w.add_tensor(g, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(g, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_tiny_gguf_round_trip_matches_the_original_model(arch, tmp_path):
+    """transformers model -> GGUF (llama.cpp's layout) -> convert_gguf -> our model: the original logits."""
+    import jax.numpy as jnp
+
+    import ttpa_jax
+    from tests.helpers import left_padded_batch, tiny_hf_model, torch_logits
+
+    hf = tiny_hf_model(arch, tie=arch == "llama", rope_scaling=None, rope_theta=10000.0) if arch == "llama" \
+        else tiny_hf_model(arch)
+    src = _gguf_from_hf(hf, tmp_path / f"{arch}.gguf", arch, q8_embed=arch == "llama")
+    out = convert_gguf(src, tmp_path / "hf")
+    model = ttpa_jax.load_pretrained(out)
+    assert model.config.tie_word_embeddings == (arch == "llama") and model.config.qkv_bias == (arch == "qwen2")
+    ids, mask = left_padded_batch(hf.config.vocab_size, [7, 5])
+    if arch == "llama":  # the embedding went through Q8_0: compare with the dequantized table
+        import torch
+
+        with torch.no_grad():
+            e = hf.model.embed_tokens.weight
+            e.copy_(torch.tensor(gguf.quants.dequantize(gguf.quants.quantize(e.numpy(), gguf.GGMLQuantizationType.Q8_0),
+                                                        gguf.GGMLQuantizationType.Q8_0)))
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask, bool)))
+    ref = torch_logits(hf, ids, mask)
+    m = mask.astype(bool)
+    np.testing.assert_allclose(got[m], ref[m], atol=1e-4, rtol=1e-4)

@@ -254,8 +254,8 @@ def build_tokenizer(meta: dict, source: str):
                 if f"tokenizer.{k}" in meta}
     try:
         backend, extra = convert_gguf_tokenizer(meta["general.architecture"], tok_dict)
-    except ValueError as e:
-        raise GGUFError(f"{source}: {e}") from None
+    except (ValueError, KeyError) as e:
+        raise GGUFError(f"{source}: cannot rebuild the tokenizer from its metadata ({type(e).__name__}: {e})") from None
     tokens = meta["tokenizer.ggml.tokens"]
     kwargs = {}
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
