@@ -1,0 +1,104 @@
+"""The ablation's sizes (``--quick``, the default, ``--scale paper``) and its time estimate.
+
+The default is sized for about three hours on a 2-core CPU machine with SmolLM2-135M-Instruct
+(three seeds, the eight systems, both test sets). ``estimate`` derives the time from unit costs
+measured on that machine with that model (``UNIT_COSTS``: where each number comes from is noted
+next to it) and the sizes below; ``python -m ttpa_jax.ablate estimate`` prints it and the results
+document carries it next to the measured wall time of the runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ttpa_jax.experiments.pipeline import PipelineConfig
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+BFCL_CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
+                   "irrelevance")
+
+# Seconds on 2 CPU cores with SmolLM2-135M-Instruct (docs/results.md Demo, shared/STACK_NOTES):
+UNIT_COSTS = {
+    "sft_record": 3.0,        # LoRA SFT per record (728 tokens, batch 2 x 1024, logits chunk 256)
+    "decode_prompt": 1.2,     # greedy, batch 8, 64 new tokens, ~700-token prompts (67 tok/s + prefill)
+    "bfcl_prompt": 1.35,      # BFCL: 400 prompts x 128 new tokens took 9 minutes at batch 16
+    "tps_prompt": 5.0,        # TPS: greedy + up to 3 branch points continued: ~4 decodes per prompt
+    "dpo_pair": 6.0,          # one pair (chosen + rejected, 2 x sft_record) per DPO step and batch row
+    "ref_pair": 2.0,          # the reference log-probs of a pair, computed once (forward only)
+    "rl_episode": 6.4,        # 2 decoded turns (2 x decode_prompt) + a forward/backward and 2 forwards
+    "stage_overhead": 45.0,   # loading the model and compiling a stage's jitted steps
+}
+TURNS_PER_RECORD = 2.45       # assistant turns per held-out record (constructed data, 3 tools, 1-2 calls)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    name: str
+    pipeline: PipelineConfig
+    rl_steps: int
+    rl_prompts_per_step: int
+    rl_group_size: int
+    rl_lr: float
+    bfcl_limit: int | None
+    """BFCL entries per category (None: all; 0: BFCL not evaluated)."""
+    bfcl_categories: tuple[str, ...] = BFCL_CATEGORIES
+    bfcl_max_new_tokens: int = 96
+
+
+def make_scale(name: str, model: str | None, out: Path, progress: bool = False, bfcl_limit: int | None = -1) -> Scale:
+    """``quick`` (tiny model from scratch, unless ``model``), ``default`` (SmolLM2-135M unless
+    ``model``) or ``paper`` (``model`` required: a 7B base on a GPU/TPU). ``bfcl_limit`` -1 keeps the
+    scale's own."""
+    if name == "quick":
+        p = PipelineConfig.quick(out, 0)
+        if model is not None:
+            p = dataclasses.replace(p, model=model, sft_lora_rank=8)
+        scale = Scale("quick", p, rl_steps=1, rl_prompts_per_step=2, rl_group_size=2, rl_lr=1e-3, bfcl_limit=1,
+                      bfcl_max_new_tokens=24)
+    elif name == "default":
+        p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
+                                sft_steps=40, sample_records=8, dpo_steps=8, eval_records=20)
+        scale = Scale("default", p, rl_steps=4, rl_prompts_per_step=2, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
+    elif name == "paper":
+        if model is None:
+            raise ValueError("--scale paper: give --model (a local 7B-class HF directory or FILE.gguf)")
+        p = PipelineConfig(out=out, model=model, num=5000, min_candidates=3, max_candidates=5, max_calls=3,
+                           error_recovery=0.15, sft_steps=1000, sft_lr=2e-4, sft_lora_rank=64, train_batch_size=16,
+                           logits_chunk=512, pad_multiple=512, sample_records=1000, epsilon=0.2, dpo_steps=300,
+                           dpo_lr=5e-5, dpo_lora_rank=64, precompute_ref=True, eval_records=500,
+                           max_new_tokens=256, batch_size=32, max_length=4096, progress=progress)
+        scale = Scale("paper", p, rl_steps=200, rl_prompts_per_step=8, rl_group_size=8, rl_lr=1e-5, bfcl_limit=None,
+                      bfcl_max_new_tokens=256)
+    else:
+        raise ValueError(f"--scale {name!r}: expected quick, default or paper")
+    scale = dataclasses.replace(scale, pipeline=dataclasses.replace(scale.pipeline, progress=progress))
+    return scale if bfcl_limit == -1 else dataclasses.replace(scale, bfcl_limit=bfcl_limit)
+
+
+def estimate(scale: Scale, systems, seeds: int, costs: dict[str, float] = UNIT_COSTS) -> dict[str, float]:
+    """Estimated seconds per kind of stage for ``systems`` over ``seeds`` (shared stages once per seed)."""
+    p, c = scale.pipeline, costs
+    batch = p.train_batch_size or p.batch_size
+    sft_runs = len({(s.construction, s.tl) for s in systems if s.kind != "zero-shot"})
+    dpo = [s for s in systems if s.kind == "dpo"]
+    rl = [s for s in systems if s.kind == "rl"]
+    eval_prompts = p.eval_records * TURNS_PER_RECORD
+    bfcl_prompts = (scale.bfcl_limit or 400) * len(scale.bfcl_categories) if scale.bfcl_limit != 0 else 0
+    per_seed = {
+        "sft": sft_runs * (p.sft_steps * batch * c["sft_record"] + c["stage_overhead"]),
+        "evaluate held-out": len(systems) * (eval_prompts * c["decode_prompt"] + c["stage_overhead"]),
+        "evaluate BFCL": (len(systems) * (bfcl_prompts * c["bfcl_prompt"] * scale.bfcl_max_new_tokens / 128
+                                          + c["stage_overhead"]) if bfcl_prompts else 0.0),
+        "sample pairs": len(dpo) * (p.sample_records * TURNS_PER_RECORD * c["tps_prompt"] + c["stage_overhead"]),
+        "dpo": len(dpo) * (p.dpo_steps * batch * (c["dpo_pair"] + c["ref_pair"]) + c["stage_overhead"]),
+        "rl": len(rl) * (scale.rl_steps * scale.rl_prompts_per_step * scale.rl_group_size * c["rl_episode"]
+                         + c["stage_overhead"]),
+    }
+    return {k: v * seeds for k, v in per_seed.items()}
+
+
+def format_estimate(est: dict[str, float]) -> str:
+    total = sum(est.values())
+    return (f"about {total / 3600:.1f} hours (" + ", ".join(f"{k} {v / 60:.0f} min" for k, v in est.items() if v)
+            + ")")
