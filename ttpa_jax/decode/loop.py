@@ -4,7 +4,7 @@ One jitted function prefills a left-padded batch of prompts and runs a ``lax.whi
 a second continues decoding from an existing cache (token-level branches: rows copied out of the
 cache, each forced to an alternative token at its own step and decoded on from there).
 
-Cache layout: ``S = P + N`` columns per row, P the (bucketed) prompt width, N ``max_new_tokens``.
+Cache layout: ``S = P + M`` columns per row, P the (bucketed) prompt width, M ``max_new_tokens``.
 The prompt occupies columns ``[0, P)`` (left padded), generated step ``i`` is written at column
 ``P + i`` with position ``prompt_len + i``, so a row's write column is ``P + step[b]``: rows at
 different steps decode together in one loop. Finished rows write to column S, which is dropped.
@@ -15,7 +15,8 @@ model's distribution (softmax of the raw logits, before temperature or truncatio
 Under a mesh (``jax.set_mesh``, parameters placed by ``sharding``) the prompts, the cache and the
 loop state are laid out explicitly: rows over the batch axes, KV heads and vocabulary over ``tensor``.
 
-Shapes: B batch, P prompt width, N new tokens, S = P + N cache columns, V vocab, K recorded top-k.
+Shapes (the package legend, docs/architecture.md): B batch, R forked rows, P prompt width, M new tokens,
+S = P + M cache columns, V vocab, C recorded top-k candidates per step; K and H as in the model.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class DecodeState(NamedTuple):
 class DecodeResult:
     """Host (numpy) outputs. Positions past ``lengths[b]`` hold ``pad_id`` / zeros.
 
-    tokens [B, N] generated ids (the EOS or stop sequence that ended a row included);
-    lengths [B]; top_probs / top_ids [B, N, K] the model's top-K at each step.
+    tokens [B, M] generated ids (the EOS or stop sequence that ended a row included);
+    lengths [B]; top_probs / top_ids [B, M, C] the model's top-C at each step.
     """
 
     tokens: np.ndarray
@@ -72,19 +73,19 @@ class DecodeResult:
     state: DecodeState | None = None
 
     @property
-    def top1_prob(self):  # [B, N]
+    def top1_prob(self):  # [B, M]
         return self.top_probs[..., 0]
 
     @property
-    def top2_prob(self):  # [B, N]
+    def top2_prob(self):  # [B, M]
         return self.top_probs[..., 1]
 
     @property
-    def top1_id(self):  # [B, N]
+    def top1_id(self):  # [B, M]
         return self.top_ids[..., 0]
 
     @property
-    def top2_id(self):  # [B, N]
+    def top2_id(self):  # [B, M]
         return self.top_ids[..., 1]
 
     def sequences(self) -> list[list[int]]:
@@ -98,9 +99,9 @@ class _Loop(NamedTuple):
     logits: jax.Array  # [B, V] float32 distribution for ``step``
     forced: jax.Array  # [B] token forced at ``step`` (-1: choose)
     cache: list
-    tokens: jax.Array  # [B, N]
-    top_probs: jax.Array  # [B, N, K]
-    top_ids: jax.Array  # [B, N, K]
+    tokens: jax.Array  # [B, M]
+    top_probs: jax.Array  # [B, M, C]
+    top_ids: jax.Array  # [B, M, C]
 
 
 def _on_mesh(loop: _Loop) -> _Loop:
@@ -131,7 +132,7 @@ def prompt_bucket(width: int, bucket: int = DEFAULT_BUCKET) -> int:
 
 
 def stop_hits(tokens, step, stop_seqs) -> jax.Array:
-    """[B] bool: the tokens ending at column ``step[b]`` of ``tokens [B, N]`` equal a stop sequence."""
+    """[B] bool: the tokens ending at column ``step[b]`` of ``tokens [B, M]`` equal a stop sequence."""
     hit = jnp.zeros(step.shape, bool)
     for seq in stop_seqs:
         L = len(seq)
@@ -143,24 +144,24 @@ def stop_hits(tokens, step, stop_seqs) -> jax.Array:
 
 def _decode_loop(model, init: _Loop, kv_mask, prompt_lengths, keys, P: int, spec: LoopSpec) -> _Loop:
     B, S = kv_mask.shape
-    N = spec.max_new_tokens
+    M = spec.max_new_tokens
     rows = jnp.arange(B)
     eos = jnp.asarray(spec.eos_ids or (-1,), jnp.int32)
 
     def cond(c: _Loop):
-        return (c.it < N) & ~jnp.all(c.done)
+        return (c.it < M) & ~jnp.all(c.done)
 
     def body(c: _Loop) -> _Loop:
         active = ~c.done
         chosen = choose_tokens(c.logits, keys, c.step, spec.sampling)
         tok = jnp.where(c.forced >= 0, c.forced, chosen).astype(jnp.int32)  # [B]
-        tokens = c.tokens.at[rows, jnp.where(active, c.step, N)].set(tok, mode="drop")
+        tokens = c.tokens.at[rows, jnp.where(active, c.step, M)].set(tok, mode="drop")
         probs = jax.nn.softmax(c.logits, axis=-1)
-        top_p, top_i = jax.lax.top_k(probs, spec.record_k)  # [B, K]
-        rec_col = jnp.where(active & (c.forced < 0), c.step, N)
+        top_p, top_i = jax.lax.top_k(probs, spec.record_k)  # [B, C]
+        rec_col = jnp.where(active & (c.forced < 0), c.step, M)
         top_probs = c.top_probs.at[rows, rec_col].set(top_p, mode="drop")
         top_ids = c.top_ids.at[rows, rec_col].set(top_i.astype(jnp.int32), mode="drop")
-        ended = jnp.isin(tok, eos) | stop_hits(tokens, c.step, spec.stop_seqs) | (c.step + 1 >= N)
+        ended = jnp.isin(tok, eos) | stop_hits(tokens, c.step, spec.stop_seqs) | (c.step + 1 >= M)
         done = c.done | (active & ended)
         write = jnp.where(done, S, P + c.step).astype(jnp.int32)  # finished rows write nowhere
         pos = (prompt_lengths + c.step)[:, None]
@@ -181,9 +182,9 @@ def _prefill_and_decode(graphdef, params, prompt_ids, prompt_mask, keys, spec: L
     cfg = model.config
     prompt_ids, prompt_mask = (shard_activation(a, ("batch", "seq")) for a in (prompt_ids, prompt_mask))
     B, P = prompt_ids.shape
-    N = spec.max_new_tokens
-    S = P + N
-    kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, N), bool)], axis=1)  # [B, S]
+    M = spec.max_new_tokens
+    S = P + M
+    kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, M), bool)], axis=1)  # [B, S]
     shape = (B, S, cfg.num_key_value_heads, cfg.head_dim)
     cache = [LayerCache(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
              for _ in range(cfg.num_hidden_layers)]
@@ -193,9 +194,9 @@ def _prefill_and_decode(graphdef, params, prompt_ids, prompt_mask, keys, spec: L
     init = _Loop(
         it=jnp.int32(0), step=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool),
         logits=model.logits(h[:, -1]), forced=jnp.full((B,), -1, jnp.int32), cache=cache,
-        tokens=jnp.full((B, N), spec.pad_id, jnp.int32),
-        top_probs=jnp.zeros((B, N, spec.record_k), jnp.float32),
-        top_ids=jnp.zeros((B, N, spec.record_k), jnp.int32),
+        tokens=jnp.full((B, M), spec.pad_id, jnp.int32),
+        top_probs=jnp.zeros((B, M, spec.record_k), jnp.float32),
+        top_ids=jnp.zeros((B, M, spec.record_k), jnp.int32),
     )
     out = _decode_loop(model, init, kv_mask, prompt_lengths, keys, P, spec)
     return out, kv_mask, prompt_lengths
@@ -206,16 +207,16 @@ def _fork_and_decode(graphdef, params, state: DecodeState, tokens, top_probs, to
                      rows, steps, forced, live, spec: LoopSpec):
     """Copy cache rows ``rows [R]`` and decode each from ``steps [R]`` with ``forced [R]`` first.
 
-    tokens [B, N], top_probs / top_ids [B, N, K] are the source rows' outputs: columns before the
+    tokens [B, M], top_probs / top_ids [B, M, C] are the source rows' outputs: columns before the
     branch step are kept (the shared prefix); the branch step keeps its recorded distribution.
     """
     model = nnx.merge(graphdef, params)
-    N = spec.max_new_tokens
+    M = spec.max_new_tokens
     S = state.kv_mask.shape[1]
-    P = S - N
+    P = S - M
     cache = [LayerCache(jnp.take(c.k, rows, axis=0), jnp.take(c.v, rows, axis=0)) for c in state.cache]
-    cols = jnp.arange(N)[None, :]
-    prefix = cols < steps[:, None]  # [R, N]
+    cols = jnp.arange(M)[None, :]
+    prefix = cols < steps[:, None]  # [R, M]
     keep_dist = (cols <= steps[:, None])[..., None]
     init = _Loop(
         it=jnp.int32(0), step=steps.astype(jnp.int32), done=~live,
@@ -297,17 +298,17 @@ def continue_decoding(model, base: DecodeResult, rows, steps, forced_tokens, *, 
     steps = np.asarray(steps, np.int32)
     forced = np.asarray(forced_tokens, np.int32)
     R = len(rows)
-    N, K = base.tokens.shape[1], base.top_ids.shape[2]
+    M, C = base.tokens.shape[1], base.top_ids.shape[2]
     if R == 0:
-        return DecodeResult(np.zeros((0, N), np.int32), np.zeros((0,), np.int32),
-                            np.zeros((0, N, K), np.float32), np.zeros((0, N, K), np.int32))
+        return DecodeResult(np.zeros((0, M), np.int32), np.zeros((0,), np.int32),
+                            np.zeros((0, M, C), np.float32), np.zeros((0, M, C), np.int32))
     if np.any(steps < 0) or np.any(steps >= base.lengths[rows]):
         raise ValueError("branch steps must lie within the decoded length of their row (0 <= step < length)")
     width = max(R, pad_rows_to or R)
     live = np.arange(width) < R
     pad = width - R
     rows, steps, forced = (np.concatenate([a, np.zeros(pad, np.int32)]) for a in (rows, steps, forced))
-    spec = _spec(model, N, sampling, eos_ids, stop_token_seqs, K)
+    spec = _spec(model, M, sampling, eos_ids, stop_token_seqs, C)
     graphdef, params = nnx.split(model)
     out = _fork_and_decode(graphdef, params, base.state, jnp.asarray(base.tokens), jnp.asarray(base.top_probs),
                            jnp.asarray(base.top_ids), jnp.asarray(rows), jnp.asarray(steps), jnp.asarray(forced),

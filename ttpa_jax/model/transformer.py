@@ -5,8 +5,9 @@ Module and attribute names mirror the Hugging Face checkpoints (``embed_tokens``
 HF's ``[out, in]`` layout, so loading and exporting are a rename, never a transpose. Every parameter
 carries logical axis names (``axes`` metadata) that the sharding rules map onto a device mesh.
 
-Shapes: B batch, T query length, S key length (cache length), D hidden, N query heads, K key/value
-heads, G = N // K heads per group, H head dim, F MLP width, V vocabulary.
+Shapes (the package legend, docs/architecture.md): B batch, T query length, S key length (cache
+length), D hidden, N query heads, K key/value heads, G = N // K heads per group, H head dim, F MLP
+width, V vocabulary, r LoRA rank.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ class Linear(nnx.Module):
         self.uid = uid  # distinguishes dropout streams
 
     def __call__(self, x, ctx: Ctx):
-        # Matmuls on [N, in] rows: with [B, T, in] inputs XLA on CPU transposes each adapted
+        # Matmuls on [B*T, in] rows: with [B, T, in] inputs XLA on CPU transposes each adapted
         # projection's output gradient before computing the adapter gradients.
         lead = x.shape[:-1]
-        x = x.astype(self.dtype).reshape(-1, x.shape[-1])  # [N, in]
-        y = x @ self.weight[...].astype(self.dtype).T  # [N, out]
+        x = x.astype(self.dtype).reshape(-1, x.shape[-1])  # [B*T, in]
+        y = x @ self.weight[...].astype(self.dtype).T  # [B*T, out]
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if ctx.lora and self.lora_a is not None:
@@ -76,7 +77,7 @@ class Linear(nnx.Module):
                     jax.random.fold_in(ctx.dropout_key, self.uid), 1.0 - self.lora_dropout, x.shape
                 )
                 xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(self.dtype)
-            h = xa @ self.lora_a[...].astype(self.dtype).T  # [N, r]
+            h = xa @ self.lora_a[...].astype(self.dtype).T  # [B*T, r]
             y = y + self.lora_scale * (h @ self.lora_b[...].astype(self.dtype).T)
         return y.reshape(*lead, -1)
 
