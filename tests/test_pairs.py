@@ -126,6 +126,7 @@ def test_where_characters_fall_in_a_call():
     assert call_spans('x {"name": "a", "parameters": {"k": "v"}} y') == [(2, 41)]  # JSON calls without tags
     assert char_locations('{"name": "a", "parameters": {"k": "v"}}')[31] == "key"
     assert call_spans("no call") == [] and call_spans("<tool_call>\n{") == [(0, 13)]  # unclosed: to the end
+    assert call_spans('<tool_response>\n{"temp": 14}') == []  # JSON that is no call
 
 
 def test_call_steps_mark_only_tokens_inside_the_call(tok):

@@ -3,8 +3,8 @@ key or an argument value) or outside every call. Pure Python; TPS uses it to bra
 calls, the pair audit to report where branch points fall.
 
 A tool-call span runs from a ``<tool_call>`` tag to the end of its ``</tool_call>`` (or the end of
-the text when unclosed); without tags, from each top-level ``{`` to its matching ``}`` (Llama 3's
-JSON calls). Inside a span the call's JSON is scanned character by character: the string (or
+the text when unclosed); without tags, from each top-level ``{`` that opens a call (its first key ``"name"`` or
+``"function"``) to its matching ``}`` (Llama 3's JSON calls). Inside a span the call's JSON is scanned character by character: the string (or
 number) that is the value of the call's ``"name"`` is ``name``; a key of its ``"arguments"`` /
 ``"parameters"`` object is ``key``; anything inside an argument's value (strings, numbers, nested
 objects) is ``value``; the rest (tags, braces, the ``"name"``/``"arguments"`` keys, separators) is
@@ -13,11 +13,13 @@ objects) is ``value``; the rest (tags, braces, the ``"name"``/``"arguments"`` ke
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 LOCATIONS = ("name", "key", "value", "syntax", "outside")
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _ARGS = ("arguments", "parameters")
+_CALL_START = re.compile(r'\{\s*"(?:name|function)"\s*:')
 
 
 def _json_end(text: str, start: int) -> int:
@@ -52,7 +54,8 @@ def call_spans(text: str) -> list[tuple[int, int]]:
     i = 0
     while (s := text.find("{", i)) >= 0:
         end = _json_end(text, s)
-        spans.append((s, end))
+        if _CALL_START.match(text, s):  # a call's JSON, not any JSON (e.g. a made-up tool response)
+            spans.append((s, end))
         i = end
     return spans
 
