@@ -51,11 +51,11 @@ def test_greedy_and_top2_match_transformers(request, family, lengths):
     np.testing.assert_array_equal(res.tokens, ref_tokens)
     np.testing.assert_array_equal(res.lengths, [N_NEW] * len(lengths))
     top_p, top_i = torch.topk(torch.tensor(ref_probs), 2, -1)
-    np.testing.assert_allclose(res.top1_prob, top_p[..., 0].numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(res.top2_prob, top_p[..., 1].numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(res.top1_id, top_i[..., 0].numpy())
-    np.testing.assert_array_equal(res.top2_id, top_i[..., 1].numpy())
-    np.testing.assert_array_equal(res.top1_id, res.tokens)  # greedy picks the top-1 token
+    np.testing.assert_allclose(res.top_probs[..., 0], top_p[..., 0].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(res.top_probs[..., 1], top_p[..., 1].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(res.top_ids[..., 0], top_i[..., 0].numpy())
+    np.testing.assert_array_equal(res.top_ids[..., 1], top_i[..., 1].numpy())
+    np.testing.assert_array_equal(res.top_ids[..., 0], res.tokens)  # greedy picks the top-1 token
 
 
 def test_prompt_lengths_in_one_bucket_share_a_compiled_loop(qwen):
@@ -118,7 +118,7 @@ def test_sampling_is_reproducible_for_a_key(qwen):
     c = generate(model, ids, mask, max_new_tokens=N_NEW, sampling=s, key=jax.random.key(4), eos_ids=())
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert (a.tokens != c.tokens).any()
-    assert (a.tokens != a.top1_id).any()  # it did sample, not argmax
+    assert (a.tokens != a.top_ids[..., 0]).any()  # it did sample, not argmax
     # A row's draws depend only on its own key: reversing the rows (and their keys) reverses the output.
     keys = jax.random.split(jax.random.key(3), 3)
     r = generate(model, ids[::-1], mask[::-1], max_new_tokens=N_NEW, sampling=s, key=keys[::-1], eos_ids=())
@@ -165,7 +165,7 @@ def test_branch_rows_stop_on_their_own(qwen):
     _, model = qwen
     ids, mask = left_padded_batch(96, [12, 7, 3], seed=5)
     base = generate(model, ids, mask, max_new_tokens=N_NEW, eos_ids=(), keep_cache=True)
-    forced = [int(base.top2_id[0, 2]), int(base.top2_id[1, 5])]
+    forced = [int(base.top_ids[0, 2, 1]), int(base.top_ids[1, 5, 1])]
     free = continue_decoding(model, base, [0, 1], [2, 5], forced, eos_ids=())
     eos = (int(free.tokens[0, 6]),)  # a token the first branch makes after its branch point
     res = continue_decoding(model, base, [0, 1], [2, 5], forced, eos_ids=eos)

@@ -72,22 +72,6 @@ class DecodeResult:
     top_ids: np.ndarray
     state: DecodeState | None = None
 
-    @property
-    def top1_prob(self):  # [B, M]
-        return self.top_probs[..., 0]
-
-    @property
-    def top2_prob(self):  # [B, M]
-        return self.top_probs[..., 1]
-
-    @property
-    def top1_id(self):  # [B, M]
-        return self.top_ids[..., 0]
-
-    @property
-    def top2_id(self):  # [B, M]
-        return self.top_ids[..., 1]
-
     def sequences(self) -> list[list[int]]:
         return [self.tokens[b, : self.lengths[b]].tolist() for b in range(len(self.lengths))]
 
