@@ -85,6 +85,10 @@ class LeakageArgs:
     out: Path = Path("runs/ablate/leakage")
     results_dir: Path = Path("docs/results")
     """Writes RESULTS/leakage.json."""
+    generator: Literal["template", "openai"] = "template"
+    """Construction generator (openai: the endpoint from OPENAI_BASE_URL / OPENAI_API_KEY)."""
+    openai_model: str = "gpt-4o-mini"
+    """openai: the model name sent to the endpoint."""
 
 
 def resolve(args: RunArgs) -> tuple[ablate_scale.Scale, Path, Path, Path]:
@@ -153,7 +157,8 @@ def report(args: ReportArgs) -> str:
 def leakage(args: LeakageArgs) -> Path:
     from ttpa_jax.experiments.ablate_leakage import measure
 
-    result = measure(args.seeds, args.num, args.out)
+    result = measure(args.seeds, args.num, args.out, generator=args.generator,
+                     openai_model=args.openai_model)
     path = args.results_dir / "leakage.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

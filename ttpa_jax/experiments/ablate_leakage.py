@@ -30,11 +30,13 @@ def single_word_param_query(record: dict[str, Any]) -> bool:
     return any(name_regex(n).search(folded) for n in names)
 
 
-def measure(seeds: Sequence[int], num: int, out: Path, cfg: PipelineConfig | None = None) -> dict[str, Any]:
+def measure(seeds: Sequence[int], num: int, out: Path, cfg: PipelineConfig | None = None,
+            generator: str = "template", openai_model: str = "gpt-4o-mini") -> dict[str, Any]:
     """``{"seeds", "records", "modes": {mode: {attempts, query_names_tool, query_names_parameter,
     single_word_param_queries, records}}, "per_seed": ...}`` summed over seeds."""
     from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
     from ttpa_jax.construct.episodes import EpisodeSettings
+    from ttpa_jax.construct.generators.openai_chat import OpenAISettings
 
     cfg = cfg or PipelineConfig.pretrained(Path(out), "unused", progress=False)
     totals = {m: {"attempts": 0, "query_names_tool": 0, "query_names_parameter": 0, "single_word_param_queries": 0,
@@ -48,7 +50,8 @@ def measure(seeds: Sequence[int], num: int, out: Path, cfg: PipelineConfig | Non
                 p.unlink(missing_ok=True)  # fresh: the summary must count every attempt
             episode = EpisodeSettings(mode=mode, min_calls=1, max_calls=cfg.max_calls, min_candidates=cfg.min_candidates,
                                       max_candidates=cfg.max_candidates, follow_up=0.1)
-            s = construct(ConstructConfig(out=path, num=num, seed=seed, episode=episode, split=0.2,
+            s = construct(ConstructConfig(out=path, num=num, seed=seed, episode=episode, split=0.2, generator=generator,
+                                          openai=OpenAISettings(model=openai_model),
                                           error_recovery=cfg.error_recovery, system_prompt="", progress=False))
             records = [json.loads(line) for p in (path, held_out_path(path)) if p.is_file()
                        for line in p.read_text().splitlines() if line.strip()]
@@ -59,4 +62,5 @@ def measure(seeds: Sequence[int], num: int, out: Path, cfg: PipelineConfig | Non
             per_seed.append(row)
             for k in totals[mode]:
                 totals[mode][k] += row[k]
-    return {"seeds": list(seeds), "records": num, "modes": totals, "per_seed": per_seed}
+    name = generator if generator == "template" else f"openai ({openai_model})"
+    return {"generator": name, "seeds": list(seeds), "records": num, "modes": totals, "per_seed": per_seed}

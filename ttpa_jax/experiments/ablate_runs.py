@@ -104,7 +104,8 @@ class SeedRun:
         train, _ = self.data(construction)
         sub = "tl-sft" if tl else construction
         cfg = self.cfg(sub, mode=construction, mae=tl, pkt_wmax=9.0 if tl else 0.0)
-        return self._timed(f"sft {sub}", train_and_export, P.sft_config(cfg, self.base(construction), train))
+        train_cfg = dataclasses.replace(P.sft_config(cfg, self.base(construction), train), progress=cfg.progress)
+        return self._timed(f"sft {sub}", train_and_export, train_cfg)
 
     def model(self, system: System) -> tuple[Path, dict[str, Any]]:
         """The system's trained model directory and what went into it (data sizes, budgets)."""
@@ -133,7 +134,8 @@ class SeedRun:
                                       "lora_rank": cfg.dpo_lora_rank, "lr": cfg.dpo_lr, "beta": cfg.beta,
                                       "epsilon": cfg.epsilon, "sample_mode": s.sample_mode,
                                       "esm_weights": s.weights or "default"}
-            return self._timed(f"dpo {s.name}", train_and_export, P.dpo_config(cfg, sft, pairs)), info
+            dpo_cfg = dataclasses.replace(P.dpo_config(cfg, sft, pairs), progress=cfg.progress)
+            return self._timed(f"dpo {s.name}", train_and_export, dpo_cfg), info
         rl_cfg = rl_config(cfg, sc, sft, prompts, s)
         info["budgets"]["rl"] = {"algorithm": s.rl, "reward": s.reward, "steps": rl_cfg.steps,
                                  "prompts_per_step": rl_cfg.rl.prompts_per_step, "group_size": rl_cfg.rl.group_size,
@@ -147,7 +149,8 @@ def _lines(path: Path) -> int:
 
 
 def train_and_export(train_cfg) -> Path:
-    """Train (or resume) and export merged weights to RUN-model/; a finished export is reused."""
+    """Train (or resume) and export merged weights to RUN-model/; a finished export is reused. The
+    run's ``progress`` field decides the progress bars."""
     out = Path(train_cfg.out + "-model")
     done = out / ".export-complete"
     if done.is_file():

@@ -18,7 +18,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 BFCL_CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
                    "irrelevance")
 
-# Seconds on 2 CPU cores with SmolLM2-135M-Instruct (docs/results.md Demo, shared/STACK_NOTES):
+# Seconds on 2 CPU cores with SmolLM2-135M-Instruct: the first three measured (the demo's LoRA SFT and decoding
+# benchmarks), the others derived from them:
 UNIT_COSTS = {
     "sft_record": 3.0,        # LoRA SFT per record (728 tokens, batch 2 x 1024, logits chunk 256)
     "decode_prompt": 1.2,     # greedy, batch 8, 64 new tokens, ~700-token prompts (67 tok/s + prefill)
