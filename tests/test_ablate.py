@@ -98,6 +98,13 @@ def test_unknown_system_and_paper_without_model(capsys):
     assert "--scale paper: give --model" in capsys.readouterr().err
 
 
+def test_results_of_another_scale_are_not_mixed_in(tmp_path, capsys):
+    results = make_runs(tmp_path)  # scale "default"
+    argv = ["--quick", "--seeds", "0", "--systems", "sft", "--out", str(tmp_path / "q"), "--results-dir", str(results)]
+    assert ablate.main(argv) == 2
+    assert f"{results / 'sft' / 'seed0.json'}: made with scale 'default'" in capsys.readouterr().err
+
+
 def test_default_estimate_is_about_three_hours(capsys):
     assert ablate.main(["estimate"]) == 0
     hours = float(capsys.readouterr().out.split("about ")[1].split(" hours")[0])

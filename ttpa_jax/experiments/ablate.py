@@ -110,8 +110,9 @@ def systems_of(names: Sequence[str]) -> list[R.System]:
 
 def run(args: RunArgs, systems: list[R.System]) -> list[Path]:
     scale, out, results, doc = resolve(args)
-    R.say(f"ablation ({scale.name}): {len(systems)} systems x {len(args.seeds)} seeds; estimated "
-          + ablate_scale.format_estimate(ablate_scale.estimate(scale, systems, len(args.seeds))))
+    est = ablate_scale.format_estimate(ablate_scale.estimate(scale, systems, len(args.seeds)))
+    R.say(f"ablation ({scale.name}): {len(systems)} systems x {len(args.seeds)} seeds"
+          + (f"; estimated {est} on 2 CPU cores" if scale.name == "default" and args.model is None else ""))
     written = []
     for seed in args.seeds:
         seed_run = R.SeedRun(scale, out, seed)

@@ -186,8 +186,14 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
     seeds = sorted({seed for s in main_systems for seed in runs[s]})
     lines = [BEGIN, "# Ablation: what each method does to a real model", ""]
     if not main_systems:
-        lines += ["No per-run results yet: run `python -m ttpa_jax.ablate` (see below for the time it takes).", "",
-                  f"Estimated time of the default ablation: {estimate}.", END]
+        lines += ["No per-run results are committed yet, so there are no numbers here. `python -m ttpa_jax.ablate` "
+                  "runs the eight systems (zero-shot; SFT; TL-SFT with MAE + PKT; SFT + DPO on trajectory-level "
+                  "pairs; TTPA; TTPA on forward-constructed data; SFT + GRPO with the ESM reward; SFT + PPO with "
+                  "TL-Training's reward) over seeds 0, 1, 2 on SmolLM2-135M-Instruct, each (system, seed) a resumable "
+                  "run writing `docs/results/<system>/seed<k>.json` (commit those); `python -m ttpa_jax.ablate report` "
+                  "then rebuilds this section from them.", "",
+                  f"Estimated time of the default ablation on this 2-core machine: {estimate}.",
+                  *leakage_lines(leak), "", *_estimate_lines(runs), END]
         return "\n".join(lines) + "\n"
     any_run = next(iter(runs[main_systems[0]].values()))
     cfg = any_run["config"]["pipeline"]
@@ -247,16 +253,20 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
               (f"- BFCL here is the first {any_run['config']['bfcl_limit']} entries of each category: one entry moves "
                f"a category by {100 / any_run['config']['bfcl_limit']:.0f} points." if any_run["config"].get("bfcl_limit")
                else "- BFCL covers its whole non-live categories."),
-              "", "### How the time estimate is made", "",
-              "Unit costs on this 2-core machine with SmolLM2-135M-Instruct times the sizes of the default scale "
-              "(`estimate` in `ttpa_jax/experiments/ablate_scale.py`; `python -m ttpa_jax.ablate estimate` prints it "
-              "for any selection of systems and seeds). SFT per record, greedy decoding and BFCL decoding are measured "
-              "(the demo's LoRA SFT and decoding benchmarks); TPS, DPO and RL are derived from them (a TPS prompt is "
-              "about four decodes, a DPO pair two SFT records plus a reference forward, an RL episode two decoded "
-              "turns plus an update); the stage overhead is model loading and compilation.", "",
-              "| Unit | Seconds |", "|---|---:|", *[f"| {k} | {v:g} |" for k, v in UNIT_COSTS.items()],
-              *measured_lines(runs), END]
+              "", *_estimate_lines(runs), END]
     return "\n".join(lines) + "\n"
+
+
+def _estimate_lines(runs) -> list[str]:
+    return ["### How the time estimate is made", "",
+            "Unit costs on this 2-core machine with SmolLM2-135M-Instruct times the sizes of the default scale "
+            "(`estimate` in `ttpa_jax/experiments/ablate_scale.py`; `python -m ttpa_jax.ablate estimate` prints it "
+            "for any selection of systems and seeds). SFT per record, greedy decoding and BFCL decoding are measured "
+            "(the demo's LoRA SFT and decoding benchmarks); TPS, DPO and RL are derived from them (a TPS prompt is "
+            "about four decodes, a DPO pair two SFT records plus a reference forward, an RL episode two decoded "
+            "turns plus an update); the stage overhead is model loading and compilation.", "",
+            "| Unit | Seconds |", "|---|---:|", *[f"| {k} | {v:g} |" for k, v in UNIT_COSTS.items()],
+            *measured_lines(runs)]
 
 
 def splice(document: str, new_section: str) -> str:

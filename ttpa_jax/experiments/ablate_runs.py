@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
@@ -266,17 +267,21 @@ def _write(path: Path, obj: Any) -> None:
 def run_system(seed_run: SeedRun, system: System, results: Path) -> Path:
     """Run (or resume) one system of one seed and write its per-run JSON; returns the path."""
     path = result_path(results, system.name, seed_run.seed)
+    sc = seed_run.scale
+    model = sc.pipeline.model or f"{sc.pipeline.preset} (from scratch)"
     if path.is_file():
+        old = json.loads(path.read_text())
+        if (old.get("scale"), old.get("model")) != (sc.name, model):
+            raise ConfigError(f"{path}: made with scale {old.get('scale')!r} and model {old.get('model')!r}, not "
+                              f"{sc.name!r} and {model!r}: give another --results-dir (or remove the file)")
         say(f"{path}: complete, skipped")
         return path
     t0 = time.perf_counter()
     before = dict(seed_run.seconds)
     model_dir, info = seed_run.model(system)
     held, bfcl = evaluate(seed_run, system, model_dir)
-    sc = seed_run.scale
     run = {
-        "system": system.name, "label": system.label, "seed": seed_run.seed, "scale": sc.name,
-        "model": sc.pipeline.model or f"{sc.pipeline.preset} (from scratch)",
+        "system": system.name, "label": system.label, "seed": seed_run.seed, "scale": sc.name, "model": model,
         "config": {"pipeline": {k: str(v) if isinstance(v, Path) else v
                                 for k, v in dataclasses.asdict(sc.pipeline).items() if k not in ("out", "seed")},
                    "system": dataclasses.asdict(system), "bfcl_limit": sc.bfcl_limit,
