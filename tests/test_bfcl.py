@@ -218,6 +218,11 @@ def test_prompt_mode_decodes_python_calls_and_refuses_to_run_code():
         "[calculate_triangle_area(base=1+len(open('/etc/hostname').read()), height=5)]", "prompt")
     assert decoded is None and verdict.error_type == "ast_decoder:decoder_failed"
     assert "refused to evaluate" in verdict.error[0]
+    # where the checker itself raises (here: a schema item type it has no converter for), the entry is wrong
+    odd = [{"name": "f", "parameters": {"type": "dict", "required": ["a"],
+                                        "properties": {"a": {"type": "ArrayList", "items": {"type": "zzz"}}}}}]
+    verdict = bfcl_checker.judge("simple_java", odd, [{"f": {"a": [["x"]]}}], [{"f": {"a": "[1"}}])
+    assert not verdict.valid and verdict.error_type == "checker_error" and "KeyError" in verdict.error[0]
 
 
 def test_leaderboard_columns_follow_its_formulas():

@@ -12,7 +12,9 @@ installed, the Java/JavaScript parsers (prompt-mode decoding of those categories
 loads.
 
 ``judge`` follows bfcl-eval's ``eval_runner._evaluate_single_ast_entry`` and
-``_evaluate_single_relevance_entry`` step by step (decode, format check, ``ast_checker``). Two
+``_evaluate_single_relevance_entry`` step by step (decode, format check, ``ast_checker``), with
+one difference: where the checker itself raises on an odd output (BFCL's run would stop), the entry
+is wrong with error type ``checker_error``. Two
 decoders give it BFCL's ``[{name: {arg: value}}]``:
 
 * ``decode_prompt``: prompt mode, BFCL's ``default_decode_ast_prompting`` (Python, Java or
@@ -239,7 +241,10 @@ def judge(category: str, functions: list[dict[str, Any]], possible_answer: list[
         return Verdict(False, ["Did not output in the specified format. Note: the model_result is wrapped in a string "
                                "to ensure json serializability."], "ast_decoder:decoder_wrong_output_format")
     lang, _ = language(category)
-    result = helpers.ast_checker(functions, decoded, possible_answer, lang, category, MODEL_NAME)
+    try:
+        result = helpers.ast_checker(functions, decoded, possible_answer, lang, category, MODEL_NAME)
+    except Exception as e:  # BFCL's runner would stop here; one odd output must not lose a whole run
+        return Verdict(False, [f"the checker raised {type(e).__name__}: {e}"], "checker_error")
     return Verdict(bool(result["valid"]), list(result.get("error", [])), result.get("error_type", ""))
 
 
@@ -271,7 +276,7 @@ def decode_and_judge(category: str, functions: list[dict[str, Any]], possible_an
     except BFCLNotInstalled:
         raise
     except Exception as e:  # BFCL's runner counts any decoder exception as a decode failure
-        return None, judge(category, functions, possible_answer, None, f"{type(e).__name__}: {e}")
+        return None, judge(category, functions, possible_answer, None, str(e))
     return decoded, judge(category, functions, possible_answer, decoded)
 
 
