@@ -18,11 +18,14 @@ def _shift_right(a):
     return jnp.pad(a[:, :-1], ((0, 0), (1, 0)))
 
 
-def token_stats(model, input_ids, attention_mask, ctx: Ctx = Ctx()):
-    """(logp [B, T], entropy [B, T], hidden [B, T, D]): log p(token t | tokens < t), the entropy of
-    that predictive distribution, and the final hidden states (for a value head)."""
+def token_stats(model, input_ids, attention_mask, ctx: Ctx = Ctx(), temperature: float = 1.0):
+    """(logp [B, T], entropy [B, T], hidden [B, T, D]): log p(token t | tokens < t) under the
+    sampling distribution (logits / temperature, as in TRL), the entropy of that distribution, and
+    the final hidden states (for a value head)."""
     h, _ = model.hidden_states(input_ids, positions_from_mask(attention_mask), attention_mask, ctx=ctx)
     logits = model.logits(h)  # [B, T, V] float32
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
     logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     logprobs = logits - logz
     nxt = jnp.concatenate([input_ids[:, 1:], input_ids[:, :1]], axis=1)  # the token each position predicts

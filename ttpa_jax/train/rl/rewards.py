@@ -30,6 +30,7 @@ class Episode:
     tools:        the prompt's tool schemas.
     tool_results: contents of the tool messages the episode appended, in order.
     final_answer: text of the last assistant turn when it came after tool results, else None.
+    completion_ids: token ids of the first turn (for token-level rewards of one's own).
     """
 
     completion: str
@@ -37,6 +38,7 @@ class Episode:
     tools: Sequence[Mapping[str, Any]]
     tool_results: Sequence[str] = ()
     final_answer: str | None = None
+    completion_ids: tuple[int, ...] = ()
 
 
 def component_rewards(episode: Episode, names: Sequence[str] = COMPONENTS) -> dict[str, float]:

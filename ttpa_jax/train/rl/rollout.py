@@ -29,6 +29,7 @@ import numpy as np
 
 from ttpa_jax.decode.loop import generate
 from ttpa_jax.decode.rules import Sampling
+from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.text.detokenize import decode_text
 from ttpa_jax.text.prompts import left_pad
 from ttpa_jax.tools.calls import message_from_text, parse
@@ -116,8 +117,10 @@ def _execute(row: _Row, text: str, executor: Executor) -> tuple[list[dict], dict
 
 def rollout(model, tokenizer, prompts: Sequence[Any], *, group_size: int, sampling: Sampling, key,
             max_new_tokens: int, max_turns: int, max_length: int, eos_ids: Sequence[int], pad_id: int,
-            pad_multiple: int = 64, executor: Executor = toolbox_executor, bucket: int = 32) -> Rollout:
-    """Episodes for ``prompts`` (``Prompt``: messages, tools, gold, ids), ``group_size`` rows each."""
+            pad_multiple: int = 64, executor: Executor = toolbox_executor, bucket: int = DEFAULT_BUCKET,
+            decode=generate) -> Rollout:
+    """Episodes for ``prompts`` (``Prompt``: messages, tools, gold, ids), ``group_size`` rows each.
+    ``decode``: ``decode.loop.generate`` or a function with its signature and result."""
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1, got {max_turns}")
     rows = [_Row(p, list(p.messages), [(list(p.ids), False)]) for p in prompts for _ in range(group_size)]
@@ -131,7 +134,7 @@ def rollout(model, tokenizer, prompts: Sequence[Any], *, group_size: int, sampli
         batch = active + [active[-1]] * (R - len(active))  # one compiled shape for every turn
         ids, mask = left_pad([rows[i].ids for i in batch], pad_id)
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, turn), i))(jnp.asarray(batch))
-        res = generate(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, key=keys,
+        res = decode(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, key=keys,
                        eos_ids=tuple(sorted(eos)), bucket=bucket)
         for slot, i in enumerate(active):
             row = rows[i]
@@ -175,7 +178,7 @@ def _pack(rows: list[_Row], group_size: int, pad_id: int, pad_multiple: int, max
             col += len(seg)
         attention[b, :col] = 1
     episodes = [Episode(r.texts[0] if r.texts else "", r.prompt.gold, r.prompt.tools, tuple(r.results),
-                        r.final_answer) for r in rows]
+                        r.final_answer, tuple(r.segments[1][0]) if len(r.segments) > 1 else ()) for r in rows]
     return Rollout(
         input_ids, attention, loss_mask, group=np.repeat(np.arange(R // group_size), group_size),
         turns=np.array([len(r.texts) for r in rows], np.int32),
