@@ -90,7 +90,7 @@ class FixedLogits:
     def __init__(self, logits):
         self.logits = jnp.asarray(logits)
 
-    def token_logps(self, ids, mask, ctx=Ctx(), chunk=0):
+    def token_logps_and_vocab_mean(self, ids, mask, ctx=Ctx(), chunk=0):
         return token_scores(self.logits, ids)
 
 

@@ -21,7 +21,7 @@ from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.transformer import Ctx
-from ttpa_jax.train.objectives import SFT
+from ttpa_jax.train.objectives import make_sft
 from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.token_weights import make_weight_fn
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig, parse_cli
@@ -144,6 +144,8 @@ def test_too_long_records_are_counted(tiny_model_dir, tmp_path):
 
 
 # ------------------------------------------------------------------ the SFT objective
+SFT = make_sft()
+
 def test_sft_loss_matches_transformers_weighted_cross_entropy(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(6))
     # PKT weights make the weights non-binary, so the weighting itself is checked too.

@@ -237,7 +237,8 @@ class Transformer(nnx.Module):
         """h [B, T, D] (or [B, D]) -> float32 logits [B, T, V] (or [B, V])."""
         return project_to_vocab(h, self.head_weight())
 
-    def token_logps(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx(), chunk: int = 0):
+    def token_logps_and_vocab_mean(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx(), chunk: int = 0,
+                                   positions=None, segment_ids=None):
         """Per-token scores, float32 ``[B, T]`` each: ``logp[:, t] = log p(ids[:, t] | ids[:, :t])`` and
         ``vocab_mean[:, t]``, the mean over the vocabulary of the logits that predict ``ids[:, t]``. Both
         are 0 at t = 0, which nothing predicts.
@@ -245,19 +246,28 @@ class Transformer(nnx.Module):
         ``chunk > 0`` runs the LM head and the log-softmax over ``chunk`` positions at a time and
         recomputes them in the backward pass: no ``[B, T, V]`` buffer exists, for the price of one
         more LM-head matmul.
+
+        Packed rows: ``segment_ids`` [B, T] (one id per record) and ``positions`` [B, T] (from 0 in each
+        record); a record's first token, which nothing in its record predicts, scores 0 like t = 0.
         """
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        (lp,), vocab_mean = self.column_scores(input_ids, positions_from_mask(attention_mask), attention_mask,
-                                               (_next_ids(input_ids),), ctx=ctx, chunk=chunk)
-        return _shift_right(lp), _shift_right(vocab_mean)
+        if positions is None:
+            positions = positions_from_mask(attention_mask)
+        (lp,), vocab_mean = self.column_scores(input_ids, positions, attention_mask, (_next_ids(input_ids),),
+                                               ctx=ctx, chunk=chunk, segment_ids=segment_ids)
+        lp, vocab_mean = _shift_right(lp), _shift_right(vocab_mean)
+        if segment_ids is not None:
+            starts = positions == 0
+            lp, vocab_mean = jnp.where(starts, 0.0, lp), jnp.where(starts, 0.0, vocab_mean)
+        return lp, vocab_mean
 
     def column_scores(self, input_ids, positions, kv_mask, targets, *, ctx: Ctx = Ctx(), chunk: int = 0,
                       segment_ids=None, branch_ids=None):
         """Scores of each column's logits, no shift: ``(tuple of log p(targets[j][:, t] | column t) [B, T],
         vocab_mean [B, T])``. ``targets``: a tuple of id arrays [B, T] (a shared-prefix row's fork column
         predicts two tokens: one per target array); the other arguments as ``hidden_states``; ``chunk``
-        as ``token_logps``."""
+        as ``token_logps_and_vocab_mean``."""
         h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
                                   branch_ids=branch_ids)
         w = self.head_weight()
@@ -299,7 +309,7 @@ def next_token_scores(logits, nxt):
 
 
 def token_scores(logits, ids):
-    """The model's logits [B, T, V] for ids [B, T] -> ``Transformer.token_logps``'s (logp, vocab_mean)."""
+    """The model's logits [B, T, V] for ids [B, T] -> ``Transformer.token_logps_and_vocab_mean``'s (logp, vocab_mean)."""
     return tuple(_shift_right(a) for a in next_token_scores(logits, _next_ids(ids)))
 
 

@@ -9,8 +9,8 @@ full-batch result:
   full-batch loss, and additive metric sums;
 - ``finalize(sums) -> metrics``: metric means from the sums of all micro-batches.
 
-The policy and the reference are models with ``token_logps`` (``model.Transformer``); ``logits_chunk``
-runs their LM head over that many positions at a time (see ``Transformer.token_logps``).
+The policy and the reference are models with ``token_logps_and_vocab_mean`` (``model.Transformer``); ``logits_chunk``
+runs their LM head over that many positions at a time (see ``Transformer.token_logps_and_vocab_mean``).
 
 Shapes: B sequences or pairs, L padded length, V vocabulary.
 """
@@ -28,7 +28,6 @@ from ttpa_jax.model.transformer import Ctx
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    name: str
     normalizers: Callable
     loss: Callable
     finalize: Callable
@@ -48,16 +47,15 @@ def make_sft(logits_chunk: int = 0) -> Objective:
     """Weighted token cross-entropy: sum(w * nll) / sum(w) over the whole batch."""
 
     def loss(model, reference, batch, ctx: Ctx, norms):
-        lp, _ = model.token_logps(batch["input_ids"], batch["attention_mask"], ctx=ctx, chunk=logits_chunk)
+        lp, _ = model.token_logps_and_vocab_mean(batch["input_ids"], batch["attention_mask"], ctx=ctx,
+                                                 chunk=logits_chunk, positions=batch.get("positions"),
+                                                 segment_ids=batch.get("segment_ids"))
         w = batch["weights"]
         nll = -(lp * w).sum()
         sums = {"nll": nll, "weight": w.sum(), "loss_tokens": (w > 0).sum().astype(jnp.float32)}
         return nll / norms["weight"], sums
 
-    return Objective("sft", _sft_normalizers, loss, _sft_finalize)
-
-
-SFT = make_sft()
+    return Objective(_sft_normalizers, loss, _sft_finalize)
 
 
 # --------------------------------------------------------------------------- DPO
@@ -84,28 +82,52 @@ def _concat(batch):
     return ids, mask, weights
 
 
+def pair_scores(model, batch, ctx: Ctx, logits_chunk: int = 0):
+    """Sequence log-probs, completion token counts and sums of the mean logits predicting completion
+    tokens, each ``[2B]`` (chosen rows, then rejected rows), in either batch layout: the concatenated
+    one (``chosen_ids``, ``rejected_ids`` [B, L]: 2B rows) or the shared-prefix one (``sp_*`` [B, L]:
+    one row per pair, ``train.shared_prefix``)."""
+    if "sp_ids" not in batch:
+        ids, mask, weights = _concat(batch)
+        lp, vocab_mean = model.token_logps_and_vocab_mean(ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]
+        return (lp * weights).sum(-1), weights.sum(-1), (vocab_mean * (weights > 0)).sum(-1)
+    (lp, lp_fork), vocab_mean = model.column_scores(
+        batch["sp_ids"], batch["sp_positions"], batch["sp_mask"], (batch["sp_target"], batch["sp_fork_target"]),
+        ctx=ctx, chunk=logits_chunk, branch_ids=batch["sp_branch"])  # [B, L] each
+    wc, wr, wf = batch["sp_chosen_w"], batch["sp_rejected_w"], batch["sp_fork_w"]
+    logps = jnp.concatenate([(lp * wc).sum(-1), (lp * wr + lp_fork * wf).sum(-1)])
+    counts = jnp.concatenate([wc.sum(-1), (wr + wf).sum(-1)])
+    logit_sums = jnp.concatenate([(vocab_mean * (wc > 0)).sum(-1), (vocab_mean * ((wr > 0) | (wf > 0))).sum(-1)])
+    return logps, counts, logit_sums
+
+
+def num_pairs(batch) -> int:
+    return (batch["sp_ids"] if "sp_ids" in batch else batch["chosen_ids"]).shape[0]
+
+
+def chosen_weight_sum(batch):
+    return batch["sp_chosen_w"].sum() if "sp_ids" in batch else batch["chosen_weights"].sum()
+
+
 def reference_logps(reference, batch, logits_chunk: int = 0):
-    """Reference sequence log-probs (chosen [B], rejected [B]) from one concatenated forward pass of
-    ``reference`` with adapters off."""
-    ids, mask, weights = _concat(batch)
-    lp, _ = reference.token_logps(ids, mask, ctx=Ctx(lora=False), chunk=logits_chunk)
-    ref = jax.lax.stop_gradient((lp * weights).sum(-1))
-    n = batch["chosen_ids"].shape[0]
+    """Reference sequence log-probs (chosen [B], rejected [B]) from one forward pass of ``reference``
+    with adapters off, in either layout (``pair_scores``)."""
+    logps, _, _ = pair_scores(reference, batch, Ctx(lora=False), logits_chunk)
+    ref = jax.lax.stop_gradient(logps)
+    n = num_pairs(batch)
     return ref[:n], ref[n:]
 
 
 def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weight: float = 0.0,
              logits_chunk: int = 0) -> Objective:
     def normalizers(batch):
-        return {"pairs": jnp.asarray(batch["chosen_ids"].shape[0], jnp.float32),
-                "chosen_tokens": jnp.maximum(batch["chosen_weights"].sum(), 1e-6)}
+        return {"pairs": jnp.asarray(num_pairs(batch), jnp.float32),
+                "chosen_tokens": jnp.maximum(chosen_weight_sum(batch), 1e-6)}
 
     def loss(model, reference, batch, ctx, norms):
-        n = batch["chosen_ids"].shape[0]
-        ids, mask, weights = _concat(batch)
-        lp, vocab_mean = model.token_logps(ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]: chosen, then rejected
-        logps, counts = (lp * weights).sum(-1), weights.sum(-1)
-        logit_sums = (vocab_mean * (weights > 0)).sum(-1)  # TRL's logits metric: the logits predicting completion tokens
+        n = num_pairs(batch)
+        # [2B] each, chosen then rejected; logit_sums: TRL's logits metric (the logits predicting completion tokens)
+        logps, counts, logit_sums = pair_scores(model, batch, ctx, logits_chunk)
         if "ref_chosen_logp" in batch:
             ref_c, ref_r = batch["ref_chosen_logp"], batch["ref_rejected_logp"]
         else:
@@ -146,4 +168,4 @@ def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weig
             out["nll_loss"] = sft
         return out
 
-    return Objective("dpo", normalizers, loss, finalize, needs_reference=True)
+    return Objective(normalizers, loss, finalize, needs_reference=True)
