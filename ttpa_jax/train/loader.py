@@ -27,13 +27,33 @@ def bucket_length(n: int, pad_multiple: int, max_length: int) -> int:
     return min(size, max(max_length, n))
 
 
-def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int) -> dict[str, np.ndarray]:
+def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int,
+            layout: str = "rows", row_multiple: int = 1) -> dict[str, np.ndarray]:
     """Right-pad a list of examples into a batch.
 
     Sequence features become ``[B, L]`` (ids int32 with a matching ``*_mask``; weights float32);
     scalar-per-example features (reference log-probs) become ``[B]``. All sequences of a batch, chosen
     and rejected alike, share one length L.
+
+    ``layout``: "rows" (one sequence per row, as above), "packed" (SFT: several records per row,
+    ``packing.pack``; the row count a multiple of ``row_multiple``) or "shared_prefix" (DPO: one row
+    per pair, ``shared_prefix.shared_prefix_batch``, its length a bucket length too).
     """
+    if layout == "packed":
+        from ttpa_jax.train.packing import pack
+
+        return pack(examples, pad_id, pad_multiple, max_length, row_multiple)
+    batch = _rows(examples, pad_id, pad_multiple, max_length)
+    if layout == "shared_prefix":
+        from ttpa_jax.train.shared_prefix import row_length, shared_prefix_batch
+
+        return shared_prefix_batch(batch, bucket_length(row_length(batch), pad_multiple, max_length), pad_id)
+    if layout != "rows":
+        raise ValueError(f"unknown batch layout {layout!r} (rows, packed, shared_prefix)")
+    return batch
+
+
+def _rows(examples, pad_id, pad_multiple, max_length):
     seq_keys = [k for k in SEQ_FEATURES if k in examples[0]]
     longest = max(len(ex[k]) for ex in examples for k in seq_keys)
     L = bucket_length(longest, pad_multiple, max_length)
@@ -58,11 +78,13 @@ class Loader:
 
     ``global_batch`` examples per step over all processes; this process yields
     ``global_batch // process_count`` of them: a disjoint, deterministic slice of the same shuffled
-    order, so the global batch is identical however many processes share it.
+    order, so the global batch is identical however many processes share it. ``layout`` and
+    ``row_multiple`` as ``collate``.
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, *, global_batch: int, seed: int, shuffle: bool,
-                 pad_id: int, pad_multiple: int, max_length: int, process_index: int = 0, process_count: int = 1):
+                 pad_id: int, pad_multiple: int, max_length: int, process_index: int = 0, process_count: int = 1,
+                 layout: str = "rows", row_multiple: int = 1):
         if global_batch % process_count:
             raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} processes")
         self.source = open_source(path, fmt)
@@ -78,7 +100,7 @@ class Loader:
         local = global_batch // process_count
         ds = ds.map(decode_example).batch(
             local, drop_remainder=True,
-            batch_fn=lambda exs: collate(list(exs), pad_id, pad_multiple, max_length),
+            batch_fn=lambda exs: collate(list(exs), pad_id, pad_multiple, max_length, layout, row_multiple),
         )
         self._ds = ds.to_iter_dataset()
         self._it = iter(self._ds)

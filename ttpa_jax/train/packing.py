@@ -1,0 +1,82 @@
+"""Packed SFT batches: several records per row, each with its own segment id and positions restarting
+at 0, so that no token attends across records (``model.attention.attention_mask``) and the loss equals
+the one-record-per-row loss.
+
+The row shape is chosen per batch among a few lengths (``pad_multiple`` times 2**k or 1.5 * 2**k) and
+row counts (powers of two times ``row_multiple``, at most one row per record), as the smallest
+``rows * length`` into which first-fit-decreasing places every record: few distinct shapes, so few
+recompiles. Pure numpy. Shapes: R rows, L row length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def first_fit(lengths: list[int], rows: int, capacity: int) -> list[list[int]] | None:
+    """Record indices per row (longest records first, each into the first row with room), or None
+    when they do not fit into ``rows`` rows of ``capacity`` tokens."""
+    bins: list[list[int]] = [[] for _ in range(rows)]
+    room = [capacity] * rows
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        j = next((j for j in range(rows) if room[j] >= lengths[i]), None)
+        if j is None:
+            return None
+        bins[j].append(i)
+        room[j] -= lengths[i]
+    return bins
+
+
+def candidate_lengths(longest: int, pad_multiple: int, max_length: int) -> list[int]:
+    cap = max(max_length, longest)
+    out, size = set(), pad_multiple
+    while size < 2 * cap:
+        out.update({size, size * 3 // 2})
+        size *= 2
+    return sorted(n for n in out if longest <= n <= cap) or [cap]
+
+
+def plan_rows(lengths: list[int], pad_multiple: int, max_length: int, row_multiple: int = 1):
+    """(rows, length, record indices per row) with the fewest padded tokens."""
+    n = len(lengths)
+    counts = sorted({min(row_multiple * 2**k, -(-n // row_multiple) * row_multiple) for k in range(n.bit_length() + 1)})
+    best = None
+    for L in candidate_lengths(max(lengths), pad_multiple, max_length):
+        for R in counts:
+            if R * L < sum(lengths) or (best and R * L >= best[0] * best[1]):
+                continue
+            bins = first_fit(lengths, R, L)
+            if bins is not None:
+                best = (R, L, bins)
+                break
+    assert best is not None  # one record per row always fits
+    return best
+
+
+def pack(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int,
+         row_multiple: int = 1) -> dict[str, np.ndarray]:
+    """SFT examples (``input_ids``, ``weights``) -> a packed batch [R, L]: ``input_ids``, ``attention_mask``,
+    ``weights``, ``positions`` (from 0 in each record) and ``segment_ids`` (1, 2, ... per record in its
+    row; 0 on padding)."""
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    R, L, bins = plan_rows(lengths, pad_multiple, max_length, row_multiple)
+    out = {"input_ids": np.full((R, L), pad_id, np.int32), "attention_mask": np.zeros((R, L), np.int32),
+           "weights": np.zeros((R, L), np.float32), "positions": np.zeros((R, L), np.int32),
+           "segment_ids": np.zeros((R, L), np.int32)}
+    for r, members in enumerate(bins):
+        at = 0
+        for seg, i in enumerate(sorted(members), start=1):
+            n = lengths[i]
+            out["input_ids"][r, at:at + n] = examples[i]["input_ids"]
+            out["attention_mask"][r, at:at + n] = 1
+            out["weights"][r, at:at + n] = examples[i]["weights"]
+            out["positions"][r, at:at + n] = np.arange(n)
+            out["segment_ids"][r, at:at + n] = seg
+            at += n
+    return out
+
+
+def efficiency(batch: dict[str, np.ndarray]) -> float:
+    """Share of a batch's token slots that hold real tokens (1.0: no padding)."""
+    masks = [v for k, v in batch.items() if k.endswith("mask")]
+    return float(sum(m.sum() for m in masks) / max(sum(m.size for m in masks), 1))
