@@ -40,6 +40,9 @@ class DataConfig:
     """Batches are padded to the smallest power-of-two multiple of this that fits (fewer recompiles)."""
     assistant_only: bool = True
     """sft: loss on assistant tokens only; off, every token (language-model training, e.g. from scratch)."""
+    pack: bool = True
+    """sft: pack several records into each row (attention and positions per record, the same loss as
+    one record per row, fewer padding tokens); the packing/efficiency metric is the real-token share."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,10 @@ class DpoConfig:
     """Weight of an extra SFT term (mean NLL per chosen completion token)."""
     precompute_ref: bool = False
     """Compute reference log-probs once before training and store them with the tokenized data."""
+    shared_prefix: bool = True
+    """One row per pair: the shared prompt and common generated prefix once, then the chosen and the
+    rejected suffix, each attending to the shared part and itself (the same losses and gradients as
+    two full rows, for fewer tokens)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,6 +138,24 @@ def weight_fn_for(cfg: TrainConfig):
     return make_weight_fn(mae=cfg.mae, pkt_wmax=cfg.pkt_wmax), {"mae": cfg.mae, "pkt_wmax": cfg.pkt_wmax}
 
 
+def batch_layout(cfg: TrainConfig) -> str:
+    """How records become rows (``loader.collate``): packed SFT, shared-prefix DPO, or one per row.
+    Packing picks each batch's row count from its records, so it needs a single process (processes
+    must agree on the batch shape)."""
+    if cfg.objective == "sft":
+        return "packed" if cfg.dataset.pack and jax.process_count() == 1 else "rows"
+    if cfg.objective == "dpo":
+        return "shared_prefix" if cfg.dpo.shared_prefix else "rows"
+    return "rows"
+
+
+def packing_efficiency(host_batch) -> float:
+    """Real tokens over token slots of a batch's sequence rows (1.0: no padding)."""
+    from ttpa_jax.train.packing import efficiency
+
+    return efficiency(host_batch)
+
+
 def total_steps(cfg: TrainConfig, num_records: int) -> int:
     if cfg.steps > 0:
         return cfg.steps
@@ -249,6 +267,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         records, cfg.dataset.format, global_batch=cfg.dataset.batch_size, seed=cfg.seed, shuffle=cfg.dataset.shuffle,
         pad_id=st.pad_id, pad_multiple=cfg.dataset.pad_multiple, max_length=cfg.dataset.max_length,
         process_index=jax.process_index(), process_count=jax.process_count(),
+        layout=batch_layout(cfg), row_multiple=placement.batch_divisor * cfg.optim.grad_accum,
     )
     if start:
         st.trainable, st.opt_state, meta = ckpts.restore(start, st.trainable, st.opt_state)
@@ -285,6 +304,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                     f"the last good checkpoint is step {last_saved} in {ckpts.dir} (lower --optim.lr or check the data)"
                 )
             tokens = sum(int(v.sum()) for k, v in host_batch.items() if k.endswith("mask")) * jax.process_count()
+            metrics["packing/efficiency"] = packing_efficiency(host_batch)
             metrics.update(learning_rate=float(lr_at(step - 1)), tokens_per_s=tokens / (time.perf_counter() - t0))
             if step % cfg.log_every == 0 or step == steps:
                 log.log(step, metrics)
@@ -337,7 +357,7 @@ def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
     for i in range(0, len(examples), per):
         chunk = examples[i:i + per]
         chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
-        host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length)
+        host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length, batch_layout(cfg))
         n_proc, p = jax.process_count(), jax.process_index()
         local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
         with jax.set_mesh(placement.mesh):
