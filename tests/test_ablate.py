@@ -130,3 +130,13 @@ def test_quick_runs_write_per_run_json_and_resume(tmp_path, capsys):
     assert second.count("complete, skipped") == 2 and "== seed 0" not in second
     assert [p.stat().st_mtime_ns for p in paths] == mtimes
     assert "| Metric | zero-shot | SFT |" in (out / "results.md").read_text()
+    # a run killed after training: its model is reused (no training step, no export), only the rest redone
+    held = json.loads(paths[1].read_text())["heldout"]
+    model = out / "seed0" / "reversed" / "sft-model" / "model.safetensors"
+    before = model.stat().st_mtime_ns, (out / "seed0" / "reversed" / "sft" / "metrics.jsonl").read_text()
+    paths[1].unlink()
+    (out / "seed0" / "sft" / "eval-heldout.json").unlink()
+    assert ablate.main(["--quick", "--seeds", "0", "--systems", "sft", "--out", str(out), "--bfcl-limit", "1",
+                        "--no-report"]) == 0
+    assert (model.stat().st_mtime_ns, (out / "seed0" / "reversed" / "sft" / "metrics.jsonl").read_text()) == before
+    assert json.loads(paths[1].read_text())["heldout"] == held

@@ -72,7 +72,9 @@ class ReportArgs:
     """Regenerate the ablation section of the results document and its plots from the per-run JSONs."""
 
     results_dir: Path = Path("docs/results")
+    """The per-run files, RESULTS/<system>/seed<k>.json (and RESULTS/leakage.json)."""
     doc: Path = Path("docs/results.md")
+    """The document whose ablation section is replaced (other sections are kept); plots go next to it."""
 
 
 @dataclasses.dataclass

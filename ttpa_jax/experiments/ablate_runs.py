@@ -83,6 +83,13 @@ class SeedRun:
     def cfg(self, sub: str, **kw) -> PipelineConfig:
         return dataclasses.replace(self.scale.pipeline, out=self.root / sub, seed=self.seed, **kw)
 
+    def train_cfg(self, train_cfg):
+        """A stage's TrainConfig with the scale's progress bars, dtype and mesh."""
+        from ttpa_jax.train.config import MeshConfig
+
+        return dataclasses.replace(train_cfg, progress=self.scale.pipeline.progress, dtype=self.scale.train_dtype,
+                                   mesh=MeshConfig(data=1, fsdp=self.scale.fsdp, tensor=1))
+
     def _timed(self, name: str, fn, *a):
         if name not in self._cache:
             t0 = time.perf_counter()
@@ -105,7 +112,7 @@ class SeedRun:
         train, _ = self.data(construction)
         sub = "tl-sft" if tl else construction
         cfg = self.cfg(sub, mode=construction, mae=tl, pkt_wmax=9.0 if tl else 0.0)
-        train_cfg = dataclasses.replace(P.sft_config(cfg, self.base(construction), train), progress=cfg.progress)
+        train_cfg = self.train_cfg(P.sft_config(cfg, self.base(construction), train))
         return self._timed(f"sft {sub}", train_and_export, train_cfg)
 
     def model(self, system: System) -> tuple[Path, dict[str, Any]]:
@@ -135,9 +142,9 @@ class SeedRun:
                                       "lora_rank": cfg.dpo_lora_rank, "lr": cfg.dpo_lr, "beta": cfg.beta,
                                       "epsilon": cfg.epsilon, "sample_mode": s.sample_mode,
                                       "esm_weights": s.weights or "default"}
-            dpo_cfg = dataclasses.replace(P.dpo_config(cfg, sft, pairs), progress=cfg.progress)
+            dpo_cfg = self.train_cfg(P.dpo_config(cfg, sft, pairs))
             return self._timed(f"dpo {s.name}", train_and_export, dpo_cfg), info
-        rl_cfg = rl_config(cfg, sc, sft, prompts, s)
+        rl_cfg = self.train_cfg(rl_config(cfg, sc, sft, prompts, s))
         info["budgets"]["rl"] = {"algorithm": s.rl, "reward": s.reward, "steps": rl_cfg.steps,
                                  "prompts_per_step": rl_cfg.rl.prompts_per_step, "group_size": rl_cfg.rl.group_size,
                                  "episodes": rl_cfg.steps * rl_cfg.rl.prompts_per_step * rl_cfg.rl.group_size,

@@ -45,6 +45,10 @@ class Scale:
     """BFCL entries per category (None: all; 0: BFCL not evaluated)."""
     bfcl_categories: tuple[str, ...] = BFCL_CATEGORIES
     bfcl_max_new_tokens: int = 96
+    train_dtype: str = "float32"
+    """Compute dtype of every training stage (the frozen base is stored in it)."""
+    fsdp: int = 1
+    """Devices the training stages shard parameters over (-1: all; the CPU scales use one)."""
 
 
 def make_scale(name: str, model: str | None, out: Path, progress: bool = False, bfcl_limit: int | None = -1) -> Scale:
@@ -71,7 +75,7 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
                            dpo_lr=5e-5, dpo_lora_rank=64, precompute_ref=True, eval_records=500,
                            max_new_tokens=256, batch_size=32, max_length=4096, progress=progress)
         scale = Scale("paper", p, rl_steps=200, rl_prompts_per_step=8, rl_group_size=8, rl_lr=1e-5, bfcl_limit=None,
-                      bfcl_max_new_tokens=256)
+                      bfcl_max_new_tokens=256, train_dtype="bfloat16", fsdp=-1)
     else:
         raise ValueError(f"--scale {name!r}: expected quick, default or paper")
     scale = dataclasses.replace(scale, pipeline=dataclasses.replace(scale.pipeline, progress=progress))
