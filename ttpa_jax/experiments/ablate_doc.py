@@ -258,7 +258,17 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
 
 
 def _estimate_lines(runs) -> list[str]:
-    return ["### How the time estimate is made", "",
+    return ["### How to run it", "",
+            "- `python -m ttpa_jax.ablate` (rerun the same command after an interruption: finished runs are skipped, "
+            "training resumes from its checkpoints), then commit `docs/results/` and run "
+            "`python -m ttpa_jax.ablate report`.",
+            "- Follow-ups: `python -m ttpa_jax.ablate epsilon`, `... weights`, `... leakage` (same flags); their runs "
+            "land next to the others and the report adds their tables.",
+            "- Paper-sized (5,000 records, LoRA rank 64, bf16, all of BFCL's non-live entries): "
+            "`python -m ttpa_jax.ablate --scale paper --model DIR` on a GPU or TPU writes `docs/results/paper/`; "
+            "`python -m ttpa_jax.ablate report --results-dir docs/results/paper --doc docs/results_paper.md`.",
+            "- `--quick` (a tiny model from scratch) checks the script in minutes and writes under `--out` only.", "",
+            "### How the time estimate is made", "",
             "Unit costs on this 2-core machine with SmolLM2-135M-Instruct times the sizes of the default scale "
             "(`estimate` in `ttpa_jax/experiments/ablate_scale.py`; `python -m ttpa_jax.ablate estimate` prints it "
             "for any selection of systems and seeds). SFT per record, greedy decoding and BFCL decoding are measured "
