@@ -38,6 +38,7 @@ from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.tools import esm
 from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.core.jsonl import DataError, iter_jsonl, where
+from ttpa_jax.core.records import iter_numbered
 from ttpa_jax.tools.return_values import check_answer
 from ttpa_jax.tools.calls import Format, calls_from_message, parse, parse_value
 
@@ -229,11 +230,10 @@ def read_predictions(path: str | Path, items: Sequence[EvalItem]) -> dict[Key, P
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Normalised SFT records of a JSONL file (errors name file:line and field). A record without
-    ``id`` gets its line number as id, the key its predictions use."""
-    return [
-        {"id": str(lineno), **normalize_record(obj, where(path, lineno))} for lineno, obj in iter_jsonl(path)
-    ]
+    """Normalised SFT records of a JSONL file, a datasets directory or parquet file(s) (errors name
+    file:line or row, and field). A record without ``id`` gets its line (row) number as id, the key its
+    predictions use."""
+    return [{"id": str(n), **normalize_record(obj, at)} for n, at, obj in iter_numbered(path)]
 
 
 def generate_predictions(items: Sequence[EvalItem], model_dir: str, max_new_tokens: int, batch_size: int,
@@ -253,7 +253,8 @@ class EvalConfig:
     parsing, format validity, ESM score and error counts."""
 
     data: Path | None = None
-    """SFT JSONL test set ({"messages", "tools"} per line); every assistant turn is evaluated."""
+    """SFT JSONL test set ({"messages", "tools"} per line), or the same records as a Hugging Face datasets
+    directory (save_to_disk) or parquet file(s); every assistant turn is evaluated."""
     bfcl: str | None = None
     """BFCL categories instead of --data, comma-separated, judged by bfcl-eval's own checker: simple_python,
     simple_java, simple_javascript, multiple, parallel, parallel_multiple, irrelevance, live_simple,
@@ -321,7 +322,7 @@ def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
-    cfg = tyro.cli(EvalConfig, args=argv)
+    cfg = tyro.cli(EvalConfig, args=argv, prog="python -m ttpa_jax.evaluate")
     columns = run(cfg)
     print(report_text(cfg, columns))
     if cfg.out is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
-from ttpa_jax.core.jsonl import iter_jsonl, where
+from ttpa_jax.core.records import iter_numbered
 from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.sample.spans import call_spans, token_locations, token_offsets
 from ttpa_jax.text.detokenize import finish, stop_token_sequences
@@ -59,8 +59,7 @@ def read_prompts(path: Path, tokenizer, max_new_tokens: int, max_positions: int,
     no result value cannot be scored: it is left out and counted in ``skipped``.
     """
     n_records, prompts = 0, []
-    for lineno, obj in iter_jsonl(path):
-        src = where(path, lineno)
+    for lineno, src, obj in iter_numbered(path):
         rec = normalize_record(obj, src)
         n_records += 1
         failed = mae_masked_messages(rec["messages"])

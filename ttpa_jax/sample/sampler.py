@@ -45,7 +45,8 @@ class SampleConfig:
     model: Path
     """Local HF model directory (the policy to sample from)."""
     data: Path
-    """SFT JSONL ({"messages", "tools"} per line); every assistant tool-call turn is a prompt (and, with
+    """SFT records ({"messages", "tools"}): JSONL, a Hugging Face datasets directory (save_to_disk) or
+    parquet file(s); every assistant tool-call turn is a prompt (and, with
     --tps.answer-turns, every final answer after tool results)."""
     out: Path
     """Output JSONL of preference records {"prompt", "chosen", "rejected", "tools", "prompt_ids",
@@ -158,7 +159,7 @@ def format_summary(s: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
-    cfg = tyro.cli(SampleConfig, args=argv)
+    cfg = tyro.cli(SampleConfig, args=argv, prog="python -m ttpa_jax.sample")
     require_paths(cfg.data)  # --model may also name a base model (resolved when loading)
     print(format_summary(sample(cfg)))
     return 0

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ttpa_jax.core.conversation import normalize_preference, normalize_record
 from ttpa_jax.train.example_proto import encode_example
-from ttpa_jax.core.jsonl import iter_jsonl, where
+from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.core.records import data_hash, is_dataset_dir, iter_records, parquet_files
 from ttpa_jax.train.recordio import RecordWriter
 from ttpa_jax.text.render import preference_example, sft_example
 
@@ -51,11 +52,7 @@ class DataStats:
 
 
 def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return data_hash(path)  # a file's bytes; a datasets directory's or parquet files' names and bytes
 
 
 def fingerprint(data_path: Path, tokenizer_dir: Path, options: dict) -> str:
@@ -93,10 +90,8 @@ def prepare(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     data_path, tokenizer_dir, out_dir = Path(data_path), Path(tokenizer_dir), Path(out_dir)
-    if not data_path.is_file():
-        from ttpa_jax.core.jsonl import DataError
-
-        raise DataError(f"{data_path}: no such file")
+    if not data_path.is_file() and not is_dataset_dir(data_path) and not parquet_files(data_path):
+        raise DataError(f"{data_path}: no such file (give JSONL, a datasets directory or parquet file(s))")
     options = {"kind": kind, "fmt": fmt, "max_length": max_length, "overflow": overflow, **(weight_options or {})}
     fp = fingerprint(data_path, tokenizer_dir, options)
     out = record_path(out_dir, kind, fmt)
@@ -112,9 +107,8 @@ def prepare(
     stats = DataStats(fingerprint=fp)
     tmp = out.with_name(out.name + ".tmp")
     with RecordWriter(tmp, fmt) as writer:
-        lines = iter_jsonl(data_path)
-        for lineno, obj in tqdm(lines, desc=f"tokenizing {data_path.name}", unit=" rec", disable=not progress):
-            loc = where(data_path, lineno)
+        lines = iter_records(data_path)
+        for loc, obj in tqdm(lines, desc=f"tokenizing {data_path.name}", unit=" rec", disable=not progress):
             stats.records += 1
             if kind == "sft":
                 ex = sft_example(tokenizer, normalize_record(obj, loc), max_length, overflow, loc, weight_fn)
