@@ -1,5 +1,6 @@
 """LoRA adapters: zero-initialised B, the adapters-off switch, targets, and the merge into base weights."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,13 @@ def test_adapters_start_as_identity_switch_off_and_merge():
     np.testing.assert_array_equal(np.asarray(model(ids)), base_logits)  # B = 0: nothing changes yet
     adapted = {name for name, lin in iter_linears(model) if lin.lora_a is not None}
     assert adapted == {f"layers.{i}.{g}.{p}" for i in range(2) for g, p in (("self_attn", "q_proj"), ("mlp", "down_proj"))}
+    for _, lin in iter_linears(model):
+        if lin.lora_a is not None:
+            d_out, d_in = lin.weight.shape
+            chex.assert_shape(lin.lora_a[...], (4, d_in))  # A [r, in]
+            chex.assert_shape(lin.lora_b[...], (d_out, 4))  # B [out, r], zeros
+            chex.assert_trees_all_equal(lin.lora_b[...], jnp.zeros((d_out, 4), jnp.float32))
+    untouched = {name: lin.weight[...] for name, lin in iter_linears(model) if lin.lora_a is None}
     for i, (_, lin) in enumerate(iter_linears(model)):
         if lin.lora_b is not None:
             lin.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(i), lin.lora_b.shape)
@@ -26,7 +34,11 @@ def test_adapters_start_as_identity_switch_off_and_merge():
     np.testing.assert_array_equal(np.asarray(model(ids, ctx=Ctx(lora=False))), base_logits)  # the reference
     merge_lora(model)
     assert not has_lora(model)
-    np.testing.assert_allclose(np.asarray(model(ids)), with_adapters, atol=1e-5)
+    merged = np.asarray(model(ids))
+    chex.assert_shape(merged, (2, 9, model.config.vocab_size))
+    np.testing.assert_allclose(merged, with_adapters, atol=1e-5)
+    # Projections without adapters keep their weights bit for bit through the merge.
+    chex.assert_trees_all_equal(untouched, {name: lin.weight[...] for name, lin in iter_linears(model) if name in untouched})
 
 
 def test_unknown_target_is_named():

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_preset_parameter_count_matches_transformers(preset):
 def test_init_model_from_preset():
     model = ttpa_jax.init_model("tiny-qwen2", seed=3)
     logits = model(jnp.ones((1, 5), jnp.int32))
-    assert logits.shape == (1, 5, model.config.vocab_size)
+    chex.assert_shape(logits, (1, 5, model.config.vocab_size))
 
 
 # ------------------------------------------------------------------ corrupt inputs
