@@ -370,9 +370,14 @@ def test_sharded_run_equals_single_device(rl_model_dir, data, tmp_path, referenc
 
 
 def test_ppo_runs_with_the_tl_reward_and_a_value_head(rl_model_dir, data, tmp_path):
+    import dataclasses
+
     out = tmp_path / "ppo"
-    summary = train_rl(rl_config(rl_model_dir, data, out, objective="ppo", steps=2, kl_coef=0.4, group_size=1,
-                                 prompts_per_step=8, max_turns=2, reward="tl"), progress=False)
+    cfg = rl_config(rl_model_dir, data, out, objective="ppo", steps=2, kl_coef=0.4, group_size=1,
+                    prompts_per_step=8, max_turns=2, reward="tl")
+    train_rl(dataclasses.replace(cfg, stop_after=1), progress=False)
+    summary = train_rl(cfg, progress=False)  # resumes: the value head comes back with the optimizer state
+    assert [r["step"] for r in metrics(out)] == [1, 2]
     m = summary["metrics"]
     assert m["rewards/tl/mean"] == pytest.approx(-2.0)  # an untrained model makes no parsable call
     assert all(math.isfinite(m[k]) for k in ("loss", "value_loss", "returns", "advantages", "kl"))

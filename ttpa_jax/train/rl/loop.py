@@ -137,6 +137,11 @@ def build_state(cfg: TrainConfig, algo: Algorithm, placement: Placement, updates
     return st
 
 
+def _saved_opt(st: RLState) -> dict:
+    """What the checkpoint's ``opt_state`` item holds: the optimizer state, and PPO's value head."""
+    return {"optimizer": st.opt_state, **({"value_head": st.trainable["value"]} if "value" in st.trainable else {})}
+
+
 def _local(host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's share of a batch every process computed in full."""
     n, p = jax.process_count(), jax.process_index()
@@ -176,10 +181,8 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
     start = ckpts.latest_step() or 0
     if start:
-        saved = {"policy": st.trainable["policy"]}
-        opt_like = {"optimizer": st.opt_state, **({"value_head": st.trainable["value"]} if algo.value_head else {})}
-        policy, opt, meta = ckpts.restore(start, saved["policy"], opt_like)
-        st.trainable = {"policy": policy, **({"value": opt["value_head"]} if algo.value_head else {})}
+        policy, opt, _ = ckpts.restore(start, st.trainable["policy"], _saved_opt(st))
+        st.trainable = {"policy": policy, **({"value": opt["value_head"]} if "value_head" in opt else {})}
         st.opt_state = opt["optimizer"]
         _say(f"resumed from {ckpts.dir / str(start)} (step {start} of {steps})")
     if start >= steps:
@@ -192,8 +195,7 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
 
     def save(at: int) -> None:
         nonlocal last_saved
-        opt = {"optimizer": st.opt_state, **({"value_head": st.trainable["value"]} if algo.value_head else {})}
-        ckpts.save(at, st.trainable["policy"], opt, {"step": at, "config": cfg.to_dict()})
+        ckpts.save(at, st.trainable["policy"], _saved_opt(st), {"step": at, "config": cfg.to_dict()})
         last_saved = at
 
     try:
