@@ -4,6 +4,8 @@ The public model API is imported lazily so that light modules (scoring, tool cal
 construction) can be used without initialising JAX.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -19,7 +21,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ttpa_jax' has no attribute {name!r}")

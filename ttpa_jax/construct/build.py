@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tyro
+from tqdm.auto import tqdm
 
 from ttpa_jax.construct.generators import make_generator
 from ttpa_jax.construct.generators.openai_chat import OpenAISettings
@@ -297,8 +298,6 @@ def plan_sides(cfg: ConstructConfig, library: list[Tool]) -> list[Side]:
 
 async def construct_async(cfg: ConstructConfig) -> ConstructSummary:
     """``construct`` for callers already inside an event loop."""
-    from tqdm.auto import tqdm
-
     check_config(cfg)
     library = load_library(cfg.tools)
     sides = plan_sides(cfg, library)

@@ -291,7 +291,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if (cfg.predictions is None) == (cfg.model is None):
         raise DataError("give exactly one source of predictions: --predictions FILE or --model DIR")
     if cfg.bfcl is not None:
-        from ttpa_jax.evaluate.leaderboard import run_bfcl
+        from ttpa_jax.evaluate.leaderboard import run_bfcl  # leaderboard imports this module's metrics
 
         return run_bfcl([c.strip() for c in cfg.bfcl.split(",") if c.strip()], name=cfg.name,
                         predictions=cfg.predictions, model=cfg.model, mode=cfg.bfcl_mode, limit=cfg.limit,
@@ -312,7 +312,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:
     """What ``main`` prints: the BFCL report, or the fine-grained table."""
     if cfg.bfcl is not None:
-        from ttpa_jax.evaluate.leaderboard import format_report
+        from ttpa_jax.evaluate.leaderboard import format_report  # (as above)
 
         return format_report(result)
     return format_table(result)
@@ -320,7 +320,7 @@ def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> int:
-    import tyro
+    import tyro  # kept out of the import of the metrics
 
     cfg = tyro.cli(EvalConfig, args=argv, prog="python -m ttpa_jax.evaluate")
     columns = run(cfg)

@@ -12,11 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from ttpa_jax.export.settings import Args, run_config
+from ttpa_jax.model.hf_io import save_pretrained
 from ttpa_jax.model.lora import iter_linears
 from ttpa_jax.train.checkpoint import Checkpoints
 from ttpa_jax.train.config import TrainConfig
+from ttpa_jax.train.trainer import build_model, split_model
 
 
 def load_run(run_dir: str | Path, step: int | None = None):
@@ -24,8 +27,6 @@ def load_run(run_dir: str | Path, step: int | None = None):
 
     Returns (model, config, step).
     """
-    from ttpa_jax.train.trainer import build_model, split_model
-
     cfg = run_config(run_dir)
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
     steps = ckpts.all_steps()
@@ -45,8 +46,6 @@ def load_run(run_dir: str | Path, step: int | None = None):
 
 def save_peft_adapter(model, out_dir: str | Path, base_model_dir: str, cfg: TrainConfig) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's naming."""
-    from safetensors.numpy import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -72,8 +71,6 @@ def save_peft_adapter(model, out_dir: str | Path, base_model_dir: str, cfg: Trai
 
 def export(args: Args) -> Path:
     """Write the export ``args`` describe; return the output directory."""
-    from ttpa_jax.model.hf_io import save_pretrained
-
     model, cfg, step = load_run(args.run, args.step)
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else None)
     if args.peft:

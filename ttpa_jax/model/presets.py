@@ -7,8 +7,9 @@ preset is listed as fast as a tiny one.
 from __future__ import annotations
 
 import dataclasses
-
+import json
 from collections.abc import Sequence
+
 import tyro
 
 from ttpa_jax.core.cli import run, stage_main
@@ -24,7 +25,7 @@ class Args:
 
 
 def preset_sizes() -> list[dict]:
-    from ttpa_jax.model.transformer import abstract_model, count_params
+    from ttpa_jax.model.transformer import abstract_model, count_params  # JAX: only to count; --help loads none
 
     rows = []
     for name in list_presets():
@@ -50,8 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv, prog="python -m ttpa_jax.models")
     rows = preset_sizes()
     if args.json:
-        import json
-
         print(json.dumps(rows, indent=2))
         return 0
     print(f"presets in {presets_dir()}\n")

@@ -157,7 +157,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> int:
-    import tyro
+    import tyro  # kept out of the import of the sampling functions
 
     cfg = tyro.cli(SampleConfig, args=argv, prog="python -m ttpa_jax.sample")
     require_paths(cfg.data)  # --model may also name a base model (resolved when loading)

@@ -13,14 +13,13 @@ from collections.abc import Sequence
 
 from ttpa_jax.core.cli import EXIT_USER_ERROR, run, stage_main
 from ttpa_jax.core.errors import UserError
+from ttpa_jax.train.config import parse_cli, usage
 
 
 # The trainer checks some settings against the data and devices as it starts (a preset without
 # --tokenizer, a batch that does not divide the mesh) and raises ValueError naming the flag.
 @stage_main(user_errors=(ValueError,))
 def main(argv: Sequence[str] | None = None) -> int:
-    from ttpa_jax.train.config import parse_cli, usage
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(usage(), file=sys.stderr)
@@ -31,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ttpa_jax.train.trainer import TrainingDiverged, train
 
     if cfg.objective in ("grpo", "ppo"):
-        from ttpa_jax.train.rl.loop import train_rl as train
+        from ttpa_jax.train.rl.loop import train_rl as train  # JAX too: loaded for an RL run only
     maybe_initialize(cfg.dist.coordinator, cfg.dist.num_processes, cfg.dist.process_id)
     try:
         summary = train(cfg, progress=cfg.progress)

@@ -102,7 +102,7 @@ class OpenAIGenerator:
     """Writes each construction step with a chat model behind an OpenAI-compatible API."""
 
     def __init__(self, settings: OpenAISettings, tools: list[Tool], concurrency: int = 8):
-        import openai
+        import openai  # the client loads only when the openai generator is used
 
         self._key = os.environ.get("OPENAI_API_KEY", "")
         if not self._key:
