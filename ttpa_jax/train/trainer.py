@@ -25,6 +25,7 @@ from flax import nnx
 
 from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.checkpoint import Checkpoints
+from ttpa_jax.train.malloc import tune_malloc
 from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.lora import apply_lora
 from ttpa_jax.model.transformer import Ctx, Transformer
@@ -33,6 +34,9 @@ from ttpa_jax.train.optim import make_optimizer, schedule
 from ttpa_jax.train.run_log import RunLog
 from ttpa_jax.model.sharding import Placement, batch_sharding, loader_shardings, make_mesh
 from ttpa_jax.train.config import TrainConfig
+
+
+tune_malloc()  # before jax starts its threads: step buffers stay mapped between steps (train/malloc.py)
 
 
 class TrainingDiverged(RuntimeError):
