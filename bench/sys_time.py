@@ -88,14 +88,19 @@ def main():
         batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
                  "weights": (np.arange(L) >= L // 2).astype(np.float32)[None].repeat(B, 0)}
     else:
-        from bench_pairs import tool_shaped_pairs  # noqa: F401  (bench/ on sys.path)
+        from ttpa_jax.train.loader import collate
 
         P = args.prompt_len or 3 * L // 4
-        batch = tool_shaped_pairs(rng, B, P, [L - P] * B, cfg.vocab_size, L, pad_id=2)
-        objective = make_dpo(0.1, "sigmoid", logits_chunk=args.logits_chunk, shared_prefix=args.shared_prefix)
-        if args.shared_prefix:
-            from ttpa_jax.train.shared_prefix import shared_prefix_batch
-            batch = shared_prefix_batch(batch)
+        exs = []
+        for _ in range(B):
+            trunk = rng.randint(3, cfg.vocab_size, P + 8)
+            ex = {}
+            for side in ("chosen", "rejected"):
+                ids = np.concatenate([trunk, rng.randint(3, cfg.vocab_size, L - P - 8)]).astype(np.int32)
+                ex[f"{side}_ids"], ex[f"{side}_weights"] = ids, (np.arange(L) >= P).astype(np.float32)
+            exs.append(ex)
+        batch = collate(exs, 2, 64, L, layout="shared_prefix" if args.shared_prefix else "rows")
+        objective = make_dpo(0.1, "sigmoid", logits_chunk=args.logits_chunk)
     out_sh = (placement.shardings(trainable), jax.tree.map(lambda x: x.sharding, opt_state), placement.replicated)
     step = make_train_step(graphdef, objective, tx, 1, True, out_sh)
     key = jax.random.key(0)
