@@ -20,7 +20,7 @@ def run_json(system, seed, *, tool, esm, wrong_tool=0, turns=10, bfcl=None, labe
                        "bfcl_limit": 4},
             "data": {"train_records": 240, "test_records": 60, **({"pairs": pairs} if pairs is not None else {})},
             "budgets": {"dpo": {"steps": 8, "batch": 2}} if pairs is not None else {},
-            "audit": {"pairs": pairs, "score_gaps": {"histogram": {"[0.2, 0.3)": pairs}, "median": 0.2}} if pairs else None,
+            "audit": {"pairs": pairs, "branch_points": 2 * pairs, "score_gaps": {"histogram": {"[0.2, 0.3)": pairs}, "median": 0.2}} if pairs else None,
             "wall_seconds": 60.0, "heldout": held,
             "bfcl": None if bfcl is None else {"leaderboard": {"Simple AST": {"display_accuracy": bfcl}},
                                                "esm": {"esm_score": bfcl}}}
@@ -85,7 +85,7 @@ def test_report_rebuilds_only_its_section(tmp_path):
     assert "TTPA is better by more than two standard deviations of the paired difference on: Tool selection vs SFT" in text
     assert "within two standard deviations (within noise)" in text and "rest on one seed only" in text
     assert "| TTPA | 3 | 240 | 7 ± 1 | DPO 8 steps x 2 pairs |" in text
-    assert "| epsilon 0.2 (TTPA's) | 3 | 7 ± 1 |" in text
+    assert "| epsilon 0.2 (TTPA's) | 3 | 14 ± 2 | 7 ± 1 | 0.200 ± 0.000 | [0.2, 0.3) 21 |" in text
     assert (tmp_path / "results_ablation.png").stat().st_size > 5000
     ablate.main(["report", "--results-dir", str(results), "--doc", str(doc)])
     assert doc.read_text() == text  # regenerating replaces the marked section in place

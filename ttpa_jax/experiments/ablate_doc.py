@@ -134,8 +134,9 @@ def sweep_lines(runs, names: list[tuple[str, str]], title: str) -> list[str]:
     present = [(label, n) for label, n in names if n in runs]
     if not present:
         return []
-    lines = ["", f"### {title}", "", "| Setting | Seeds | Pairs made | Median score gap | Score gaps (histogram, all seeds) "
-             "| Tool selection | Parameter values | ESM score |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    lines = ["", f"### {title}", "", "| Setting | Seeds | Branch points | Pairs made | Median score gap | Score gaps "
+             "(histogram, all seeds) | Tool selection | Parameter values | ESM score |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for label, n in present:
         audits = [r.get("audit") or {} for r in runs[n].values()]
         pairs = [a.get("pairs", 0) for a in audits]
@@ -147,7 +148,9 @@ def sweep_lines(runs, names: list[tuple[str, str]], title: str) -> list[str]:
         summ = S.summarize(runs[n])
         cells = [_fmt(summ.get(k), _is_pct(k)) for k in ("heldout/tool_selection_accuracy",
                                                         "heldout/param_value_accuracy", "heldout/esm_score")]
-        lines.append(f"| {label} | {len(runs[n])} | {_fmt(S.mean_std(pairs), False).replace('.000', '')} | "
+        points = [a.get("branch_points", 0) for a in audits]
+        lines.append(f"| {label} | {len(runs[n])} | {_fmt(S.mean_std(points), False).replace('.000', '')} | "
+                     f"{_fmt(S.mean_std(pairs), False).replace('.000', '')} | "
                      f"{(_fmt(S.mean_std(medians), False) if medians else '–')} | "
                      f"{', '.join(f'{b} {c}' for b, c in hist.items() if c) or '–'} | " + " | ".join(cells) + " |")
     return lines
