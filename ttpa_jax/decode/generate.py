@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from ttpa_jax.core.cli import run as run_cli, stage_main
+from ttpa_jax.core.cli import require_paths, run as run_cli, stage_main
 from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
 from ttpa_jax.core.jsonl import iter_jsonl, where, write_jsonl
 from ttpa_jax.model.base_models import resolve_model
@@ -151,7 +151,8 @@ def run(args: GenerateArgs) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
-    args = tyro.cli(GenerateArgs, args=argv)
+    args = tyro.cli(GenerateArgs, args=argv, prog="python -m ttpa_jax.generate")
+    require_paths(args.prompts)  # --model may also name a base model (resolved when loading)
     out = run(args)
     reasons = {r: sum(o["finish_reason"] == r for o in out) for r in ("eos", "stop", "length")}
     print(f"{len(out)} completions written to {args.out} "
