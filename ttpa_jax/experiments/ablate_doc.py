@@ -210,7 +210,9 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
         "## Data and budgets", "",
         f"Each seed constructs {cfg['num']} records with the offline template generator (reversed; forward for "
         f"TTPA-fwd), {cfg['min_candidates']}-{cfg['max_candidates']} candidate tools and 1-{cfg['max_calls']} calls "
-        "each; a fifth, on tools never seen in training, is the held-out test set of every system. SFT-based systems "
+        f"each, {100 * cfg.get('error_recovery', 0):.0f}% of the training records with an error-recovery episode (a "
+        "call the tool refuses, then the corrected call: what MAE masks); a fifth of the records, on tools never seen "
+        "in training, is the held-out test set of every system. SFT-based systems "
         f"train {cfg['sft_steps']} steps of {cfg['train_batch_size'] or cfg['batch_size']} records ("
         + (f"LoRA rank {cfg['sft_lora_rank']}" if cfg.get("sft_lora_rank") else "full fine-tuning")
         + f"); the preference and RL stages draw on the same first {cfg['sample_records']} training records and "
