@@ -110,3 +110,14 @@ def test_every_user_error_class_shares_the_base():
 
     assert ModelConfigError is ConfigError
     assert all(issubclass(c, UserError) for c in (EndpointError, DataError, BFCLNotInstalled, CheckpointError))
+
+
+def test_evaluate_names_a_bad_model_in_one_line(tmp_path, capsys):
+    from tool_records import RECORDS, write_jsonl
+
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, RECORDS)
+    missing = tmp_path / "no-model"
+    assert _main("ttpa_jax.evaluate")(["--data", str(data), "--model", str(missing)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {missing}"), err
