@@ -110,13 +110,14 @@ def two_models():
     return init_model("tiny-qwen2", seed=0), init_model("tiny-qwen2", seed=1)
 
 
-@pytest.mark.parametrize("scale, temperature", [(True, 1.0), (False, 0.7)])
-def test_grpo_loss_matches_numpy(two_models, scale, temperature):
+@pytest.mark.parametrize("scale, temperature, chunk", [(True, 1.0, 0), (False, 0.7, 5)])
+def test_grpo_loss_matches_numpy(two_models, scale, temperature, chunk):
     policy, reference = two_models
     ids, attn, mask = _batch()
     G = 2
     rewards = np.array([1.0, 0.0, 0.5, 0.5], np.float32)  # the second group has zero variance
-    algo = make_grpo(kl_coef=0.3, epsilon_low=0.2, epsilon_high=0.28, scale_rewards=scale, temperature=temperature)
+    algo = make_grpo(kl_coef=0.3, epsilon_low=0.2, epsilon_high=0.28, scale_rewards=scale, temperature=temperature,
+                     logits_chunk=chunk)
     host, extra = algo.host_inputs(rewards, G)
     assert extra["zero_std_groups"] == 1 and np.all(host["advantages"][2:] == 0)
     batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(attn), "loss_mask": jnp.asarray(mask),

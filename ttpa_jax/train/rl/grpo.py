@@ -16,27 +16,28 @@ from ttpa_jax.train.rl.losses import group_advantages, grpo_loss
 from ttpa_jax.train.rl.policy import token_stats
 
 
-def rollout_logps(policy, reference, batch, temperature: float = 1.0):
+def rollout_logps(policy, reference, batch, temperature: float = 1.0, chunk: int = 0):
     """(sampling policy's log-probs, reference log-probs) [B, T] at the sampling temperature, and the
     policy's hidden states, without gradients."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    old, _, h = token_stats(policy, ids, mask, Ctx(lora=True), temperature)
-    ref, _, _ = token_stats(reference, ids, mask, Ctx(lora=False), temperature)
+    old, _, h = token_stats(policy, ids, mask, Ctx(lora=True), temperature, chunk)
+    ref, _, _ = token_stats(reference, ids, mask, Ctx(lora=False), temperature, chunk)
     return jax.lax.stop_gradient(old), jax.lax.stop_gradient(ref), jax.lax.stop_gradient(h)
 
 
 def make_grpo(*, kl_coef: float, epsilon_low: float, epsilon_high: float, scale_rewards: bool,
-              temperature: float = 1.0) -> Algorithm:
+              temperature: float = 1.0, logits_chunk: int = 0) -> Algorithm:
     def host_inputs(rewards, group_size):
         adv, zero = group_advantages(rewards, group_size, scale=scale_rewards)
         return {"advantages": adv}, {"zero_std_groups": float(zero)}
 
     def prepare(policy, reference, value_head, batch):
-        old, ref, _ = rollout_logps(policy, reference, batch, temperature)
+        old, ref, _ = rollout_logps(policy, reference, batch, temperature, logits_chunk)
         return {"old_logp": old, "ref_logp": ref}
 
     def loss(policy, value_head, batch, ctx: Ctx):
-        logp, entropy, _ = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx, temperature)
+        logp, entropy, _ = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx, temperature,
+                                          logits_chunk)
         mask = batch["loss_mask"]
         value, sums = grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], mask,
                                 epsilon_low=epsilon_low, epsilon_high=epsilon_high, kl_coef=kl_coef)

@@ -46,12 +46,13 @@ def make_algorithm(cfg: TrainConfig) -> Algorithm:
         from ttpa_jax.train.rl.grpo import make_grpo
 
         return make_grpo(kl_coef=rl.kl_coef, epsilon_low=rl.epsilon, epsilon_high=rl.epsilon_high or rl.epsilon,
-                         scale_rewards=rl.scale_rewards, temperature=rl.temperature or 1.0)
+                         scale_rewards=rl.scale_rewards, temperature=rl.temperature or 1.0,
+                         logits_chunk=cfg.logits_chunk)
     from ttpa_jax.train.rl.ppo import make_ppo
 
     return make_ppo(kl_ctl=rl.kl_coef, clip_reward_value=rl.clip_reward_value, cliprange=rl.epsilon,
                     cliprange_value=rl.cliprange_value, gamma=rl.gamma, lam=rl.lam, vf_coef=rl.vf_coef,
-                    temperature=rl.temperature or 1.0)
+                    temperature=rl.temperature or 1.0, logits_chunk=cfg.logits_chunk)
 
 
 def step_prompts(step: int, per_step: int, n: int, seed: int, shuffle: bool) -> list[int]:

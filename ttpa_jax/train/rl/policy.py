@@ -18,20 +18,36 @@ def _shift_right(a):
     return jnp.pad(a[:, :-1], ((0, 0), (1, 0)))
 
 
-def token_stats(model, input_ids, attention_mask, ctx: Ctx = Ctx(), temperature: float = 1.0):
+def _next_token_stats(logits, nxt):
+    """logits [B, C, V] float32 and the ids they predict nxt [B, C] -> (log-probs of nxt, entropies)."""
+    logprobs = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    picked = jnp.take_along_axis(logprobs, nxt[..., None], axis=-1)[..., 0]
+    return picked, jax.lax.stop_gradient(-(jnp.exp(logprobs) * logprobs).sum(-1))
+
+
+def token_stats(model, input_ids, attention_mask, ctx: Ctx = Ctx(), temperature: float = 1.0, chunk: int = 0):
     """(logp [B, T], entropy [B, T], hidden [B, T, D]): log p(token t | tokens < t) under the
     sampling distribution (logits / temperature, as in TRL), the entropy of that distribution, and
-    the final hidden states (for a value head)."""
+    the final hidden states (for a value head).
+
+    ``chunk > 0`` runs the LM head over that many positions at a time, recomputed in the backward
+    pass (``--logits-chunk``): no [B, T, V] buffer exists.
+    """
     h, _ = model.hidden_states(input_ids, positions_from_mask(attention_mask), attention_mask, ctx=ctx)
-    logits = model.logits(h)  # [B, T, V] float32
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    logprobs = logits - logz
+    scale = 1.0 if temperature in (0.0, 1.0) else 1.0 / temperature
     nxt = jnp.concatenate([input_ids[:, 1:], input_ids[:, :1]], axis=1)  # the token each position predicts
-    picked = jnp.take_along_axis(logprobs, nxt[..., None], axis=-1)[..., 0]
-    entropy = -(jnp.exp(logprobs) * logprobs).sum(-1)
-    return _shift_right(picked), _shift_right(jax.lax.stop_gradient(entropy)), h
+    B, T, D = h.shape
+    if chunk <= 0 or chunk >= T:
+        picked, entropy = _next_token_stats(model.logits(h) * scale, nxt)
+    else:
+        n = -(-T // chunk)
+        pad = n * chunk - T
+        h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)  # [n, B, C, D]
+        nxt_chunks = jnp.pad(nxt, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)  # [n, B, C]
+        one = jax.checkpoint(lambda hc, ic: _next_token_stats(model.logits(hc) * scale, ic))
+        out = jax.lax.map(lambda xs: one(*xs), (h_chunks, nxt_chunks))  # ([n, B, C], [n, B, C])
+        picked, entropy = (a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T] for a in out)
+    return _shift_right(picked), _shift_right(entropy), h
 
 
 class ValueHead(nnx.Module):

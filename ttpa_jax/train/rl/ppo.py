@@ -19,13 +19,14 @@ from ttpa_jax.train.rl.policy import token_stats
 
 
 def make_ppo(*, kl_ctl: float, clip_reward_value: float, cliprange: float, cliprange_value: float,
-             gamma: float, lam: float, vf_coef: float, temperature: float = 1.0) -> Algorithm:
+             gamma: float, lam: float, vf_coef: float, temperature: float = 1.0,
+             logits_chunk: int = 0) -> Algorithm:
     def host_inputs(rewards, group_size):
         return {"scores": np.asarray(rewards, np.float32)}, {}
 
     def prepare(policy, reference, value_head, batch):
         mask = batch["loss_mask"]
-        old, ref, h = rollout_logps(policy, reference, batch, temperature)
+        old, ref, h = rollout_logps(policy, reference, batch, temperature, logits_chunk)
         values = value_head(h) * mask
         rewards = ppo_token_rewards(old, ref, batch["scores"], mask, kl_ctl=kl_ctl,
                                     clip_reward_value=clip_reward_value)
@@ -33,7 +34,8 @@ def make_ppo(*, kl_ctl: float, clip_reward_value: float, cliprange: float, clipr
         return {"old_logp": old, "ref_logp": ref, "old_values": values, "advantages": adv, "returns": returns}
 
     def loss(policy, value_head, batch, ctx: Ctx):
-        logp, entropy, h = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx, temperature)
+        logp, entropy, h = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx, temperature,
+                                          logits_chunk)
         mask = batch["loss_mask"]
         value, sums = ppo_loss(logp, batch["old_logp"], value_head(h), batch["old_values"], batch["advantages"],
                                batch["returns"], mask, cliprange=cliprange, cliprange_value=cliprange_value,
