@@ -65,7 +65,7 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
                                 sft_steps=40, sample_records=8, dpo_steps=8, eval_records=20,
                                 error_recovery=0.15)  # the failed calls MAE masks (TL-SFT); all systems see them
-        # RL: 1 prompt x 4 completions per step keeps a step's [4, 1024, 49152] logits under 1 GB (no chunking)
+        # RL: 1 prompt x 4 completions per step, 8 steps: 32 episodes, as many sequences as DPO's 8 x 2 pairs
         scale = Scale("default", p, rl_steps=8, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
     elif name == "paper":
         if model is None:
