@@ -36,8 +36,8 @@ def make_grpo(*, kl_coef: float, epsilon_low: float, epsilon_high: float, scale_
         return {"old_logp": old, "ref_logp": ref}
 
     def loss(policy, value_head, batch, ctx: Ctx):
-        logp, entropy, _ = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx, temperature,
-                                          logits_chunk)
+        logp, entropy, _ = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx,
+                                       temperature, logits_chunk)
         mask = batch["loss_mask"]
         value, sums = grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], mask,
                                 epsilon_low=epsilon_low, epsilon_high=epsilon_high, kl_coef=kl_coef)

@@ -34,8 +34,8 @@ def make_ppo(*, kl_ctl: float, clip_reward_value: float, cliprange: float, clipr
         return {"old_logp": old, "ref_logp": ref, "old_values": values, "advantages": adv, "returns": returns}
 
     def loss(policy, value_head, batch, ctx: Ctx):
-        logp, entropy, h = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx, temperature,
-                                          logits_chunk)
+        logp, entropy, h = token_stats(policy, batch["input_ids"], batch["attention_mask"], ctx,
+                                       temperature, logits_chunk)
         mask = batch["loss_mask"]
         value, sums = ppo_loss(logp, batch["old_logp"], value_head(h), batch["old_values"], batch["advantages"],
                                batch["returns"], mask, cliprange=cliprange, cliprange_value=cliprange_value,
