@@ -4,18 +4,20 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
 - ``attention_mask``: which key each query sees ``[B, T, S]`` (bool), from the causal order, the
   key padding, and optionally segment ids (packed rows: no token sees another record) and branch ids
   (shared-prefix rows: a suffix sees the shared trunk and itself, never the other suffix).
-- ``attend``: on CPU (and for the decode cache) the queries go in blocks of ``block`` rows, each
-  block's scores recomputed in the backward pass (``jax.checkpoint``), and under a causal mask each
-  block reads only the keys up to its last row; on GPU with a half-precision compute dtype, cuDNN's
-  fused attention (``jax.nn.dot_product_attention(implementation="cudnn")``).
+- ``attend``: on CPU (and for the decode cache) rows longer than ``block`` queries go through a
+  ``lax.scan`` over query blocks whose backward pass is a second scan recomputing one block's scores
+  at a time from saved log-sum-exps (a scan, so XLA cannot hoist the recomputation and keep every
+  block alive, as it does with ``jax.checkpoint`` on unrolled blocks); on GPU with a half-precision
+  compute dtype, cuDNN's fused attention (``jax.nn.dot_product_attention(implementation="cudnn")``).
 
-The blocked path is the same arithmetic as the dense one (each row's softmax still spans all the keys
-it may see; the keys a block skips are masked for every row in it), so results agree to rounding.
+Each row's softmax still spans every key at once, so results agree with the dense path to rounding.
 
 Shapes: B batch, T queries, S keys, N query heads, K key/value heads, G = N // K, H head dim.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -48,33 +50,88 @@ def _dense(q, k, v, mask):
     return jnp.einsum("bkgts,bskh->btkgh", probs, v)
 
 
-def _blocked(q, k, v, mask, causal: bool, block: int):
-    """``_dense`` over query blocks of ``block`` rows, each recomputed in the backward pass; with
-    ``causal`` (key s > query t is always masked, keys and queries in the same columns), block i
-    reads keys ``[0, end_i)`` only."""
-    T, S = q.shape[1], k.shape[1]
-    outs = []
-    for start in range(0, T, block):
-        stop = min(start + block, T)
-        end = min(stop, S) if causal else S
+def _block_scores(qb, k, mb):
+    """fp32 masked scores [B, K, G, C, S] of one query block."""
+    scores = jnp.einsum("btkgh,bskh->bkgts", qb, k, preferred_element_type=jnp.float32) * (qb.shape[-1] ** -0.5)
+    return jnp.where(mb[:, None, None, :, :], scores, NEG_INF)
 
-        def one(qb, k, v, mb, end=end):
-            return _dense(qb, k[:, :end], v[:, :end], mb[:, :, :end])
 
-        outs.append(jax.checkpoint(one)(q[:, start:stop], k, v, mask[:, start:stop]))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+def _split_blocks(x, block, fill):
+    """[B, T, ...] -> [n, B, block, ...], T padded to n * block with ``fill``."""
+    B, T = x.shape[:2]
+    n = -(-T // block)
+    pad = [(0, 0), (0, n * block - T)] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, pad, constant_values=fill)
+    return x.reshape(B, n, block, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _join_blocks(x, T):
+    """[n, B, block, ...] -> [B, T, ...]."""
+    n, B, C = x.shape[:3]
+    return x.swapaxes(0, 1).reshape(B, n * C, *x.shape[3:])[:, :T]
+
+
+def _scan_forward(q, k, v, mask, block):
+    """Outputs [B, T, K, G, H] and row log-sum-exps [n, B, K, G, C], one query block per scan step."""
+    def one(_, xs):
+        qb, mb = xs
+        scores = _block_scores(qb, k, mb)
+        lse = jax.nn.logsumexp(scores, axis=-1)  # [B, K, G, C]
+        probs = jnp.exp(scores - lse[..., None]).astype(q.dtype)
+        return None, (jnp.einsum("bkgts,bskh->btkgh", probs, v), lse)
+
+    _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(q, block, 0), _split_blocks(mask, block, False)))
+    return _join_blocks(out, q.shape[1]), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blocked(q, k, v, mask, block: int):
+    """``_dense`` over query blocks of ``block`` rows in a ``lax.scan``; the backward pass is a second
+    scan that recomputes one block's scores at a time from the saved row log-sum-exps (the
+    flash-attention backward), so no step holds more than one block's ``[B, K, G, block, S]``."""
+    return _scan_forward(q, k, v, mask, block)[0]
+
+
+def _blocked_fwd(q, k, v, mask, block):
+    out, lse = _scan_forward(q, k, v, mask, block)
+    return out, (q, k, v, mask, out, lse)
+
+
+def _blocked_bwd(block, res, g):
+    q, k, v, mask, out, lse = res
+    T, scale = q.shape[1], q.shape[-1] ** -0.5
+    delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, K, G]
+
+    def one(carry, xs):
+        dk, dv = carry
+        qb, mb, gb, lb, db = xs  # [B, C, K, G, H], [B, C, S], [B, C, K, G, H], [B, K, G, C], [B, C, K, G]
+        probs = jnp.exp(_block_scores(qb, k, mb) - lb[..., None])  # [B, K, G, C, S] fp32
+        dv = dv + jnp.einsum("bkgts,btkgh->bskh", probs.astype(v.dtype), gb, preferred_element_type=jnp.float32)
+        dp = jnp.einsum("btkgh,bskh->bkgts", gb, v, preferred_element_type=jnp.float32)
+        ds = probs * (dp - jnp.moveaxis(db, 1, -1)[..., None]) * scale
+        dq = jnp.einsum("bkgts,bskh->btkgh", ds.astype(q.dtype), k, preferred_element_type=jnp.float32)
+        dk = dk + jnp.einsum("bkgts,btkgh->bskh", ds.astype(q.dtype), qb, preferred_element_type=jnp.float32)
+        return (dk, dv), dq.astype(q.dtype)
+
+    zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+    xs = (_split_blocks(q, block, 0), _split_blocks(mask, block, False), _split_blocks(g, block, 0), lse,
+          _split_blocks(delta, block, 0))
+    (dk, dv), dq = jax.lax.scan(one, zeros, xs)
+    return _join_blocks(dq, T), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_blocked.defvjp(_blocked_fwd, _blocked_bwd)
 
 
 def _use_cudnn(dtype) -> bool:
     return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def attend(q, k, v, mask, *, causal: bool, block: int = DEFAULT_BLOCK):
+def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
     """Masked softmax attention. q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] bool -> [B, T, N * H].
 
-    ``causal``: the mask never lets query t see a key s > t (training rows: keys and queries are the
-    same columns), so query blocks skip the keys after their last row. ``block`` <= 0 gives the dense
-    computation (the ``[B, K, G, T, S]`` scores at once).
+    ``block`` <= 0 gives the dense computation (the ``[B, K, G, T, S]`` scores at once), as do rows of
+    at most ``block`` queries.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -88,5 +145,5 @@ def attend(q, k, v, mask, *, causal: bool, block: int = DEFAULT_BLOCK):
     if block <= 0 or T <= block:
         out = _dense(qg, k, v, mask)
     else:
-        out = _blocked(qg, k, v, mask, causal, block)
+        out = _blocked(qg, k, v, mask, block)
     return out.reshape(B, T, N * H)

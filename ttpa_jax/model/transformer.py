@@ -145,7 +145,7 @@ class Attention(nnx.Module):
         else:
             new_cache = None
         S = k.shape[1]
-        out = attend(q, k, v, mask[:, :, :S], causal=cache is None, block=self.block)
+        out = attend(q, k, v, mask[:, :, :S], block=self.block)
         return self.o_proj(out, ctx), new_cache
 
 
