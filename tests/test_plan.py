@@ -31,6 +31,7 @@ TEMP_FACTOR = 1.5
     ("tiny-qwen2", (2, 2, 2), "dpo", 8, 4, 128, 0),     # data x fsdp x tensor, DPO with the adapters-off reference
     ("tiny-llama3", (2, 2, 2), "sft", 0, 8, 64, 0),     # full fine-tuning
     ("tiny-llama3", (1, 1, 1), "dpo", 8, 4, 256, 32),   # vocabulary-sized buffers for 32 positions at a time
+    ("tiny-llama3", (1, 1, 1), "sft", 8, 2, 1024, 64),  # rows longer than an attention block: no saved scores
 ])
 def test_plan_matches_compiled_step(preset, mesh, objective, lora_rank, batch, seq_len, chunk):
     mem = compiled_memory(preset, mesh, objective=objective, lora_rank=lora_rank, batch_size=batch, seq_len=seq_len,
@@ -79,6 +80,7 @@ def test_activation_formula_by_hand():
     assert full["logits"] == remat["logits"] == 3 * 4 * 512 * 2 * 128
     assert full["layers"] == 2 * sum(parts.values()) * 256 + 2 * 4 * 64 * 256
     assert remat["layers"] == 2 * 4 * 64 * 256 + 2 * sum(parts.values()) * 256 + 2 * 4 * 64 * 256
+    assert layer_bytes_per_token(cfg, seq_len=1024, c=4)["scores"] == 0  # blocked attention keeps no scores
 
 
 def test_dpo_doubles_sequences_and_full_ft_keeps_a_reference_copy():

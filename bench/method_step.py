@@ -1,0 +1,197 @@
+"""The method's training steps on the real base model, tool-shaped data, one process:
+
+- DPO: our shared-prefix step (trunk once, ``--dpo.shared-prefix``) vs our concatenated step (2B full
+  rows) vs the PyTorch reference (transformers + peft, TRL's loss computation; its batch padded to
+  the longest row as TRL's collator does), the same pairs: a ~700-token tool prompt, a generated
+  prefix both sides share (TPS pairs fork at one token), then 20-80-token completions;
+- SFT: our packed step (``--dataset.pack``) vs one record per row (bucket lengths, as ``train``
+  pads) vs PyTorch, the same records;
+- each as a fraction of this machine's measured fp32 matmul peak (model FLOPs of the real tokens),
+  with the measured memory bandwidth printed alongside.
+
+    python bench/method_step.py                       # SmolLM2-135M-Instruct, all 30 layers
+    python bench/method_step.py --layers 8            # its first 8 layers (real weights): less memory
+
+Timings are medians of alternating runs (the sides see the same machine load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from ttpa_jax.train.malloc import tune_malloc
+
+tune_malloc()  # as the trainer does, before jax starts its threads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import report  # noqa: E402
+import train_step as ts  # noqa: E402
+import train_step_sides as sides  # noqa: E402
+from ttpa_jax.train.loader import collate  # noqa: E402
+from ttpa_jax.train.packing import efficiency  # noqa: E402
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="base model name, GGUF or HF directory")
+    ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
+    ap.add_argument("--pairs", type=int, default=2, help="preference pairs per DPO step")
+    ap.add_argument("--records", type=int, default=4, help="records per SFT step")
+    ap.add_argument("--prompt", type=int, default=700, help="prompt tokens (tool schemas + query)")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per side (median)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--logits-chunk", type=int, default=256)
+    ap.add_argument("--skip-sft", action="store_true")
+    ap.add_argument("--skip-torch", action="store_true")
+    return ap.parse_args()
+
+
+def model_dir(args, tmp: str) -> str:
+    from ttpa_jax.model.base_models import resolve_model
+
+    d = str(resolve_model(args.model))
+    if not args.layers:
+        return d
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    hf.model.layers = hf.model.layers[: args.layers]
+    hf.config.num_hidden_layers = args.layers
+    hf.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(d).save_pretrained(tmp)
+    return tmp
+
+
+def pairs(rng, n, prompt, vocab):
+    """Tool-shaped preference examples: prompt, a shared generated prefix (4-16 tokens), then chosen
+    and rejected completions of 20-80 tokens in all; weights 1 on completion tokens."""
+    out = []
+    for _ in range(n):
+        p = prompt + int(rng.integers(-40, 40))
+        trunk = rng.integers(3, vocab, p + int(rng.integers(4, 16)))
+        ex = {}
+        for side in ("chosen", "rejected"):
+            ids = np.concatenate([trunk, rng.integers(3, vocab, int(rng.integers(16, 64)))]).astype(np.int32)
+            ex[f"{side}_ids"], ex[f"{side}_weights"] = ids, (np.arange(len(ids)) >= p).astype(np.float32)
+        out.append(ex)
+    return out
+
+
+def records(rng, n, prompt, vocab):
+    out = []
+    for _ in range(n):
+        p, c = prompt + int(rng.integers(-120, 120)), int(rng.integers(20, 80))
+        ids = rng.integers(3, vocab, p + c).astype(np.int32)
+        out.append({"input_ids": ids, "weights": (np.arange(p + c) >= p).astype(np.float32)})
+    return out
+
+
+def to_longest(batch):
+    """A rows batch cut to its longest real row (TRL's collator pads to the longest, no buckets)."""
+    n = max(int(v.sum(-1).max()) for k, v in batch.items() if k.endswith("mask"))
+    return {k: (v[:, :n] if v.ndim == 2 else v) for k, v in batch.items()}
+
+
+def our_step(ours, batch, dpo, chunk):
+    """A compiled step of ours on this batch -> (step(), compile seconds, temp MiB)."""
+    compile_s = ours.compile(batch, dpo, chunk)
+    st = {"c": ours.compiled, "t": ours.trainable, "o": ours.opt_state, "b": ours.batch}
+    temp = ours.compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+    def step():
+        with jax.set_mesh(ours.placement.mesh):
+            st["t"], st["o"], m = st["c"](st["t"], ours.frozen, None, st["o"], st["b"], ours.key)
+        return float(m["loss"]), float(m["grad_norm"])
+
+    return step, compile_s, temp
+
+
+def bandwidth() -> float:
+    """Best bytes/s of a jitted read-modify-write over 256 MiB of float32 (read + write counted)."""
+    x = jnp.ones((64 * 2**20,), jnp.float32)
+    f = jax.jit(lambda a: a * 1.0001)
+    t = ts.best_time(lambda: f(x).block_until_ready())
+    return 2 * x.nbytes / t
+
+
+def flops(cfg, lengths, rank, dpo):
+    return sum(ts.step_flops(cfg, 1, n, rank, dpo)[0] for n in lengths)
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(report.cores())
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = model_dir(args, tmp)
+        hf_cfg = json.load(open(os.path.join(d, "config.json")))
+        ours = sides.Ours(d, 8, "float32")
+        ref = None if args.skip_torch else sides.Torch(d, 8, "float32", ours.lora_a())
+    cfg = {k: hf_cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
+                                  "num_attention_heads", "num_key_value_heads")}
+    pad = hf_cfg.get("pad_token_id") or 0
+    print(report.machine_line())
+    print(f"model: {args.model}" + (f", first {args.layers} layers" if args.layers else "") +
+          f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), fp32; "
+          f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (train/malloc.py)")
+    peak, peak_note = ts.measured_peak("float32")
+    bw = bandwidth()
+    report.value("matmul peak (measured)", peak / 1e9, "GFLOP/s", peak_note)
+    report.value("memory bandwidth (measured)", bw / 1e9, "GB/s", "jitted a * c over 256 MiB, read + write")
+
+    exs = pairs(rng, args.pairs, args.prompt, cfg["vocab_size"])
+    rows = collate(exs, pad, 64, 4096)
+    shared = collate(exs, pad, 64, 4096, layout="shared_prefix")
+    lengths = [len(e[k]) for e in exs for k in ("chosen_ids", "rejected_ids")]
+    runs = [("DPO", rows, shared, True, lengths, f"{args.pairs} pairs, sequences of {min(lengths)}-{max(lengths)} tokens")]
+    if not args.skip_sft:
+        recs = records(rng, args.records, args.prompt, cfg["vocab_size"])
+        rlen = [len(r["input_ids"]) for r in recs]
+        runs.append(("SFT", collate(recs, pad, 64, 4096), collate(recs, pad, 64, 4096, layout="packed"), False, rlen,
+                     f"{args.records} records of {min(rlen)}-{max(rlen)} tokens"))
+    for name, plain, fast, dpo, lens, what in runs:
+        fast_name = "shared-prefix" if dpo else "packed"
+        f_step, f_comp, f_temp = our_step(ours, fast, dpo, args.logits_chunk)
+        p_step, p_comp, p_temp = our_step(ours, plain, dpo, args.logits_chunk)
+        fns = [f_step, p_step]
+        torch_batch = to_longest(plain)
+        if ref is not None:
+            fns.append(lambda: ref.step(torch_batch, dpo))
+        first = [fn() for fn in fns]  # from equal adapters: the same loss
+        times = report.median_times(fns, args.steps, warmup=max(args.warmup - 1, 0))
+        fl = flops(cfg, lens, 8, dpo)
+        tokens = sum(lens)
+        print(f"\n{name} step, {what} ({tokens} real tokens; median of {args.steps} after {args.warmup} warm-up); "
+              f"first-step loss " + " / ".join(f"{lo:.5f}" for lo, _ in first))
+        def shape(b):  # rows x length of the sequences the step runs (a rows DPO batch: chosen and rejected rows)
+            R, L = next(v.shape for k, v in b.items() if k.endswith("ids"))
+            return f"{2 * R if 'chosen_ids' in b else R}x{L}"
+        report.rate(f"ours {fast_name} [{shape(fast)}]", tokens, times[0])
+        report.rate(f"ours rows [{shape(plain)}]", tokens, times[1])
+        if ref is not None:
+            report.rate(f"transformers + peft [{shape(torch_batch)}]", tokens, times[2])
+        report.ratio(f"{fast_name} / ours rows", times[1] / times[0])
+        if ref is not None:
+            report.ratio(f"{fast_name} / transformers", times[2] / times[0])
+            report.ratio("ours rows / transformers", times[2] / times[1])
+        report.value(f"{fast_name}: slot efficiency", 100 * efficiency(fast), "%", f"rows: {100 * efficiency(plain):.0f}%")
+        report.value("model FLOPs (real tokens)", fl / 1e9, "GFLOP",
+                     "DPO: both full sequences, what the concatenated step must do; shared-prefix does less")
+        for label, t in zip([fast_name, "ours rows", "transformers"], times):
+            report.value(f"{label}: of matmul peak", 100 * fl / t / peak, "%")
+        report.value("ours: step temporaries", f_temp, "MiB", f"{fast_name}; rows {p_temp:.0f} MiB")
+        report.value("ours: compile", f_comp, "s", f"rows {p_comp:.0f} s")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
