@@ -27,6 +27,7 @@ from typing import Any, Literal
 from ttpa_jax.core.cli import require_paths, run, stage_main
 from ttpa_jax.core.jsonl import DataError, write_jsonl
 from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.sample.audit import audit_path, build_audit, format_audit, write_audit
 from ttpa_jax.sample.candidates import (Candidate, Prompt, read_prompts, score_candidate, tps_candidates,
                                         trajectory_candidates)
@@ -95,6 +96,7 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
     from ttpa_jax.decode.generate import load_model
     from ttpa_jax.model.config import load_config
 
+    config = dataclasses.replace(config, model=str(resolve_model(config.model)))  # a base model name or FILE.gguf -> its directory
     weights = _check(config)
     tokenizer = load_tokenizer(config.model) if tokenizer is None else tokenizer
     cfg_model = model.config if model is not None else load_config(config.model)

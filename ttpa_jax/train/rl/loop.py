@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from ttpa_jax.decode.rules import Sampling
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.sharding import Placement, make_mesh
 from ttpa_jax.model.transformer import Ctx
@@ -154,6 +155,7 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
     ``--reward`` spec (tests use it for a toy reward); ``executor`` runs tool calls."""
     from ttpa_jax.sample.sampler import read_prompts
 
+    cfg = dataclasses.replace(cfg, model=str(resolve_model(cfg.model)))  # a base model name or FILE.gguf -> its directory
     rl = cfg.rl
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
