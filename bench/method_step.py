@@ -51,6 +51,7 @@ def parse_args():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--logits-chunk", type=int, default=256)
     ap.add_argument("--skip-sft", action="store_true")
+    ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
     return ap.parse_args()
 
@@ -152,7 +153,8 @@ def main():
     rows = collate(exs, pad, 64, 4096)
     shared = collate(exs, pad, 64, 4096, layout="shared_prefix")
     lengths = [len(e[k]) for e in exs for k in ("chosen_ids", "rejected_ids")]
-    runs = [("DPO", rows, shared, True, lengths, f"{args.pairs} pairs, sequences of {min(lengths)}-{max(lengths)} tokens")]
+    runs = [] if args.skip_dpo else [
+        ("DPO", rows, shared, True, lengths, f"{args.pairs} pairs, sequences of {min(lengths)}-{max(lengths)} tokens")]
     if not args.skip_sft:
         recs = records(rng, args.records, args.prompt, cfg["vocab_size"])
         rlen = [len(r["input_ids"]) for r in recs]
