@@ -18,6 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import jax
+import tyro
+from tqdm.auto import tqdm
+
+import ttpa_jax
 from ttpa_jax.core.cli import require_paths, run as run_cli, stage_main
 from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
 from ttpa_jax.core.jsonl import iter_jsonl, where, write_jsonl
@@ -26,6 +31,7 @@ from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, lo
 from ttpa_jax.decode.batching import decode_in_batches, pad_token_id
 from ttpa_jax.decode.settings import DEFAULT_BUCKET, Decoding
 from ttpa_jax.decode.rules import GREEDY, Sampling
+from ttpa_jax.model.config import load_config
 
 
 @dataclasses.dataclass
@@ -47,8 +53,6 @@ class GenerateArgs:
 
 
 def load_model(model_dir: str | os.PathLike, dtype: str = "auto"):
-    import ttpa_jax
-
     return ttpa_jax.load_pretrained(model_dir, dtype=None if dtype == "auto" else dtype)
 
 
@@ -60,9 +64,6 @@ def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
     Prompt ``i`` samples with key ``fold_in(key(seed), i)``, so its output does not depend on the
     batch it lands in. Stop strings end a completion right after the first one.
     """
-    import jax
-    from tqdm.auto import tqdm
-
     from ttpa_jax.decode.loop import generate  # JAX is loaded only to decode
 
     eos = tuple(eos_ids) if eos_ids is not None else eos_token_ids(model.config, tokenizer)
@@ -127,8 +128,6 @@ def run(args: GenerateArgs) -> list[dict]:
     """Read prompts, decode, write the output file; returns the records written."""
     args = dataclasses.replace(args, model=resolve_model(args.model))  # a base model name or FILE.gguf -> its directory
     tokenizer = load_tokenizer(args.model)
-    from ttpa_jax.model.config import load_config
-
     cfg = load_config(args.model)
     lines = list(iter_jsonl(args.prompts))
     records = [obj for _, obj in lines]
@@ -149,8 +148,6 @@ def run(args: GenerateArgs) -> list[dict]:
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> int:
-    import tyro
-
     args = tyro.cli(GenerateArgs, args=argv, prog="python -m ttpa_jax.generate")
     require_paths(args.prompts)  # --model may also name a base model (resolved when loading)
     out = run(args)

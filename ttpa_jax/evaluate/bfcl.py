@@ -104,7 +104,7 @@ def to_gold_calls(ground_truth: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def with_language_hints(functions: list[dict[str, Any]], category: str) -> list[dict[str, Any]]:
     """The functions as BFCL's generation shows them (``bfcl_eval.utils``' language-specific hints)."""
-    from bfcl_eval.utils import _func_doc_language_specific_pre_processing
+    from bfcl_eval.utils import _func_doc_language_specific_pre_processing  # deferred: optional dependency (bfcl-eval)
 
     return _func_doc_language_specific_pre_processing(copy.deepcopy(functions), category)
 

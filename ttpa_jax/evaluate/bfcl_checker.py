@@ -160,7 +160,7 @@ def runner_helper() -> types.ModuleType:
 
 
 def _enums():
-    from bfcl_eval.constants import enums
+    from bfcl_eval.constants import enums  # deferred: optional dependency (bfcl-eval)
 
     return enums
 
@@ -250,14 +250,14 @@ def judge(category: str, functions: list[dict[str, Any]], possible_answer: list[
 
 def is_call_list(decoded: Any) -> bool:
     """BFCL's format check: ``[{name: {arg: value}}, ...]`` (``[]`` included)."""
-    from bfcl_eval.utils import is_function_calling_format_output
+    from bfcl_eval.utils import is_function_calling_format_output  # deferred: optional dependency (bfcl-eval)
 
     return is_function_calling_format_output(decoded)
 
 
 def is_no_call(decoded: Any) -> bool:
     """BFCL's relevance check: ``[]``, ``[{}]`` or anything not in the call format counts as no call."""
-    from bfcl_eval.utils import is_empty_output
+    from bfcl_eval.utils import is_empty_output  # deferred: optional dependency (bfcl-eval)
 
     return is_empty_output(decoded)
 

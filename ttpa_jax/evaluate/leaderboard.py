@@ -27,6 +27,8 @@ from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.evaluate import bfcl, bfcl_checker
 from ttpa_jax.evaluate.evaluator import evaluate_items, format_table, read_predictions
 from ttpa_jax.tools.calls import Format
+from ttpa_jax.model.config import load_config
+from ttpa_jax.text.prompts import encode_prompt, load_tokenizer
 
 
 def template_uses_tools(template: Any) -> bool:
@@ -94,8 +96,6 @@ def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max
     """
     from ttpa_jax.decode.generate import generate_completions  # JAX is loaded only for this mode
     from ttpa_jax.model.base_models import resolve_model
-    from ttpa_jax.model.config import load_config
-    from ttpa_jax.text.prompts import encode_prompt, load_tokenizer
 
     model_dir = resolve_model(model_dir)
     tokenizer, context = load_tokenizer(model_dir), load_config(model_dir).max_position_embeddings

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ttpa_jax.evaluate.evaluator import format_table
+
 # Metrics plotted side by side (higher is better for all of them).
 COMPARED = ("tool_selection_accuracy", "param_name_accuracy", "param_value_accuracy", "return_value_accuracy",
             "format_validity", "esm_score")
@@ -24,10 +26,10 @@ def metric_value(result: dict, key: str) -> float:
 
 
 def plot(path: Path, curves: dict[str, list[dict]], results: dict[str, dict]) -> Path:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib only when plotting
 
     panels = [(name, rows) for name, rows in curves.items() if rows]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4))
@@ -57,8 +59,6 @@ def plot(path: Path, curves: dict[str, list[dict]], results: dict[str, dict]) ->
 
 
 def write_report(run_dir: Path, results: dict[str, dict], curves: dict[str, list[dict]], notes: list[str]) -> Path:
-    from ttpa_jax.evaluate.evaluator import format_table
-
     run_dir = Path(run_dir)
     png = plot(run_dir / "report.png", curves, results)
     lines = ["# ttpa-jax demo report", "", *notes, "", "## Held-out evaluation (tools never seen in training)", "",

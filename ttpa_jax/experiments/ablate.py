@@ -33,6 +33,7 @@ import tyro
 from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.experiments import ablate_doc, ablate_runs as R, ablate_scale, ablate_stats
+from ttpa_jax.experiments.ablate_leakage import measure
 
 COMMANDS = ("run", "epsilon", "weights", "leakage", "report", "estimate")
 WEIGHT_LABELS = {"flat": "flat (every error 0.5)", "binary": "binary (every error 1.0)"}
@@ -158,8 +159,6 @@ def report(args: ReportArgs) -> str:
 
 
 def leakage(args: LeakageArgs) -> Path:
-    from ttpa_jax.experiments.ablate_leakage import measure
-
     result = measure(args.seeds, args.num, args.out, generator=args.generator,
                      openai_model=args.openai_model)
     path = args.results_dir / "leakage.json"

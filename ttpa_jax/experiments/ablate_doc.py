@@ -298,10 +298,10 @@ def splice(document: str, new_section: str) -> str:
 
 
 def plot(path: Path, runs, metrics) -> None:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib only when plotting
 
     systems = [s for s in ORDER if s in runs]
     summaries = {s: S.summarize(runs[s]) for s in systems}

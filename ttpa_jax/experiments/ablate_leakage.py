@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_jax.experiments.pipeline import PipelineConfig
+from ttpa_jax.construct.checks import identifier_words, name_regex
+from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
+from ttpa_jax.construct.episodes import EpisodeSettings
+from ttpa_jax.construct.generators.openai_chat import OpenAISettings
 
 MODES = ("reversed", "forward")
 
 
 def single_word_param_query(record: dict[str, Any]) -> bool:
     """Whether a user message of ``record`` contains a single-word parameter name of its tools."""
-    from ttpa_jax.construct.checks import identifier_words, name_regex
-
     names = {p for t in record.get("tools", []) for p in (t.get("function", t).get("parameters") or {}).get(
         "properties", {}) if len(identifier_words(p)) == 1}
     text = " ".join(str(m.get("content") or "") for m in record.get("messages", []) if m.get("role") == "user")
@@ -34,10 +36,6 @@ def measure(seeds: Sequence[int], num: int, out: Path, cfg: PipelineConfig | Non
             generator: str = "template", openai_model: str = "gpt-4o-mini") -> dict[str, Any]:
     """``{"seeds", "records", "modes": {mode: {attempts, query_names_tool, query_names_parameter,
     single_word_param_queries, records}}, "per_seed": ...}`` summed over seeds."""
-    from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
-    from ttpa_jax.construct.episodes import EpisodeSettings
-    from ttpa_jax.construct.generators.openai_chat import OpenAISettings
-
     cfg = cfg or PipelineConfig.pretrained(Path(out), "unused", progress=False)
     totals = {m: {"attempts": 0, "query_names_tool": 0, "query_names_parameter": 0, "single_word_param_queries": 0,
                   "records": 0} for m in MODES}

@@ -26,6 +26,13 @@ from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
+from ttpa_jax.train.config import MeshConfig, PpoArgs, RlConfig, TrainConfig
+from ttpa_jax.export.settings import Args
+from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.sample.audit import audit_path
+from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
+from ttpa_jax.model.settings import LoraConfig
+from ttpa_jax.evaluate.leaderboard import run_bfcl
 
 # Alternative ESM weights for the sensitivity check (the default is tools.esm.ErrorWeights()).
 WEIGHT_SETS: dict[str, dict[str, float]] = {
@@ -85,8 +92,6 @@ class SeedRun:
 
     def train_cfg(self, train_cfg):
         """A stage's TrainConfig with the scale's progress bars, dtype and mesh."""
-        from ttpa_jax.train.config import MeshConfig
-
         return dataclasses.replace(train_cfg, progress=self.scale.pipeline.progress, dtype=self.scale.train_dtype,
                                    mesh=MeshConfig(data=1, fsdp=self.scale.fsdp, tensor=1))
 
@@ -164,9 +169,8 @@ def train_and_export(train_cfg) -> Path:
     if done.is_file():
         return out
     if train_cfg.objective in ("grpo", "ppo"):
-        from ttpa_jax.export.settings import Args
-        from ttpa_jax.export.weights import export
-        from ttpa_jax.train.rl.loop import train_rl
+        from ttpa_jax.export.weights import export  # deferred: keeps this module JAX-free
+        from ttpa_jax.train.rl.loop import train_rl  # deferred: keeps this module JAX-free
 
         summary = train_rl(train_cfg, progress=train_cfg.progress)
         if summary["metrics"]:
@@ -192,10 +196,6 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: d
                  ) -> tuple[Path, dict[str, Any]]:
     """Preference pairs (TPS or trajectory) from ``model_dir``, ESM-scored with ``weights``; returns
     the pairs file and the pair audit. The pairs are renamed into place once complete."""
-    from ttpa_jax.decode.settings import Decoding, TPSConfig
-    from ttpa_jax.sample.audit import audit_path
-    from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
-
     out = cfg.out / "data" / "pairs.jsonl"
     if out.is_file() and audit_path(out).is_file():
         return out, json.loads(audit_path(out).read_text())
@@ -216,9 +216,6 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: d
 
 def rl_config(cfg: PipelineConfig, scale: Scale, sft: Path, prompts: Path, system: System):
     """GRPO (ESM reward) or TL-Training's PPO (its error-category reward), LoRA on the SFT model."""
-    from ttpa_jax.model.settings import LoraConfig
-    from ttpa_jax.train.config import PpoArgs, RlConfig, TrainConfig
-
     base = PpoArgs.__dataclass_fields__["rl"].default if system.rl == "ppo" else RlConfig()
     rl = dataclasses.replace(base, reward=system.reward, max_new_tokens=cfg.max_new_tokens, max_turns=2,
                              prompts_per_step=scale.rl_prompts_per_step,
@@ -248,8 +245,6 @@ def evaluate(seed_run: SeedRun, system: System, model_dir: Path) -> tuple[dict, 
     bfcl = None
     if sc.bfcl_limit != 0:
         if not bfcl_path.is_file():
-            from ttpa_jax.evaluate.leaderboard import run_bfcl
-
             t0 = time.perf_counter()
             r = run_bfcl(sc.bfcl_categories, name=system.name, model=model_dir, limit=sc.bfcl_limit,
                          max_new_tokens=sc.bfcl_max_new_tokens, batch_size=sc.pipeline.batch_size,

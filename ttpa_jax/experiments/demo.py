@@ -16,6 +16,7 @@ per stage: it checks the pipeline end to end in about two minutes and learns not
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ import tyro
 from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.pipeline import PipelineConfig
+from ttpa_jax.evaluate.report import read_metrics, write_report
+from ttpa_jax.evaluate.evaluator import format_table
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("zero-shot", "SFT", "TTPA (SFT + TPS/ESM DPO)")
@@ -46,8 +49,6 @@ class Args:
 
 def evaluated(cfg: PipelineConfig, model_dir: Path, test_file: Path, name: str) -> dict:
     """``P.evaluate_model``, or its eval/<name>.json when written after the model (a resumed run)."""
-    import json
-
     path = cfg.out / "eval" / f"{name}.json"
     weights = [p.stat().st_mtime for p in Path(model_dir).glob("*.safetensors")]
     if path.is_file() and weights and path.stat().st_mtime > max(weights):
@@ -58,8 +59,6 @@ def evaluated(cfg: PipelineConfig, model_dir: Path, test_file: Path, name: str) 
 
 def run(cfg: PipelineConfig) -> dict:
     """All stages; returns {"results": {system: metrics}, "report": path, "seconds": {stage: s}}."""
-    from ttpa_jax.evaluate.report import read_metrics, write_report
-
     seconds: dict[str, float] = {}
 
     def stage(name, fn, *a):
@@ -103,8 +102,6 @@ def config_for(args: Args) -> PipelineConfig:
 
 @stage_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from ttpa_jax.evaluate.evaluator import format_table
-
     args = tyro.cli(Args, args=argv)
     t0 = time.perf_counter()
     out = run(config_for(args))

@@ -24,6 +24,15 @@ from typing import Literal
 
 from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
+from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
+from ttpa_jax.construct.episodes import EpisodeSettings
+from ttpa_jax.core.conversation import normalize_record
+from ttpa_jax.model.tiny import build_model_dir, render_chat
+from ttpa_jax.model.base_models import resolve_model
+from ttpa_jax.export.settings import Args
+from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
+from ttpa_jax.evaluate.evaluator import evaluate_items, items_from_records, read_records
 
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
 _VERBOSE_KEYS = ("description", "pattern", "format", "maxLength", "minLength", "minimum", "maximum",
@@ -130,9 +139,6 @@ def compact_tool(tool: dict) -> dict:
 
 def construct_data(cfg: PipelineConfig) -> tuple[Path, Path]:
     """Construct train and held-out SFT data; tool schemas are compacted for the tiny model."""
-    from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
-    from ttpa_jax.construct.episodes import EpisodeSettings
-
     raw = cfg.out / "data" / "constructed.jsonl"
     episode = EpisodeSettings(mode=cfg.mode, min_calls=1, max_calls=cfg.max_calls, min_candidates=cfg.min_candidates,
                               max_candidates=cfg.max_candidates, follow_up=0.1)
@@ -156,9 +162,6 @@ def construct_data(cfg: PipelineConfig) -> tuple[Path, Path]:
 
 def build_base_model(cfg: PipelineConfig, train_file: Path) -> Path:
     """Tokenizer trained on the rendered training conversations + chat template + random preset weights."""
-    from ttpa_jax.core.conversation import normalize_record
-    from ttpa_jax.model.tiny import build_model_dir, render_chat
-
     out = cfg.out / "init-model"
     if (out / "model.safetensors").is_file():
         return out
@@ -204,8 +207,6 @@ def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
     """The model SFT starts from: the pretrained ``model`` (a GGUF or a base model name is converted once
     into the cache), else the random tiny model, after the language-model stage if enabled."""
     if cfg.model is not None:
-        from ttpa_jax.model.base_models import resolve_model
-
         return Path(resolve_model(cfg.model))
     init = build_base_model(cfg, train_file)
     if cfg.base_steps <= 0:
@@ -215,9 +216,8 @@ def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
 
 def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
     """Train (or resume) and export merged weights next to the run: RUN-model/."""
-    from ttpa_jax.export.settings import Args
-    from ttpa_jax.export.weights import export
-    from ttpa_jax.train.trainer import train
+    from ttpa_jax.export.weights import export  # deferred: keeps this module JAX-free
+    from ttpa_jax.train.trainer import train  # deferred: keeps this module JAX-free
 
     summary = train(train_cfg, progress=progress)
     m = summary["metrics"]
@@ -230,9 +230,6 @@ def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
 
 def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path:
     """Preference pairs from the SFT model on the tool-call turns of the first training records."""
-    from ttpa_jax.decode.settings import Decoding, TPSConfig
-    from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
-
     subset = cfg.out / "data" / "sample-prompts.jsonl"
     subset.parent.mkdir(parents=True, exist_ok=True)
     subset.write_text("".join(line + "\n" for line in train_file.read_text().splitlines()[: cfg.sample_records]))
@@ -256,8 +253,7 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path
 
 def evaluate_model(cfg: PipelineConfig, model_dir: Path, test_file: Path, name: str) -> dict:
     """Fine-grained metrics of ``model_dir`` on the first held-out records; also written to eval/."""
-    from ttpa_jax.evaluate.evaluator import evaluate_items, items_from_records, read_records
-    from ttpa_jax.decode.generate import generate_completions
+    from ttpa_jax.decode.generate import generate_completions  # deferred: keeps this module JAX-free
 
     records = read_records(test_file)[: cfg.eval_records]
     items = items_from_records(records)

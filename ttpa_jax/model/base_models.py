@@ -24,7 +24,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from ttpa_jax.model.gguf import GGUFError
+from ttpa_jax.model.gguf import GGUFError, metadata, open_gguf
 
 CACHE_FORMAT = 1
 TOOLS_TEMPLATE = "data/chat_template_chatml_tools.jinja"
@@ -81,8 +81,6 @@ def _is_valid(entry: Path, want: dict) -> bool:
 
 def _needs_tools_template(gguf_path: Path) -> bool:
     """True for a ChatML model whose own template does not render tools."""
-    from ttpa_jax.model.gguf import metadata, open_gguf
-
     meta = metadata(open_gguf(gguf_path), ("tokenizer.chat_template",))
     own = meta.get("tokenizer.chat_template") or ""
     return "tools" not in own and ("<|im_start|>" in own or not own)
@@ -91,7 +89,7 @@ def _needs_tools_template(gguf_path: Path) -> bool:
 def converted(gguf_path: Path, entry: Path, *, tools_chat_template: bool | None = None, progress: bool = True) -> Path:
     """``entry``, holding the HF conversion of ``gguf_path``: reused when its recorded size and sha256
     match the file, else converted into ``entry.tmp-PID`` and renamed into place."""
-    from ttpa_jax.model.gguf import convert_gguf
+    from ttpa_jax.model.gguf import convert_gguf  # deferred: looked up per call, so tests can patch ttpa_jax.model.gguf.convert_gguf
 
     want = _source_record(gguf_path)
     if _is_valid(entry, want):

@@ -17,7 +17,7 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
     global _initialized
     if _initialized:
         return True
-    import jax
+    import jax  # deferred: keeps this module JAX-free
 
     coordinator = coordinator or os.environ.get("TTPA_COORDINATOR")
     if num_processes is None and os.environ.get("TTPA_NUM_PROCESSES"):

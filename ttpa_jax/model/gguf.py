@@ -28,10 +28,15 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+import gguf
 import numpy as np
 import tyro
+from gguf import quants
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
 
 from ttpa_jax.core.errors import UserError
+from ttpa_jax.model.config import ModelConfig
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -53,8 +58,6 @@ class GGUFError(UserError):
 # --------------------------------------------------------------------------- reading
 def open_gguf(path: str | os.PathLike):
     """``gguf.GGUFReader`` of ``path``, checked to hold every tensor's bytes (a truncated file fails here)."""
-    import gguf
-
     path = Path(path)
     if not path.is_file():
         raise GGUFError(f"{path}: no such GGUF file")
@@ -82,8 +85,6 @@ def metadata(reader, keys_prefix: tuple[str, ...] = ()) -> dict:
 
 def hf_config(meta: dict, tensor_names: set[str], source: str) -> dict:
     """An HF config.json dict (transformers 5 layout) from GGUF metadata; errors name the field."""
-    from ttpa_jax.model.config import ModelConfig
-
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHS:
         raise GGUFError(f"{source}: general.architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
@@ -134,8 +135,6 @@ def llama3_rope_scaling(freqs: np.ndarray, theta: float, head_dim: int, source: 
     """llama.cpp stores Llama 3.1+'s RoPE scaling as per-frequency divisors (``rope_freqs.weight``
     ``[head_dim/2]``). Recover the HF parameters: Meta's low/high factors 1 and 4 and 8192 original
     positions with the largest divisor as ``factor``, checked to reproduce every divisor."""
-    from ttpa_jax.model.config import ModelConfig
-
     rs = {"rope_type": "llama3", "factor": float(freqs.max()), "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 8192}
     base = ModelConfig("llama", 1, head_dim, 1, 1, 1, 1, head_dim, rope_theta=theta)
@@ -168,9 +167,6 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def check_quant_types(reader, source: str) -> None:
     """Fail before writing anything when a tensor's quant type cannot be dequantized."""
-    import gguf
-    from gguf import quants
-
     known = set(quants._type_traits) | {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
     for t in reader.tensors:
         if t.tensor_type not in known:
@@ -180,8 +176,6 @@ def check_quant_types(reader, source: str) -> None:
 
 def dequantized(tensor, source: str) -> np.ndarray:
     """One GGUF tensor as float32 in numpy (row-major, HF) shape: GGML lists dims fastest first."""
-    from gguf import quants
-
     try:
         arr = quants.dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError:
@@ -206,8 +200,7 @@ def iter_hf_tensors(reader, cfg: dict, source: str):
 
 def write_safetensors(tensors, out: Path, dtype: str, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """Stream tensors into ``model.safetensors`` or shards + index; only one shard is in memory."""
-    import ml_dtypes
-    from safetensors.numpy import save_file
+    import ml_dtypes  # deferred: ml_dtypes is slow to import; only the converter writes bfloat16
 
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(np.float32)
     shards: list[list[str]] = []
@@ -245,8 +238,8 @@ def write_safetensors(tensors, out: Path, dtype: str, max_shard_bytes: int = MAX
 def build_tokenizer(meta: dict, source: str):
     """A ``PreTrainedTokenizerFast`` from the GGUF's vocabulary, merges and special tokens, built by
     transformers' GGUF tokenizer conversion (no torch needed)."""
-    from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    from transformers import PreTrainedTokenizerFast  # deferred: transformers is slow to import
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer  # deferred: transformers is slow to import
 
     if "tokenizer.ggml.tokens" not in meta:
         raise GGUFError(f"{source}: no tokenizer in the metadata (tokenizer.ggml.tokens missing)")
@@ -281,8 +274,6 @@ def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, *, dtype: str 
     ``chat_template``: template text that replaces the file's own (e.g. one that renders tools).
     ``progress``: a progress bar over the tensors.
     """
-    from tqdm.auto import tqdm
-
     if dtype not in ("float32", "bfloat16"):
         raise GGUFError(f"dtype {dtype!r}: choose float32 or bfloat16")
     path, out = Path(path), Path(out)

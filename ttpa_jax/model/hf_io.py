@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from ttpa_jax.core.errors import UserError
 from ttpa_jax.model.base_models import resolve_model
@@ -194,8 +196,6 @@ def save_pretrained(
     tensors = {}
     for name, arr in base_weights(model).items():
         if not arr.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
             arr = multihost_utils.process_allgather(arr, tiled=True)
         tensors[name] = np.asarray(jax.device_get(arr)).astype(dtype)
     if jax.process_index() != 0:
@@ -225,8 +225,6 @@ def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
 
 
 def _write_safetensors(tensors: dict[str, np.ndarray], out: Path, max_shard_bytes: int) -> None:
-    from safetensors.numpy import save_file
-
     for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
         old.unlink()
     shards: list[dict[str, np.ndarray]] = [{}]

@@ -13,6 +13,11 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+import ttpa_jax
+from ttpa_jax.model.config import load_config
+
 SPECIAL_TOKENS = ("<|pad|>", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
 # Tool-call markers are single tokens (as in Qwen2.5) but decode as ordinary text.
 MARKER_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
@@ -24,7 +29,7 @@ def chat_template() -> str:
 
 def render_chat(messages: list[dict], tools: list[dict] | None = None) -> str:
     """A conversation rendered with the package's chat template (no tokenizer needed)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+    from transformers.utils.chat_template_utils import render_jinja_template  # deferred: transformers is slow to import
 
     rendered, _ = render_jinja_template(conversations=[messages], tools=tools or None, chat_template=chat_template())
     return rendered[0]
@@ -39,8 +44,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     shortens sequences 2.5x for a small vocabulary, and the call syntax becomes a few tokens a model
     trained for minutes learns quickly. Returns the transformers tokenizer.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # deferred: transformers is slow to import
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
@@ -67,9 +71,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
 def build_model_dir(out_dir: str | os.PathLike, texts: Iterable[str], preset: str = "tiny-llama3", seed: int = 0,
                     split_words: bool = True) -> Path:
     """A complete tiny HF model directory: tokenizer + chat template + random weights of ``preset``."""
-    import ttpa_jax
-    from ttpa_jax.model.config import load_config
-
     out = Path(out_dir)
     cfg = load_config(preset)
     tokenizer = train_tokenizer(texts, cfg.vocab_size, out, split_words=split_words)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from tqdm.auto import tqdm
+
 from ttpa_jax.core.cli import require_paths, run, stage_main
 from ttpa_jax.core.jsonl import DataError, write_jsonl
 from ttpa_jax.decode.settings import Decoding, TPSConfig
@@ -35,6 +37,7 @@ from ttpa_jax.sample.pairs import no_pair_reason
 from ttpa_jax.sample.records import pair_records
 from ttpa_jax.text.prompts import eos_token_ids, load_tokenizer
 from ttpa_jax.tools import esm
+from ttpa_jax.model.config import load_config
 
 __all__ = ["SampleConfig", "Candidate", "Prompt", "pair_records", "sample", "format_summary", "main"]
 
@@ -91,10 +94,7 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
 
     ``model`` / ``tokenizer``: already-loaded ones to use instead of loading ``config.model``.
     """
-    from tqdm.auto import tqdm
-
-    from ttpa_jax.decode.generate import load_model
-    from ttpa_jax.model.config import load_config
+    from ttpa_jax.decode.generate import load_model  # deferred: keeps this module JAX-free
 
     config = dataclasses.replace(config, model=str(resolve_model(config.model)))  # a base model name or FILE.gguf -> its directory
     weights = _check(config)

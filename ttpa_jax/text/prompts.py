@@ -20,7 +20,7 @@ from ttpa_jax.core.jsonl import DataError
 
 
 def load_tokenizer(model_dir: str | os.PathLike):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers is slow to import
 
     return AutoTokenizer.from_pretrained(str(model_dir))
 

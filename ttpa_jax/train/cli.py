@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_cli(argv)
     # Imported once the command line is known to be good, so that --help and a bad flag load no JAX.
     from ttpa_jax.model.distributed import maybe_initialize
-    from ttpa_jax.train.trainer import TrainingDiverged, train
+    from ttpa_jax.train.trainer import TrainingDiverged, train  # deferred: keeps this module JAX-free
 
     if cfg.objective in ("grpo", "ppo"):
         from ttpa_jax.train.rl.loop import train_rl as train  # JAX too: loaded for an RL run only

@@ -85,7 +85,7 @@ def prepare(
 
     Raises ``DataError`` naming ``file:line`` for a malformed line or record.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers is slow to import
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -12,6 +12,8 @@ import numpy as np
 
 from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.recordio import open_source
+from ttpa_jax.train.packing import pack
+from ttpa_jax.train.shared_prefix import row_length, shared_prefix_batch
 
 # Features that are token ids (padded with pad_id) -> the mask that goes with them.
 SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
@@ -40,13 +42,9 @@ def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: in
     per pair, ``shared_prefix.shared_prefix_batch``, its length a bucket length too).
     """
     if layout == "packed":
-        from ttpa_jax.train.packing import pack
-
         return pack(examples, pad_id, pad_multiple, max_length, row_multiple)
     batch = _rows(examples, pad_id, pad_multiple, max_length)
     if layout == "shared_prefix":
-        from ttpa_jax.train.shared_prefix import row_length, shared_prefix_batch
-
         return shared_prefix_batch(batch, bucket_length(row_length(batch), pad_multiple, max_length), pad_id)
     if layout != "rows":
         raise ValueError(f"unknown batch layout {layout!r} (rows, packed, shared_prefix)")

@@ -13,6 +13,8 @@ import os
 import struct
 from pathlib import Path
 
+from array_record.python.array_record_module import ArrayRecordWriter
+
 FORMATS = ("arrayrecord", "tfrecord")
 
 
@@ -60,8 +62,6 @@ class RecordWriter:
         self.path, self.fmt = Path(path), fmt
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "arrayrecord":
-            from array_record.python.array_record_module import ArrayRecordWriter
-
             self._w = ArrayRecordWriter(str(self.path), "group_size:1")
         else:
             self._f = self.path.open("wb")
@@ -133,7 +133,7 @@ class TFRecordSource:
 def open_source(path: str | os.PathLike, fmt: str):
     """A random-access source of serialised records."""
     if fmt == "arrayrecord":
-        import grain.python as grain
+        import grain.python as grain  # deferred: grain imports JAX; keeps this module JAX-free
 
         return grain.ArrayRecordDataSource([str(path)])
     if fmt == "tfrecord":

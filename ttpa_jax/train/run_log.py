@@ -12,20 +12,19 @@ import time
 from pathlib import Path
 
 import jax
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tqdm import tqdm
 
 
 class TensorBoardWriter:
     """Scalar summaries in TensorBoard's event format (no TensorFlow needed)."""
 
     def __init__(self, logdir: Path):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
         self._w = EventFileWriter(str(logdir))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         summary = Summary(value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
         self._w.add_event(Event(wall_time=time.time(), step=step, summary=summary))
 
@@ -58,8 +57,6 @@ class RunLog:
         truncate_metrics(self.path, start_step)
         self.tb = TensorBoardWriter(run_dir / "tensorboard")
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import yaml
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.checkpoint import Checkpoints
@@ -34,6 +35,13 @@ from ttpa_jax.train.optim import make_optimizer, schedule
 from ttpa_jax.train.run_log import RunLog
 from ttpa_jax.model.sharding import Placement, batch_sharding, loader_shardings, make_mesh
 from ttpa_jax.train.config import TrainConfig
+from ttpa_jax.model.hf_io import load_pretrained
+from ttpa_jax.model.transformer import init_model
+from ttpa_jax.train.token_weights import make_weight_fn
+from ttpa_jax.train.packing import efficiency
+from ttpa_jax.train.loader import Loader, collate
+from ttpa_jax.train.example_proto import decode_example, encode_example
+from ttpa_jax.train.recordio import RecordWriter, open_source
 
 
 tune_malloc()  # before jax starts its threads: step buffers stay mapped between steps (train/malloc.py)
@@ -46,9 +54,6 @@ class TrainingDiverged(RuntimeError):
 # --------------------------------------------------------------------------- model
 def build_model(cfg: TrainConfig, placement: Placement | None = None) -> Transformer:
     """The base model (from an HF directory or a preset) with LoRA adapters attached when rank > 0."""
-    from ttpa_jax.model.hf_io import load_pretrained
-    from ttpa_jax.model.transformer import init_model
-
     compute = jnp.dtype(cfg.dtype)
     base_dtype = compute if cfg.lora.rank > 0 else jnp.float32  # trainable weights are fp32
     if Path(cfg.model).is_dir():
@@ -137,8 +142,6 @@ def weight_fn_for(cfg: TrainConfig):
         return (lambda r, record: np.ones(len(r.ids), np.float32)), {"assistant_only": False}
     if not (cfg.mae or cfg.pkt_wmax):
         return None, {}
-    from ttpa_jax.train.token_weights import make_weight_fn
-
     return make_weight_fn(mae=cfg.mae, pkt_wmax=cfg.pkt_wmax), {"mae": cfg.mae, "pkt_wmax": cfg.pkt_wmax}
 
 
@@ -155,8 +158,6 @@ def batch_layout(cfg: TrainConfig) -> str:
 
 def packing_efficiency(host_batch) -> float:
     """Real tokens over token slots of a batch's sequence rows (1.0: no padding)."""
-    from ttpa_jax.train.packing import efficiency
-
     return efficiency(host_batch)
 
 
@@ -242,8 +243,6 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Run (or resume) training; returns a summary with the final metrics and the run directory."""
-    from ttpa_jax.train.loader import Loader
-
     if cfg.logits_chunk < 0:
         raise ValueError(f"--logits-chunk {cfg.logits_chunk}: give a number of positions, or 0 for the whole sequence")
     cfg = dataclasses.replace(cfg, model=str(resolve_model(cfg.model)))  # a base model name or FILE.gguf -> its directory
@@ -335,10 +334,6 @@ def _say(msg: str) -> None:
 def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
     """One pass over the preference data computing reference log-probs; writes a second record file
     with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists."""
-    from ttpa_jax.train.example_proto import decode_example, encode_example
-    from ttpa_jax.train.loader import collate
-    from ttpa_jax.train.recordio import RecordWriter, open_source
-
     out = records.with_name(records.stem + "-ref" + records.suffix)
     marker = out.with_name(out.name + ".json")
     fp = json.loads((records.parent / "stats.json").read_text())["fingerprint"]
@@ -381,6 +376,4 @@ def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)

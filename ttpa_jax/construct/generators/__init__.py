@@ -11,6 +11,7 @@ from typing import Any
 from ttpa_jax.construct.generators.protocol import (CallStep, Episode, GenerationFailure, GenerationStats, Generator,
                                           ToolCall, Turn)
 from ttpa_jax.tools.library import Tool
+from ttpa_jax.construct.generators.template import TemplateGenerator
 
 __all__ = ["CallStep", "Episode", "GenerationFailure", "GenerationStats", "Generator", "ToolCall", "Turn",
            "make_generator"]
@@ -24,8 +25,6 @@ def make_generator(cfg: Any, tools: list[Tool]) -> Generator:
     in template mode, no ``OPENAI_API_KEY`` in openai mode).
     """
     if cfg.generator == "template":
-        from ttpa_jax.construct.generators.template import TemplateGenerator
-
         return TemplateGenerator(tools)
     if cfg.generator == "openai":
         from ttpa_jax.construct.generators.openai_chat import OpenAIGenerator  # the openai client, only when asked for

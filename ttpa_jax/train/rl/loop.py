@@ -39,18 +39,18 @@ from ttpa_jax.train.rl.rewards import EpisodeReward
 from ttpa_jax.train.rl.rollout import Rollout, rollout, toolbox_executor
 from ttpa_jax.train.run_log import RunLog
 from ttpa_jax.train.trainer import TrainingDiverged, build_model, split_model, tokenizer_dir, write_config
+from ttpa_jax.train.rl.grpo import make_grpo
+from ttpa_jax.train.rl.ppo import make_ppo
+from ttpa_jax.train.rl.policy import ValueHead
+from ttpa_jax.sample.sampler import read_prompts
 
 
 def make_algorithm(cfg: TrainConfig) -> Algorithm:
     rl = cfg.rl
     if cfg.objective == "grpo":
-        from ttpa_jax.train.rl.grpo import make_grpo
-
         return make_grpo(kl_coef=rl.kl_coef, epsilon_low=rl.epsilon, epsilon_high=rl.epsilon_high or rl.epsilon,
                          scale_rewards=rl.scale_rewards, temperature=rl.temperature or 1.0,
                          logits_chunk=cfg.logits_chunk)
-    from ttpa_jax.train.rl.ppo import make_ppo
-
     return make_ppo(kl_ctl=rl.kl_coef, clip_reward_value=rl.clip_reward_value, cliprange=rl.epsilon,
                     cliprange_value=rl.cliprange_value, gamma=rl.gamma, lam=rl.lam, vf_coef=rl.vf_coef,
                     temperature=rl.temperature or 1.0, logits_chunk=cfg.logits_chunk)
@@ -108,8 +108,6 @@ def build_state(cfg: TrainConfig, algo: Algorithm, placement: Placement, updates
     ref_params = None if lora else jax.tree.map(lambda x: jnp.array(x, dtype=jnp.dtype(cfg.dtype), copy=True), policy)
     trainable, value_graphdef = {"policy": policy}, None
     if algo.value_head:
-        from ttpa_jax.train.rl.policy import ValueHead
-
         value_graphdef, value = nnx.split(ValueHead(model.config.hidden_size, seed=cfg.seed))
         trainable["value"] = placement.state(value)
     tx = make_optimizer(cfg.optim, updates)
@@ -153,8 +151,6 @@ def _local(host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executor=toolbox_executor) -> dict:
     """Run (or resume) GRPO or PPO. ``reward_fn(episode) -> (reward, components)`` replaces the
     ``--reward`` spec (tests use it for a toy reward); ``executor`` runs tool calls."""
-    from ttpa_jax.sample.sampler import read_prompts
-
     cfg = dataclasses.replace(cfg, model=str(resolve_model(cfg.model)))  # a base model name or FILE.gguf -> its directory
     rl = cfg.rl
     run_dir = Path(cfg.out)

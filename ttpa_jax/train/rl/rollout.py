@@ -35,6 +35,8 @@ from ttpa_jax.text.prompts import left_pad
 from ttpa_jax.tools.calls import message_from_text, parse
 from ttpa_jax.train.loader import bucket_length
 from ttpa_jax.train.rl.rewards import Episode
+from ttpa_jax.construct.toolbox import executor_for
+from ttpa_jax.tools.library import make_tool
 
 # name, arguments, the prompt's tool schemas -> result object (an {"error": ...} when refused)
 Executor = Callable[[str, Any, Sequence[dict]], dict]
@@ -42,9 +44,6 @@ Executor = Callable[[str, Any, Sequence[dict]], dict]
 
 def toolbox_executor(name: str, arguments: Any, tools: Sequence[dict]) -> dict:
     """Run a call with the bundled toolbox; refuse calls to tools not offered or without an executor."""
-    from ttpa_jax.construct.toolbox import executor_for
-    from ttpa_jax.tools.library import make_tool
-
     entry = next((t for t in tools if t.get("function", t).get("name") == name), None)
     if entry is None:
         return {"error": f"unknown tool {name!r}: it is not among the tools offered"}
