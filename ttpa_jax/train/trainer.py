@@ -291,38 +291,53 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     last_saved, metrics, step = start, {}, start
 
     def save(at: int) -> None:
-        nonlocal last_saved
         ckpts.save(at, st.trainable, st.opt_state, {"step": at, "data_state": loader.get_state(),
                                                     "data_fingerprint": stats.fingerprint, "config": cfg.to_dict()})
-        last_saved = at
 
     try:
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             host_batch = next(loader)
             metrics = _host_metrics(st.step(host_batch, jax.random.fold_in(base_key, step)))
-            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-                raise TrainingDiverged(
-                    f"step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}: training diverged; "
-                    f"the last good checkpoint is step {last_saved} in {ckpts.dir} (lower --optim.lr or check the data)"
-                )
+            check_finite(step, metrics, last_saved, ckpts.dir)
             tokens = sum(int(v.sum()) for k, v in host_batch.items() if k.endswith("mask")) * jax.process_count()
             metrics["packing/efficiency"] = packing_efficiency(host_batch)
             metrics.update(learning_rate=float(lr_at(step - 1)), tokens_per_s=tokens / (time.perf_counter() - t0))
-            if step % cfg.log_every == 0 or step == steps:
-                log.log(step, metrics)
-            log.advance()
-            if step % cfg.save_every == 0 or step == steps:
-                save(step)
-            if cfg.stop_after and step - start >= cfg.stop_after and step < steps:
-                if last_saved != step:
-                    save(step)
-                _say(f"stopped after {cfg.stop_after} steps at step {step}; rerun the same command to continue")
+            stop, last_saved = end_step(cfg, step, start, steps, metrics, log, save, last_saved)
+            if stop:
                 break
     finally:
         log.close()
         ckpts.close()
     return {"run_dir": str(run_dir), "step": step, "steps": steps, "metrics": metrics, "data": dataclasses.asdict(stats)}
+
+
+def check_finite(step: int, metrics: dict, last_saved: int, ckpt_dir) -> None:
+    """Stop a run whose loss or gradient norm is NaN/Inf, naming the last good checkpoint."""
+    if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+        raise TrainingDiverged(
+            f"step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}: training diverged; "
+            f"the last good checkpoint is step {last_saved} in {ckpt_dir} (lower --optim.lr or check the data)"
+        )
+
+
+def end_step(cfg: TrainConfig, step: int, start: int, steps: int, metrics: dict, log: RunLog, save,
+             last_saved: int) -> tuple[bool, int]:
+    """The bookkeeping after a step, shared by every loop: log on schedule, checkpoint on schedule
+    (``save(step)``), honour ``--stop-after``. Returns (stop now, the last saved step)."""
+    if step % cfg.log_every == 0 or step == steps:
+        log.log(step, metrics)
+    log.advance()
+    if step % cfg.save_every == 0 or step == steps:
+        save(step)
+        last_saved = step
+    if cfg.stop_after and step - start >= cfg.stop_after and step < steps:
+        if last_saved != step:
+            save(step)
+            last_saved = step
+        _say(f"stopped after {cfg.stop_after} steps at step {step}; rerun the same command to continue")
+        return True, last_saved
+    return False, last_saved
 
 
 def _say(msg: str) -> None:

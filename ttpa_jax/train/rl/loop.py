@@ -38,7 +38,7 @@ from ttpa_jax.train.rl.algorithm import Algorithm
 from ttpa_jax.train.rl.rewards import EpisodeReward
 from ttpa_jax.train.rl.rollout import Rollout, rollout, toolbox_executor
 from ttpa_jax.train.run_log import RunLog
-from ttpa_jax.train.trainer import TrainingDiverged, build_model, split_model, tokenizer_dir, write_config
+from ttpa_jax.train.trainer import build_model, check_finite, end_step, split_model, tokenizer_dir, write_config
 from ttpa_jax.train.rl.grpo import make_grpo
 from ttpa_jax.train.rl.ppo import make_ppo
 from ttpa_jax.train.rl.policy import ValueHead
@@ -193,9 +193,7 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
     last_saved, metrics, step = start, {}, start
 
     def save(at: int) -> None:
-        nonlocal last_saved
         ckpts.save(at, st.trainable["policy"], _saved_opt(st), {"step": at, "config": cfg.to_dict()})
-        last_saved = at
 
     try:
         for step in range(start + 1, steps + 1):
@@ -212,18 +210,9 @@ def train_rl(cfg: TrainConfig, *, progress: bool = True, reward_fn=None, executo
             metrics = run_updates(st, algo, ro, reward, rl, key)
             metrics["learning_rate"] = float(lr_at(step * rl.num_iterations - 1))
             metrics["seconds"] = time.perf_counter() - t0
-            if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
-                raise TrainingDiverged(f"step {step}: loss {metrics['loss']}, grad norm {metrics['grad_norm']}: "
-                                       f"training diverged; the last good checkpoint is step {last_saved} in {ckpts.dir}")
-            if step % cfg.log_every == 0 or step == steps:
-                log.log(step, metrics)
-            log.advance()
-            if step % cfg.save_every == 0 or step == steps:
-                save(step)
-            if cfg.stop_after and step - start >= cfg.stop_after and step < steps:
-                if last_saved != step:
-                    save(step)
-                _say(f"stopped after {cfg.stop_after} steps at step {step}; rerun the same command to continue")
+            check_finite(step, metrics, last_saved, ckpts.dir)
+            stop, last_saved = end_step(cfg, step, start, steps, metrics, log, save, last_saved)
+            if stop:
                 break
     finally:
         log.close()
