@@ -32,9 +32,8 @@ from flax import nnx
 
 from ttpa_jax.model.transformer import LayerCache, positions_from_mask
 from ttpa_jax.decode.rules import GREEDY, Sampling, choose_tokens
+from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.model.sharding import shard_activation
-
-DEFAULT_BUCKET = 32
 
 
 @dataclasses.dataclass(frozen=True)
