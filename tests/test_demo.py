@@ -17,6 +17,8 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert "stage times: construct " in r.stdout
     assert (out / "report.md").read_text().startswith("# ttpa-jax demo report")
     assert (out / "report.png").stat().st_size > 10_000
+    assert (out / "data" / "pairs.jsonl").is_file() and (out / "data" / "pairs.audit.json").is_file()
+    assert not list((out / "data").glob("*.tmp*"))
     train = (out / "data" / "train.jsonl").read_text().splitlines()
     test = (out / "data" / "test.jsonl").read_text().splitlines()
     train_tools = {t["function"]["name"] for line in train for t in json.loads(line)["tools"]}

@@ -31,6 +31,7 @@ from ttpa_jax.model.tiny import build_model_dir, render_chat
 from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.export.settings import Args
 from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.sample.audit import audit_path
 from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
 from ttpa_jax.evaluate.evaluator import evaluate_items, items_from_records, read_records
 
@@ -247,6 +248,7 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path
     say("sample: " + format_summary(summary).replace("\n", "\n  "))
     if summary["pairs"] == 0:
         raise RuntimeError(f"sampling made no preference pairs from {subset}")
+    audit_path(tmp).replace(audit_path(out))  # the audit sits next to the pairs under their final name
     tmp.replace(out)
     return out
 
