@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
@@ -13,7 +14,6 @@ from ttpa_jax.model import base_models
 from ttpa_jax.model.base_models import BaseModelNotInstalled, resolve_model, tools_template
 from ttpa_jax.model.gguf import GGUFError, convert_gguf, unpermute_rows
 
-gguf = pytest.importorskip("gguf")
 SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
@@ -31,7 +31,7 @@ def smollm2_dir() -> Path:
 def smol(tmp_path_factory):
     """(HF dir of the default base, transformers' GGUF-loaded model, its GGUF tokenizer): converted once,
     through the default-base resolver into a fresh cache."""
-    torch = pytest.importorskip("torch")
+    import torch  # a test dependency; imported here so collection stays fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = smollm2_dir()
