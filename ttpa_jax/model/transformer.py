@@ -254,7 +254,7 @@ class Transformer(nnx.Module):
             attention_mask = jnp.ones_like(input_ids)
         if positions is None:
             positions = positions_from_mask(attention_mask)
-        (lp,), vocab_mean = self.column_scores(input_ids, positions, attention_mask, (_next_ids(input_ids),),
+        (lp,), vocab_mean = self.column_scores(input_ids, positions, attention_mask, (next_ids(input_ids),),
                                                ctx=ctx, chunk=chunk, segment_ids=segment_ids)
         lp, vocab_mean = _shift_right(lp), _shift_right(vocab_mean)
         if segment_ids is not None:
@@ -263,13 +263,17 @@ class Transformer(nnx.Module):
         return lp, vocab_mean
 
     def column_scores(self, input_ids, positions, kv_mask, targets, *, ctx: Ctx = Ctx(), chunk: int = 0,
-                      segment_ids=None, branch_ids=None):
+                      segment_ids=None, branch_ids=None, columns=None):
         """Scores of each column's logits, no shift: ``(tuple of log p(targets[j][:, t] | column t) [B, T],
         vocab_mean [B, T])``. ``targets``: a tuple of id arrays [B, T] (a shared-prefix row's fork column
         predicts two tokens: one per target array); the other arguments as ``hidden_states``; ``chunk``
-        as ``token_logps_and_vocab_mean``."""
+        as ``token_logps_and_vocab_mean``. ``columns`` [B, K] (valid column indices): the LM head runs on
+        those columns only and the scores are [B, K] (``train.score_columns``)."""
         h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
                                   branch_ids=branch_ids)
+        if columns is not None:
+            h = jnp.take_along_axis(h, columns[..., None], axis=1)  # [B, K, D]
+            targets = tuple(jnp.take_along_axis(t, columns, axis=1) for t in targets)
         w = self.head_weight()
         B, T, D = h.shape
         if chunk <= 0 or chunk >= T:
@@ -310,10 +314,10 @@ def next_token_scores(logits, nxt):
 
 def token_scores(logits, ids):
     """The model's logits [B, T, V] for ids [B, T] -> ``Transformer.token_logps_and_vocab_mean``'s (logp, vocab_mean)."""
-    return tuple(_shift_right(a) for a in next_token_scores(logits, _next_ids(ids)))
+    return tuple(_shift_right(a) for a in next_token_scores(logits, next_ids(ids)))
 
 
-def _next_ids(ids):
+def next_ids(ids):
     """[B, T]: the token each position predicts (the last column, which predicts nothing, wraps)."""
     return jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ttpa_jax.model.transformer import Ctx
+from ttpa_jax.model.transformer import Ctx, next_ids, positions_from_mask
+from ttpa_jax.train.score_columns import gather
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +48,30 @@ def make_sft(logits_chunk: int = 0) -> Objective:
     """Weighted token cross-entropy: sum(w * nll) / sum(w) over the whole batch."""
 
     def loss(model, reference, batch, ctx: Ctx, norms):
-        lp, _ = model.token_logps_and_vocab_mean(batch["input_ids"], batch["attention_mask"], ctx=ctx,
-                                                 chunk=logits_chunk, positions=batch.get("positions"),
-                                                 segment_ids=batch.get("segment_ids"))
-        w = batch["weights"]
+        lp, w = sft_scores(model, batch, ctx, logits_chunk)
         nll = -(lp * w).sum()
         sums = {"nll": nll, "weight": w.sum(), "loss_tokens": (w > 0).sum().astype(jnp.float32)}
         return nll / norms["weight"], sums
 
     return Objective(_sft_normalizers, loss, _sft_finalize)
+
+
+def sft_scores(model, batch, ctx: Ctx, logits_chunk: int = 0):
+    """(log-probs, weights) of an SFT batch's tokens, float32 each: [B, L] by token, or [B, K] by scored
+    column when the batch names its ``score_cols`` (``train.score_columns``: the LM head then runs on
+    those columns only; the weighted sum is the same)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions, segments = batch.get("positions"), batch.get("segment_ids")
+    if "score_cols" not in batch:
+        lp, _ = model.token_logps_and_vocab_mean(ids, mask, ctx=ctx, chunk=logits_chunk, positions=positions,
+                                                 segment_ids=segments)
+        return lp, batch["weights"]
+    next_w = jnp.pad(batch["weights"][:, 1:], ((0, 0), (0, 1)))  # [B, L]: column c's weight is token c + 1's
+    cols, valid, (w,) = gather(batch["score_cols"], next_w)
+    (lp,), _ = model.column_scores(ids, positions_from_mask(mask) if positions is None else positions, mask,
+                                   (next_ids(ids),), ctx=ctx, chunk=logits_chunk, segment_ids=segments,
+                                   columns=cols)
+    return lp, w * valid
 
 
 # --------------------------------------------------------------------------- DPO
@@ -91,10 +107,14 @@ def pair_scores(model, batch, ctx: Ctx, logits_chunk: int = 0):
         ids, mask, weights = _concat(batch)
         lp, vocab_mean = model.token_logps_and_vocab_mean(ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]
         return (lp * weights).sum(-1), weights.sum(-1), (vocab_mean * (weights > 0)).sum(-1)
+    wc, wr, wf = batch["sp_chosen_w"], batch["sp_rejected_w"], batch["sp_fork_w"]
+    cols = None
+    if "sp_cols" in batch:  # the LM head on the completion columns only: [B, K] below
+        cols, valid, (wc, wr, wf) = gather(batch["sp_cols"], wc, wr, wf)
+        wc, wr, wf = wc * valid, wr * valid, wf * valid
     (lp, lp_fork), vocab_mean = model.column_scores(
         batch["sp_ids"], batch["sp_positions"], batch["sp_mask"], (batch["sp_target"], batch["sp_fork_target"]),
-        ctx=ctx, chunk=logits_chunk, branch_ids=batch["sp_branch"])  # [B, L] each
-    wc, wr, wf = batch["sp_chosen_w"], batch["sp_rejected_w"], batch["sp_fork_w"]
+        ctx=ctx, chunk=logits_chunk, branch_ids=batch["sp_branch"], columns=cols)  # [B, L] (or [B, K]) each
     logps = jnp.concatenate([(lp * wc).sum(-1), (lp * wr + lp_fork * wf).sum(-1)])
     counts = jnp.concatenate([wc.sum(-1), (wr + wf).sum(-1)])
     logit_sums = jnp.concatenate([(vocab_mean * (wc > 0)).sum(-1), (vocab_mean * ((wr > 0) | (wf > 0))).sum(-1)])

@@ -371,7 +371,8 @@ def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
     for i in range(0, len(examples), per):
         chunk = examples[i:i + per]
         chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
-        host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length, batch_layout(cfg))
+        host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length, batch_layout(cfg),
+                       select_columns=jax.process_count() == 1)
         n_proc, p = jax.process_count(), jax.process_index()
         local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
         with jax.set_mesh(placement.mesh):
