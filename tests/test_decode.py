@@ -70,9 +70,9 @@ def test_prompt_lengths_in_one_bucket_share_a_compiled_loop(qwen):
 
 def test_prompt_bucket():
     assert [prompt_bucket(n, 32) for n in (1, 12, 32, 33, 100, 257, 500, 1000, 1025, 3000)] == \
-        [32, 32, 32, 64, 128, 288, 512, 1024, 1152, 3072]
-    assert all(n <= prompt_bucket(n, 32) <= max(round_up(n, 32), 1.125 * n) for n in range(1, 9000))
-    assert len({prompt_bucket(n, 32) for n in range(2049, 4097)}) == 8  # 8 widths per doubling
+        [32, 32, 32, 64, 128, 320, 512, 1024, 1280, 3072]
+    assert all(n <= prompt_bucket(n, 32) <= max(round_up(n, 32), 1.25 * n) for n in range(1, 9000))
+    assert len({prompt_bucket(n, 32) for n in range(2049, 4097)}) == 4  # 4 widths per doubling
 
 
 def expected_stop(tokens, eos, seqs):
@@ -178,3 +178,27 @@ def test_branch_rows_stop_on_their_own(qwen):
         continue_decoding(model, base, [0], [N_NEW], [1])
     with pytest.raises(ValueError, match="keep_cache"):
         continue_decoding(model, generate(model, ids, mask, max_new_tokens=N_NEW, eos_ids=()), [0], [1], [1])
+
+
+def test_shared_prefill_equals_decoding_each_prompt_alone(qwen):
+    """Rows reading prefixes of two conversations (one prefill each) decode as their own prompts do,
+    and branches from the shared cache equal branches from the separate one."""
+    _, model = qwen
+    convs, conv_mask = left_padded_batch(96, [23, 15], seed=7)
+    real = [convs[u][conv_mask[u] == 1].tolist() for u in range(2)]
+    conv, lengths = [0, 0, 1, 0, 1], [23, 9, 15, 16, 4]
+    ids, mask = left_pad([real[u][:n] for u, n in zip(conv, lengths)], 0)
+    alone = generate(model, ids, mask, max_new_tokens=N_NEW, eos_ids=(), record_k=3, keep_cache=True)
+    shared = generate(model, convs, conv_mask, conv=conv, lengths=lengths, max_new_tokens=N_NEW, eos_ids=(),
+                      record_k=3, keep_cache=True)
+    np.testing.assert_array_equal(shared.tokens, alone.tokens)
+    np.testing.assert_allclose(shared.top_probs, alone.top_probs, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(shared.top_ids, alone.top_ids)
+    rows, steps = [1, 3, 4], [2, 0, 5]
+    forced = [int(alone.top_ids[r, s, 1]) for r, s in zip(rows, steps)]
+    a = continue_decoding(model, alone, rows, steps, forced, eos_ids=())
+    b = continue_decoding(model, shared, rows, steps, forced, eos_ids=())
+    np.testing.assert_array_equal(b.tokens, a.tokens)
+    np.testing.assert_allclose(b.top_probs, a.top_probs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="between 1 and its conversation's length"):
+        generate(model, convs, conv_mask, conv=[1], lengths=[16], max_new_tokens=N_NEW)

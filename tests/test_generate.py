@@ -94,3 +94,46 @@ def test_too_long_and_malformed_prompts_name_the_line(tiny, tmp_path, capsys):
     assert main(["--model", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert f"{prompts}:2: a prompt needs" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_batches_keep_input_order_and_pad_the_last_to_a_power_of_two():
+    from ttpa_jax.decode.batching import decode_in_batches
+
+    prompts = [[n] * n for n in (5, 2, 9, 4, 7, 3, 8, 6, 1, 10, 11)]  # 11 prompts: batches of 8, then 3 -> 4 rows
+    shapes = []
+
+    def decode_batch(batch):
+        shapes.append((len(batch.rows), batch.ids.shape[0]))
+        assert (batch.lengths == [len(prompts[r]) for r in batch.rows]).all()
+        assert (batch.mask.sum(1)[batch.conv] == batch.lengths).all()  # no prompt is a prefix of another
+        return [len(prompts[r]) for r in batch.rows]
+
+    assert decode_in_batches(prompts, 8, 0, decode_batch) == [len(p) for p in prompts]
+    assert shapes == [(8, 8), (4, 4)]
+    shapes.clear()
+    decode_in_batches(prompts[:9], 8, 0, decode_batch)
+    assert shapes == [(8, 8), (1, 1)]
+
+
+def test_prompts_that_are_prefixes_of_another_share_its_conversation():
+    from ttpa_jax.decode.batching import decode_in_batches, prefix_roots
+
+    # Two conversations of three turns each, one lone prompt, and a duplicate.
+    a, b = [1, 2, 3, 4, 5, 6, 7], [1, 2, 9, 9, 9]
+    prompts = [a[:3], b[:3], a[:5], [4, 4], b, a, [1, 2, 9], [4, 4]]
+    assert prefix_roots(prompts) == [5, 4, 5, 3, 4, 5, 4, 7]
+    seen = []
+
+    def decode_batch(batch):
+        T = batch.ids.shape[1]
+        convs = [batch.ids[u, T - int(batch.mask[u].sum()):].tolist() for u in range(batch.ids.shape[0])]
+        for r, u, n in zip(batch.rows, batch.conv, batch.lengths):
+            assert convs[u][:n] == prompts[r]
+        seen.append((len(batch.rows), len(convs)))
+        return [tuple(prompts[r]) for r in batch.rows]
+
+    assert decode_in_batches(prompts, 4, 0, decode_batch) == [tuple(p) for p in prompts]
+    # Families by their longest prompt: [4, 4] and its duplicate, b's, a's; 4 families in 8 prompts: 2
+    # conversations per batch of 4. The two [4, 4] fill the first batch's conversations (2 rows, padded to
+    # 4), b's three turns and a's first the second, a's last two the last batch (2 rows).
+    assert seen == [(4, 2), (4, 2), (2, 2)]

@@ -3,8 +3,9 @@
 Prompts are ``{"messages", "tools"}`` (rendered with the model's chat template) or ``{"text"}``; an
 ``"id"`` is carried to the output. Each output line is ``{"id"?, "index", "completion",
 "token_ids", "finish_reason", "prompt_tokens"}`` in input order. Prompts are sorted by length
-into batches of ``--decoding.batch-size`` (the last batch padded to full size; ``decode.batching``), so every batch of a run
-shares one compiled decode loop per prompt-length bucket.
+into batches of ``--decoding.batch-size`` (the last one padded to a power of two), so the batches of
+a run share few compiled decode loops; prompts that are token prefixes of another (the turns of one
+conversation) share its prefill (``decode.batching``).
 
 ``generate_completions`` is the same as a Python function; it takes a model directory or an
 already-loaded model and tokenizer.
@@ -70,10 +71,10 @@ def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
     stop_seqs = stop_token_sequences(tokenizer, stop)
     base_key = jax.random.key(seed)
 
-    def decode_batch(rows, ids, mask):
-        keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jax.numpy.asarray(rows))
-        res = generate(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, key=keys,
-                       eos_ids=eos, stop_token_seqs=stop_seqs, bucket=bucket)
+    def decode_batch(batch):
+        keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jax.numpy.asarray(batch.rows))
+        res = generate(model, batch.ids, batch.mask, conv=batch.conv, lengths=batch.lengths,
+                       max_new_tokens=max_new_tokens, sampling=sampling, key=keys, eos_ids=eos, stop_token_seqs=stop_seqs, bucket=bucket)
         return [finish(tokenizer, seq, eos, stop) for seq in res.sequences()]
 
     with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", disable=not progress) as bar:

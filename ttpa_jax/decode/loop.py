@@ -1,11 +1,13 @@
 """Batched autoregressive decoding over a preallocated KV cache.
 
-One jitted function prefills a left-padded batch of prompts and runs a ``lax.while_loop`` decode;
+One jitted function prefills a left-padded batch of prompts and runs a ``lax.while_loop`` decode
+(rows whose prompts are prefixes of one conversation share its prefill: ``generate(conv=, lengths=)``);
 a second continues decoding from an existing cache (token-level branches: rows copied out of the
 cache, each forced to an alternative token at its own step and decoded on from there).
 
 Cache layout: ``S = P + M`` columns per row, P the (bucketed) prompt width, M ``max_new_tokens``.
-The prompt occupies columns ``[0, P)`` (left padded), generated step ``i`` is written at column
+The prompt occupies columns ``[0, P)`` (left padded; a shared conversation's columns after a row's
+prompt are masked out of that row), generated step ``i`` is written at column
 ``P + i`` with position ``prompt_len + i``, so a row's write column is ``P + step[b]``: rows at
 different steps decode together in one loop. Finished rows write to column S, which is dropped.
 
@@ -15,7 +17,7 @@ model's distribution (softmax of the raw logits, before temperature or truncatio
 Under a mesh (``jax.set_mesh``, parameters placed by ``sharding``) the prompts, the cache and the
 loop state are laid out explicitly: rows over the batch axes, KV heads and vocabulary over ``tensor``.
 
-Shapes (the package legend, docs/architecture.md): B batch, R forked rows, P prompt width, M new tokens,
+Shapes (the package legend, docs/architecture.md): B batch, U conversations of a shared prefill, R forked rows, P prompt width, M new tokens,
 S = P + M cache columns, V vocab, C recorded top-k candidates per step; K and H as in the model.
 """
 
@@ -107,10 +109,11 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def prompt_bucket(width: int, bucket: int = DEFAULT_BUCKET) -> int:
-    """Padded prompt width: a multiple of ``bucket``, coarser for long prompts (a multiple of a
-    sixteenth of the next power of two), so a data set of varied lengths compiles at most 8 loops per
-    doubling of length and a long prompt is padded by less than an eighth."""
-    step = max(bucket, (1 << max(0, (width - 1).bit_length())) // 16)
+    """Padded prompt width: a multiple of ``bucket``, coarser for long prompts (a multiple of an
+    eighth of the next power of two), so a data set of varied lengths compiles at most 4 loops per
+    doubling of length (a compile costs as much as prefilling several batches on a CPU) and a long
+    prompt is padded by less than a quarter."""
+    step = max(bucket, (1 << max(0, (width - 1).bit_length())) // 8)
     return round_up(width, step)
 
 
@@ -159,30 +162,38 @@ def _decode_loop(model, init: _Loop, kv_mask, prompt_lengths, keys, P: int, spec
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
-def _prefill_and_decode(graphdef, params, prompt_ids, prompt_mask, keys, spec: LoopSpec):
-    """prompt_ids, prompt_mask [B, P] (left padded) -> final _Loop, kv_mask, prompt lengths."""
+def _prefill_and_decode(graphdef, params, conv_ids, conv_mask, row_conv, row_lengths, keys, spec: LoopSpec):
+    """conv_ids, conv_mask [U, P] (left padded conversations), row_conv [B], row_lengths [B] (row b's
+    prompt: the first row_lengths[b] tokens of conversation row_conv[b]) -> final _Loop, kv_mask,
+    prompt lengths. The U conversations are prefilled once; each row takes its conversation's cache
+    with the columns after its prompt masked, and its first logits from its prompt's last column."""
     model = nnx.merge(graphdef, params)
     cfg = model.config
-    prompt_ids, prompt_mask = (shard_activation(a, ("batch", "seq")) for a in (prompt_ids, prompt_mask))
-    B, P = prompt_ids.shape
+    conv_ids, conv_mask = (shard_activation(a, ("batch", "seq")) for a in (conv_ids, conv_mask))
+    U, P = conv_ids.shape
+    B = row_conv.shape[0]
     M = spec.max_new_tokens
     S = P + M
-    kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, M), bool)], axis=1)  # [B, S]
-    shape = (B, S, cfg.num_key_value_heads, cfg.head_dim)
+    shape = (U, S, cfg.num_key_value_heads, cfg.head_dim)
     cache = [LayerCache(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
              for _ in range(cfg.num_hidden_layers)]
-    h, cache = model.hidden_states(prompt_ids, positions_from_mask(prompt_mask), kv_mask, cache=cache,
-                                   write_index=jnp.zeros((B,), jnp.int32))
-    prompt_lengths = prompt_mask.astype(jnp.int32).sum(axis=1)
+    conv_kv = jnp.concatenate([conv_mask.astype(bool), jnp.ones((U, M), bool)], axis=1)  # [U, S]
+    h, cache = model.hidden_states(conv_ids, positions_from_mask(conv_mask), conv_kv, cache=cache,
+                                   write_index=jnp.zeros((U,), jnp.int32))  # h [U, P, D]
+    start = P - conv_mask.astype(jnp.int32).sum(axis=1)[row_conv]  # [B] first real column
+    cols = jnp.arange(S)[None, :]
+    kv_mask = ((cols >= start[:, None]) & (cols < (start + row_lengths)[:, None])) | (cols >= P)  # [B, S]
+    cache = [LayerCache(jnp.take(c.k, row_conv, axis=0), jnp.take(c.v, row_conv, axis=0)) for c in cache]
+    last = h[row_conv, start + row_lengths - 1]  # [B, D]
     init = _Loop(
         it=jnp.int32(0), step=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool),
-        logits=model.logits(h[:, -1]), forced=jnp.full((B,), -1, jnp.int32), cache=cache,
+        logits=model.logits(last), forced=jnp.full((B,), -1, jnp.int32), cache=cache,
         tokens=jnp.full((B, M), spec.pad_id, jnp.int32),
         top_probs=jnp.zeros((B, M, spec.record_k), jnp.float32),
         top_ids=jnp.zeros((B, M, spec.record_k), jnp.int32),
     )
-    out = _decode_loop(model, init, kv_mask, prompt_lengths, keys, P, spec)
-    return out, kv_mask, prompt_lengths
+    out = _decode_loop(model, init, kv_mask, row_lengths, keys, P, spec)
+    return out, kv_mask, row_lengths
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
@@ -241,7 +252,7 @@ def row_keys(key, batch: int) -> jax.Array:
 
 def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, sampling: Sampling = GREEDY,
              key: jax.Array | None = None, eos_ids=None, stop_token_seqs=(), record_k: int = 2,
-             bucket: int = DEFAULT_BUCKET, keep_cache: bool = False) -> DecodeResult:
+             bucket: int = DEFAULT_BUCKET, keep_cache: bool = False, conv=None, lengths=None) -> DecodeResult:
     """Decode a batch of left-padded prompts ``prompt_ids, prompt_mask [B, T]``.
 
     The prompt width is left-padded to a bucket (``prompt_bucket``: a multiple of ``bucket``) so
@@ -249,20 +260,30 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, sampling: S
     ``stop_token_seqs`` sequence, or after ``max_new_tokens``. ``key`` seeds sampling: one key split
     over the rows, or ``[B]`` keys, one per row (a row's draws depend only on its key and step). ``keep_cache`` returns the cache in ``.state``
     for ``continue_decoding``.
+
+    Shared prefills (``decode.batching.PromptBatch``): with ``conv [B']`` and ``lengths [B']`` the
+    arguments are U = B conversations and row b decodes after the first ``lengths[b]`` tokens of
+    conversation ``conv[b]``; the result has B' rows (``key``: B' keys or one).
     """
     prompt_ids = np.asarray(prompt_ids, np.int32)
     prompt_mask = np.asarray(prompt_mask).astype(bool)
-    B, T = prompt_ids.shape
+    U, T = prompt_ids.shape
     if not prompt_mask[:, -1].all():
         raise ValueError("prompts must be left padded: the last column of prompt_mask must be all true")
+    if conv is None:
+        conv, lengths = np.arange(U), prompt_mask.sum(axis=1)
+    conv, lengths = np.asarray(conv, np.int32), np.asarray(lengths, np.int32)
+    if np.any(lengths < 1) or np.any(lengths > prompt_mask.sum(axis=1)[conv]):
+        raise ValueError("each row's prompt length must be between 1 and its conversation's length")
     P = prompt_bucket(T, bucket)
     spec = _spec(model, max_new_tokens, sampling, eos_ids, stop_token_seqs, record_k)
-    ids = np.full((B, P), spec.pad_id, np.int32)
-    mask = np.zeros((B, P), bool)
+    ids = np.full((U, P), spec.pad_id, np.int32)
+    mask = np.zeros((U, P), bool)
     ids[:, P - T:], mask[:, P - T:] = prompt_ids, prompt_mask
-    keys = row_keys(key, B)
+    keys = row_keys(key, len(conv))
     graphdef, params = nnx.split(model)
-    out, kv_mask, plen = _prefill_and_decode(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), keys, spec)
+    out, kv_mask, plen = _prefill_and_decode(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(conv),
+                                             jnp.asarray(lengths), keys, spec)
     return _result(out, DecodeState(out.cache, kv_mask, plen, keys) if keep_cache else None)
 
 

@@ -133,9 +133,11 @@ def tps(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, conf
     k = config.top_k
     max_rows = batch_size * config.max_branch_points * (k - 1)
 
-    def decode_batch(rows, ids, mask):
+    def decode_batch(batch):
+        rows = batch.rows
         n_real = len(dict.fromkeys(rows))
-        base = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos,
+        base = generate(model, batch.ids, batch.mask, conv=batch.conv, lengths=batch.lengths,
+                        max_new_tokens=max_new_tokens, eos_ids=eos,
                         stop_token_seqs=stop_token_seqs, record_k=k, bucket=bucket, keep_cache=True)
         plan, results = [], []  # plan: (row, step, token, rank, prob, gap)
         for r in range(n_real):
