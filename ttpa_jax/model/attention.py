@@ -4,13 +4,17 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
 - ``attention_mask``: which key each query sees ``[B, T, S]`` (bool), from the causal order, the
   key padding, and optionally segment ids (packed rows: no token sees another record) and branch ids
   (shared-prefix rows: a suffix sees the shared trunk and itself, never the other suffix).
-- ``attend``: on CPU (and for the decode cache) rows longer than ``block`` queries go through a
-  ``lax.scan`` over query blocks whose backward pass is a second scan recomputing one block's scores
-  at a time from saved log-sum-exps (a scan, so XLA cannot hoist the recomputation and keep every
-  block alive, as it does with ``jax.checkpoint`` on unrolled blocks); on GPU with a half-precision
-  compute dtype, cuDNN's fused attention (``jax.nn.dot_product_attention(implementation="cudnn")``).
+- ``attend``: on CPU (and for the decode cache) rows longer than ``block`` queries are computed in
+  ``block`` x ``block`` tiles: a ``lax.scan`` over query blocks, each an online softmax over key
+  blocks, where a ``lax.cond`` skips every tile that no query of the batch sees (above the causal
+  diagonal, across packed records, padding); the backward pass is a second scan recomputing one
+  tile's scores at a time from saved log-sum-exps (a scan, so XLA cannot hoist the recomputation and
+  keep every block alive, as it does with ``jax.checkpoint`` on unrolled blocks). On GPU with a
+  half-precision compute dtype, cuDNN's fused attention
+  (``jax.nn.dot_product_attention(implementation="cudnn")``).
 
-Each row's softmax still spans every key at once, so results agree with the dense path to rounding.
+Results agree with the dense path to rounding on every query that sees a key; a query that sees
+none (left padding) gets an output that nothing reads (dense: the mean value, tiled: zero).
 
 Shapes: B batch, T queries, S keys, N query heads, K key/value heads, G = N // K, H head dim.
 """
@@ -22,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1e30  # finite, so fully masked rows (left padding) give a uniform softmax, not NaN
+NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaN
 DEFAULT_BLOCK = 256
 
 
@@ -50,9 +54,9 @@ def _dense(q, k, v, mask):
     return jnp.einsum("bkgts,bskh->btkgh", probs, v)
 
 
-def _block_scores(qb, k, mb):
-    """fp32 masked scores [B, K, G, C, S] of one query block."""
-    scores = jnp.einsum("btkgh,bskh->bkgts", qb, k, preferred_element_type=jnp.float32) * (qb.shape[-1] ** -0.5)
+def _block_scores(qb, kb, mb):
+    """fp32 masked scores [B, K, G, C, S'] of a query block against keys kb [B, S', K, H] (mask [B, C, S'])."""
+    scores = jnp.einsum("btkgh,bskh->bkgts", qb, kb, preferred_element_type=jnp.float32) * (qb.shape[-1] ** -0.5)
     return jnp.where(mb[:, None, None, :, :], scores, NEG_INF)
 
 
@@ -71,24 +75,63 @@ def _join_blocks(x, T):
     return x.swapaxes(0, 1).reshape(B, n * C, *x.shape[3:])[:, :T]
 
 
-def _scan_forward(q, k, v, mask, block):
-    """Outputs [B, T, K, G, H] and row log-sum-exps [n, B, K, G, C], one query block per scan step."""
-    def one(_, xs):
-        qb, mb = xs
-        scores = _block_scores(qb, k, mb)
-        lse = jax.nn.logsumexp(scores, axis=-1)  # [B, K, G, C]
-        probs = jnp.exp(scores - lse[..., None]).astype(q.dtype)
-        return None, (jnp.einsum("bkgts,bskh->btkgh", probs, v), lse)
+def _pad_keys(k, v, mask, block):
+    """Keys, values [B, S', K, H] and mask [B, T, S'] with S' = S padded to a multiple of ``block`` (padding
+    never visible), and the block map [nq, nk] bool: query block i sees some key of key block j in some
+    row. Pairs outside the map (above the causal diagonal, across packed records, padding) are skipped."""
+    B, T, S = mask.shape
+    nq, nk = -(-T // block), -(-S // block)
+    kv_pad = ((0, 0), (0, nk * block - S), (0, 0), (0, 0))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, nk * block - S)), constant_values=False)
+    need = jnp.pad(mask, ((0, 0), (0, nq * block - T), (0, 0))).reshape(B, nq, block, nk, block).any(axis=(0, 2, 4))
+    return jnp.pad(k, kv_pad), jnp.pad(v, kv_pad), mask, need
 
-    _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(q, block, 0), _split_blocks(mask, block, False)))
+
+def _key_block(x, j, block, axis=1):
+    """Key block ``j`` of keys/values [B, S', ...] (axis 1) or of a mask [B, C, S'] (axis 2)."""
+    return jax.lax.dynamic_slice_in_dim(x, j * block, block, axis=axis)
+
+
+def _scan_forward(q, k, v, mask, block):
+    """Outputs [B, T, K, G, H] and row log-sum-exps [nq, B, K, G, C]: a scan over query blocks, each an
+    online softmax over the key blocks it needs (a ``lax.cond`` skips the others). A row that sees no
+    key (left padding) gets a zero output."""
+    k, v, mask, need = _pad_keys(k, v, mask, block)
+    B, C, (K, G, H) = q.shape[0], block, q.shape[2:]
+
+    def one(_, xs):
+        qb, mb, need_i = xs  # [B, C, K, G, H], [B, C, S'], [nk]
+
+        def visit(carry, j):
+            def add(carry):
+                m, l, acc = carry  # running max and sum [B, K, G, C], output sum [B, C, K, G, H]
+                mj = _key_block(mb, j, block, 2)[:, None, None]  # [B, 1, 1, C, block]
+                s = _block_scores(qb, _key_block(k, j, block), mj[:, 0, 0])
+                m_new = jnp.maximum(m, s.max(-1))
+                p = jnp.where(mj, jnp.exp(s - m_new[..., None]), 0.0)
+                corr = jnp.exp(m - m_new)
+                pv = jnp.einsum("bkgts,bskh->btkgh", p.astype(q.dtype), _key_block(v, j, block),
+                                preferred_element_type=jnp.float32)
+                return m_new, l * corr + p.sum(-1), acc * jnp.moveaxis(corr, 3, 1)[..., None] + pv
+            return jax.lax.cond(need_i[j], add, lambda c: c, carry), None
+
+        init = (jnp.full((B, K, G, C), NEG_INF, jnp.float32), jnp.zeros((B, K, G, C), jnp.float32),
+                jnp.zeros((B, C, K, G, H), jnp.float32))
+        (m, l, acc), _ = jax.lax.scan(visit, init, jnp.arange(need.shape[1]))
+        safe = jnp.maximum(l, 1e-30)
+        out = acc / jnp.moveaxis(safe, 3, 1)[..., None]
+        return None, (out.astype(q.dtype), m + jnp.log(safe))
+
+    _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(q, block, 0), _split_blocks(mask, block, False), need))
     return _join_blocks(out, q.shape[1]), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _blocked(q, k, v, mask, block: int):
-    """``_dense`` over query blocks of ``block`` rows in a ``lax.scan``; the backward pass is a second
-    scan that recomputes one block's scores at a time from the saved row log-sum-exps (the
-    flash-attention backward), so no step holds more than one block's ``[B, K, G, block, S]``."""
+    """``_dense`` over ``block`` x ``block`` tiles: a scan over query blocks, an online softmax over the
+    key blocks each needs, tiles nobody sees skipped; the backward pass recomputes one tile's scores at
+    a time from the saved row log-sum-exps (the flash-attention backward), so no step holds more than
+    one tile's ``[B, K, G, block, block]``."""
     return _scan_forward(q, k, v, mask, block)[0]
 
 
@@ -98,26 +141,43 @@ def _blocked_fwd(q, k, v, mask, block):
 
 
 def _blocked_bwd(block, res, g):
-    q, k, v, mask, out, lse = res
-    T, scale = q.shape[1], q.shape[-1] ** -0.5
+    q, k0, v0, mask0, out, lse = res
+    (B, T, K, G, H), S = q.shape, k0.shape[1]
+    scale = H**-0.5
+    k, v, mask, need = _pad_keys(k0, v0, mask0, block)
     delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, K, G]
 
     def one(carry, xs):
+        qb, mb, gb, lb, db, need_i = xs  # [B, C, K, G, H], [B, C, S'], [B, C, K, G, H], [B, K, G, C], [B, C, K, G], [nk]
+
+        def visit(carry, j):
+            dq, dk, dv = carry
+
+            def tile(dq):
+                kj, vj = _key_block(k, j, block), _key_block(v, j, block)
+                mj = _key_block(mb, j, block, 2)
+                p = jnp.where(mj[:, None, None], jnp.exp(_block_scores(qb, kj, mj) - lb[..., None]), 0.0)
+                dv_j = jnp.einsum("bkgts,btkgh->bskh", p.astype(v.dtype), gb, preferred_element_type=jnp.float32)
+                dp = jnp.einsum("btkgh,bskh->bkgts", gb, vj, preferred_element_type=jnp.float32)
+                ds = (p * (dp - jnp.moveaxis(db, 1, -1)[..., None]) * scale).astype(q.dtype)
+                dq = dq + jnp.einsum("bkgts,bskh->btkgh", ds, kj, preferred_element_type=jnp.float32)
+                return dq, jnp.einsum("bkgts,btkgh->bskh", ds, qb, preferred_element_type=jnp.float32), dv_j
+
+            zero = jnp.zeros((B, block, K, H), jnp.float32)
+            dq, dk_j, dv_j = jax.lax.cond(need_i[j], tile, lambda dq: (dq, zero, zero), dq)
+            dk = jax.lax.dynamic_update_slice_in_dim(dk, _key_block(dk, j, block) + dk_j, j * block, axis=1)
+            dv = jax.lax.dynamic_update_slice_in_dim(dv, _key_block(dv, j, block) + dv_j, j * block, axis=1)
+            return (dq, dk, dv), None
+
         dk, dv = carry
-        qb, mb, gb, lb, db = xs  # [B, C, K, G, H], [B, C, S], [B, C, K, G, H], [B, K, G, C], [B, C, K, G]
-        probs = jnp.exp(_block_scores(qb, k, mb) - lb[..., None])  # [B, K, G, C, S] fp32
-        dv = dv + jnp.einsum("bkgts,btkgh->bskh", probs.astype(v.dtype), gb, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("btkgh,bskh->bkgts", gb, v, preferred_element_type=jnp.float32)
-        ds = probs * (dp - jnp.moveaxis(db, 1, -1)[..., None]) * scale
-        dq = jnp.einsum("bkgts,bskh->btkgh", ds.astype(q.dtype), k, preferred_element_type=jnp.float32)
-        dk = dk + jnp.einsum("bkgts,btkgh->bskh", ds.astype(q.dtype), qb, preferred_element_type=jnp.float32)
+        (dq, dk, dv), _ = jax.lax.scan(visit, (jnp.zeros(qb.shape, jnp.float32), dk, dv), jnp.arange(need.shape[1]))
         return (dk, dv), dq.astype(q.dtype)
 
     zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
     xs = (_split_blocks(q, block, 0), _split_blocks(mask, block, False), _split_blocks(g, block, 0), lse,
-          _split_blocks(delta, block, 0))
+          _split_blocks(delta, block, 0), need)
     (dk, dv), dq = jax.lax.scan(one, zeros, xs)
-    return _join_blocks(dq, T), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return _join_blocks(dq, T), dk[:, :S].astype(k0.dtype), dv[:, :S].astype(v0.dtype), None
 
 
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
