@@ -1,11 +1,16 @@
 """Decoding benchmark: our jitted greedy decode against transformers' ``generate``, and TPS branching
 from a forked KV cache against branching by re-prefilling every branched prefix.
 
-A random ~22M-parameter Llama 3 checkpoint is made with transformers and saved to a temp dir; both
-sides decode the same left-padded batch with no EOS stop (every row runs the full budget). Timings
-are medians of several runs after a warm-up run (which also compiles). Prints ratios.
+By default a random ~22M-parameter Llama 3 checkpoint made with transformers (saved to a temp dir);
+``--model`` takes a real one (a base model name, FILE.gguf or HF directory), with tool-shaped
+prompts (``--prompt-len``, ~700 tokens: a system prompt with tool schemas). Both sides decode the
+same left-padded batch with no EOS stop (every row runs the full budget). Timings are medians of
+several runs after a warm-up run (which also compiles). Prints ratios, and our prefill as a fraction
+of the measured matmul peak and our decode steps as a fraction of the measured memory bandwidth
+(each step reads every weight and the KV cache once).
 
-    python bench/decode.py            # about 2-3 minutes on 2 CPU cores
+    python bench/decode.py                                   # about 2-3 minutes on 2 CPU cores
+    python bench/decode.py --model smollm2-135m-instruct     # the real default base, ~700-token prompts
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import ttpa_jax
 from ttpa_jax.decode.loop import generate
@@ -27,6 +32,7 @@ from ttpa_jax.text.prompts import left_pad
 from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps
 
 import report
+from train_step import measured_peak
 from report import median_times
 
 
@@ -38,9 +44,9 @@ def make_checkpoint(path: str) -> None:
     LlamaForCausalLM(cfg).save_pretrained(path)
 
 
-def prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+def prompts(n: int, lo: int, hi: int, seed: int = 0, vocab: int = 32000) -> list[list[int]]:
     rng = np.random.RandomState(seed)
-    return [rng.randint(2, 32000, rng.randint(lo, hi + 1)).tolist() for _ in range(n)]
+    return [rng.randint(3, vocab, rng.randint(lo, hi + 1)).tolist() for _ in range(n)]
 
 
 def bench_greedy(model, hf, batch, n_new, runs):
@@ -55,8 +61,11 @@ def bench_greedy(model, hf, batch, n_new, runs):
             return hf.generate(t_ids, attention_mask=t_mask, max_new_tokens=n_new, do_sample=False,
                                eos_token_id=None, pad_token_id=0)
 
+    def prefill():  # one new token: the prefill and one step
+        return generate(model, ids, mask, max_new_tokens=1, eos_ids=())
+
     same = bool((ours().tokens == theirs()[:, ids.shape[1]:].numpy()).all())
-    return (*median_times([ours, theirs], runs), same)
+    return (*median_times([ours, theirs, prefill], runs), same)
 
 
 def tps_by_reprefill(model, batch, n_new, cfg: TPSConfig):
@@ -81,27 +90,47 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per measurement (median reported)")
     ap.add_argument("--batch", type=int, default=8, help="prompts per batch")
     ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
+    ap.add_argument("--model", default=None,
+                    help="a real model (base model name, FILE.gguf or HF directory) instead of the random 22M one")
+    ap.add_argument("--prompt-len", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="greedy prompt lengths (default 24 56; with --model 650 750, tool-shaped)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(report.cores())
 
     with tempfile.TemporaryDirectory() as d:
-        make_checkpoint(d)
-        hf = LlamaForCausalLM.from_pretrained(d).eval()
-        model = ttpa_jax.load_pretrained(d)
-    n_params = count_params(model)
+        if args.model is None:
+            make_checkpoint(d)
+        path = d if args.model is None else report.base_model_dir(args.model, 0, d)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model = ttpa_jax.load_pretrained(path)
+    n_params, vocab = count_params(model), model.config.vocab_size
     print(report.machine_line())
-    print(f"model: random Llama 3, {n_params / 1e6:.1f}M parameters, fp32")
+    print(f"model: {args.model or 'random Llama 3'}, {n_params / 1e6:.1f}M parameters, fp32")
+    (peak, peak_note), bw = measured_peak("float32"), report.bandwidth()
+    report.value("matmul peak (measured)", peak / 1e9, "GFLOP/s", peak_note)
+    report.value("memory bandwidth (measured)", bw / 1e9, "GB/s", "jitted a * c over 256 MiB, read + write")
 
-    batch = prompts(args.batch, 24, 56)
-    t_ours, t_hf, same = bench_greedy(model, hf, batch, args.new_tokens, args.runs)
+    lo, hi = args.prompt_len or ((24, 56) if args.model is None else (650, 750))
+    batch = prompts(args.batch, lo, hi, vocab=vocab)
+    t_ours, t_hf, t_prefill, same = bench_greedy(model, hf, batch, args.new_tokens, args.runs)
     n_tok = args.batch * args.new_tokens
-    print(f"\ngreedy decode, batch {args.batch}, prompts 24-56 tokens, {args.new_tokens} new tokens "
+    print(f"\ngreedy decode, batch {args.batch}, prompts {lo}-{hi} tokens, {args.new_tokens} new tokens "
           f"(median of {args.runs}); identical tokens: {same}")
     report.rate("ttpa_jax.decode.loop.generate", n_tok, t_ours)
     report.rate("transformers generate", n_tok, t_hf)
     report.ratio("ratio (ours / transformers)", t_hf / t_ours)
+    cfg = model.config
+    prompt_tokens = sum(len(p) for p in batch)
+    step = (t_ours - t_prefill) / max(args.new_tokens - 1, 1)
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4 * args.batch * (hi + args.new_tokens)
+    report.millis("ours: prefill (+1 step)", t_prefill)
+    report.value("ours: prefill of matmul peak", 100 * 2 * n_params * prompt_tokens / t_prefill / peak, "%",
+                 "2 FLOPs per weight per prompt token")
+    report.millis("ours: one decode step", step)
+    report.value("ours: decode of bandwidth", 100 * (4 * n_params + kv_bytes) / step / bw, "%",
+                 "weights + KV cache read once per step")
 
-    tool_prompts = prompts(4, 160, 224, seed=1)  # tool-schema prompts are long
+    tool_prompts = prompts(4, 160, 224, seed=1, vocab=vocab) if args.model is None else batch[:4]
     cfg = TPSConfig(epsilon=1.0, top_k=2, max_branch_points=4, min_alt_prob=0.0)  # 4 branch points per prompt: 16 branches
     n_new = 32
 
@@ -114,7 +143,8 @@ def main() -> None:
     res = forked()
     same = [b.tokens[b.position + 1:] for r in res for b in r.branches] == reprefill()
     t_fork, t_re = median_times([forked, reprefill], args.runs)
-    print(f"\nTPS, 4 prompts of 160-224 tokens, {n_new} new tokens, 4 branch points x 1 alternative each "
+    t_lo, t_hi = min(map(len, tool_prompts)), max(map(len, tool_prompts))
+    print(f"\nTPS, 4 prompts of {t_lo}-{t_hi} tokens, {n_new} new tokens, 4 branch points x 1 alternative each "
           f"(greedy pass included in both; median of {args.runs}); identical branches: {same}")
     report.millis("branches from a forked cache", t_fork)
     report.millis("branches by re-prefill", t_re)

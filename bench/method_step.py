@@ -22,14 +22,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 from ttpa_jax.train.malloc import tune_malloc
 
 tune_malloc()  # as the trainer does, before jax starts its threads
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -54,22 +52,6 @@ def parse_args():
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
     return ap.parse_args()
-
-
-def model_dir(args, tmp: str) -> str:
-    from ttpa_jax.model.base_models import resolve_model
-
-    d = str(resolve_model(args.model))
-    if not args.layers:
-        return d
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    hf.model.layers = hf.model.layers[: args.layers]
-    hf.config.num_hidden_layers = args.layers
-    hf.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(d).save_pretrained(tmp)
-    return tmp
 
 
 def pairs(rng, n, prompt, vocab):
@@ -116,14 +98,6 @@ def our_step(ours, batch, dpo, chunk):
     return step, compile_s, temp
 
 
-def bandwidth() -> float:
-    """Best bytes/s of a jitted read-modify-write over 256 MiB of float32 (read + write counted)."""
-    x = jnp.ones((64 * 2**20,), jnp.float32)
-    f = jax.jit(lambda a: a * 1.0001)
-    t = ts.best_time(lambda: f(x).block_until_ready())
-    return 2 * x.nbytes / t
-
-
 def flops(cfg, lengths, rank, dpo):
     return sum(ts.step_flops(cfg, 1, n, rank, dpo)[0] for n in lengths)
 
@@ -133,7 +107,7 @@ def main():
     torch.set_num_threads(report.cores())
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        d = model_dir(args, tmp)
+        d = report.base_model_dir(args.model, args.layers, tmp)
         hf_cfg = json.load(open(os.path.join(d, "config.json")))
         ours = sides.Ours(d, 8, "float32")
         ref = None if args.skip_torch else sides.Torch(d, 8, "float32", ours.lora_a())
@@ -145,7 +119,7 @@ def main():
           f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), fp32; "
           f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (train/malloc.py)")
     peak, peak_note = ts.measured_peak("float32")
-    bw = bandwidth()
+    bw = report.bandwidth()
     report.value("matmul peak (measured)", peak / 1e9, "GFLOP/s", peak_note)
     report.value("memory bandwidth (measured)", bw / 1e9, "GB/s", "jitted a * c over 256 MiB, read + write")
 

@@ -69,3 +69,43 @@ def ratio(label: str, x: float) -> None:
 
 def value(label: str, x: float, unit: str, note: str = "") -> None:
     print(f"  {label:<{LABEL}} {x:8.1f} {unit}" + (f"  ({note})" if note else ""))
+
+
+def base_model_dir(model: str, layers: int, tmp: str) -> str:
+    """The HF directory of ``model`` (a base model name, FILE.gguf or directory; GGUF converted once into
+    the cache); ``layers`` > 0 keeps its first N decoder layers (real weights), saved into ``tmp``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ttpa_jax.model.base_models import resolve_model
+
+    d = str(resolve_model(model))
+    if not layers:
+        return d
+    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    hf.model.layers = hf.model.layers[:layers]
+    hf.config.num_hidden_layers = layers
+    hf.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(d).save_pretrained(tmp)
+    return tmp
+
+
+def best_time(fn, runs: int = 5) -> float:
+    """Fastest of ``runs`` calls after one warm-up call: what the cores reach when other work leaves them alone."""
+    fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bandwidth() -> float:
+    """Best bytes/s of a jitted read-modify-write over 256 MiB of float32 (read + write counted)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((64 * 2**20,), jnp.float32)
+    f = jax.jit(lambda a: a * 1.0001)
+    return 2 * x.nbytes / best_time(lambda: f(x).block_until_ready())

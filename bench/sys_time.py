@@ -24,7 +24,6 @@ from ttpa_jax.train.malloc import tune_malloc  # noqa: E402
 TUNED = tune_malloc()  # before jax starts its threads (the trainer does the same on import)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ttpa_jax.model.config import ModelConfig  # noqa: E402

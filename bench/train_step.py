@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 import warnings
 
 import jax
@@ -31,6 +30,7 @@ import torch
 import transformers
 
 import report
+from report import best_time
 import train_step_sides as sides
 
 transformers.logging.set_verbosity_error()
@@ -103,16 +103,6 @@ def step_flops(cfg: dict, n_seq: int, seq_len: int, rank: int, dpo: bool) -> tup
     mm = fwd_mm + bwd_mm + ref_mm
     att = attn * (1 + 2 + (1 if dpo else 0))
     return mm + att, mm, att
-
-
-def best_time(fn, runs: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def measured_peak(dtype: str) -> tuple[float, str]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ttpa_jax.construct.generators import make_generator
 from ttpa_jax.construct.generators.openai_chat import OpenAISettings
-from ttpa_jax.construct.generators.protocol import EndpointError, Episode, GenerationFailure, GenerationStats, Generator
+from ttpa_jax.construct.generators.protocol import Episode, GenerationFailure, GenerationStats, Generator
 from ttpa_jax.core.cli import run, stage_main
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.core.record_log import RecordLog

@@ -73,8 +73,8 @@ def package_dir(package: str = "bfcl_eval") -> Path:
     for loc in list(spec.submodule_search_locations or []) if spec else []:
         if (Path(loc) / "data").is_dir():
             return Path(loc)
-    raise BFCLNotInstalled(f"the BFCL data files and checker come with the bfcl-eval package, which is not installed: "
-                           f"pip install --no-deps bfcl-eval")
+    raise BFCLNotInstalled("the BFCL data files and checker come with the bfcl-eval package, which is not installed: "
+                           "pip install --no-deps bfcl-eval")
 
 
 @dataclass(frozen=True)

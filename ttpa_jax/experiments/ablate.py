@@ -146,7 +146,7 @@ def report(args: ReportArgs) -> str:
     doc = Path(args.doc)
     plot_name = doc.with_name(doc.stem + "_ablation.png")
     section = ablate_doc.section(
-        runs, estimate=estimate + f" for 3 seeds, from the unit costs in `ttpa_jax/experiments/ablate_scale.py`",
+        runs, estimate=estimate + " for 3 seeds, from the unit costs in `ttpa_jax/experiments/ablate_scale.py`",
         leak=leak, plots=[plot_name.name], command=f"python -m ttpa_jax.ablate report --results-dir {args.results_dir}",
         eps_settings=eps, weight_settings=weights)
     if any(s in runs for s in ablate_doc.ORDER):
