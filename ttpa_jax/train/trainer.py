@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import yaml
 from flax import nnx
+from tqdm import tqdm
 from jax.experimental import multihost_utils
 
 from ttpa_jax.train import dataset as ds
@@ -262,7 +263,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     lr_at = schedule(cfg.optim, steps)
 
     if st.objective.needs_reference and cfg.dpo.precompute_ref:
-        records = precompute_reference(st, records, cfg)
+        records = precompute_reference(st, records, cfg, progress)
 
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
     start = ckpts.latest_step() or 0
@@ -346,7 +347,7 @@ def _say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- reference pass
-def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
+def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig, progress: bool = True) -> Path:
     """One pass over the preference data computing reference log-probs; writes a second record file
     with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists."""
     out = records.with_name(records.stem + "-ref" + records.suffix)
@@ -368,6 +369,8 @@ def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
     examples = [decode_example(src[i]) for i in range(len(src))]
     per = cfg.dataset.batch_size
     results: list[tuple[float, float]] = []
+    bar = tqdm(total=len(examples), desc="reference log-probs", unit="pair",
+               disable=not progress or jax.process_index() != 0)
     for i in range(0, len(examples), per):
         chunk = examples[i:i + per]
         chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
@@ -378,6 +381,8 @@ def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig) -> Path:
         with jax.set_mesh(placement.mesh):
             rc, rr = jax.device_get(ref_logps(st.trainable, st.frozen, placement.batch(local)))  # replicated: every process reads it
         results.extend(zip(np.asarray(rc).tolist(), np.asarray(rr).tolist()))
+        bar.update(min(per, len(examples) - i))
+    bar.close()
     if jax.process_index() == 0:
         tmp = out.with_name(out.name + ".tmp")
         with RecordWriter(tmp, cfg.dataset.format) as w:
