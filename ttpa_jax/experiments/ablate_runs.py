@@ -28,9 +28,6 @@ from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
 from ttpa_jax.train.config import MeshConfig, PpoArgs, RlConfig, TrainConfig
 from ttpa_jax.export.settings import Args
-from ttpa_jax.decode.settings import Decoding, TPSConfig
-from ttpa_jax.sample.audit import audit_path
-from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
 from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.evaluate.leaderboard import run_bfcl
 
@@ -137,10 +134,10 @@ class SeedRun:
             return sft, info
         cfg = self.cfg(s.name, mode=s.construction, sample_mode=s.sample_mode,
                        epsilon=sc.pipeline.epsilon if s.epsilon is None else s.epsilon)
-        prompts = sample_subset(cfg, train)
+        prompts = P.sample_subset(cfg, train)
         info["data"]["preference_prompt_records"] = _lines(prompts)
         if s.kind == "dpo":
-            pairs, audit = self._timed(f"sample {s.name}", sample_pairs, cfg, sft, prompts, WEIGHT_SETS.get(s.weights or ""))
+            pairs, audit = self._timed(f"sample {s.name}", P.sample_pairs, cfg, sft, prompts, WEIGHT_SETS.get(s.weights or ""))
             info["data"]["pairs"] = _lines(pairs)
             info["audit"] = audit
             info["budgets"]["dpo"] = {"steps": cfg.dpo_steps, "batch": cfg.train_batch_size or cfg.batch_size,
@@ -181,37 +178,6 @@ def train_and_export(train_cfg) -> Path:
         P.run_training(train_cfg, train_cfg.progress)
     done.write_text("done\n")
     return out
-
-
-def sample_subset(cfg: PipelineConfig, train: Path) -> Path:
-    """The first ``sample_records`` training records: the prompts of every preference stage (DPO
-    pairs and RL rollouts draw on the same records)."""
-    subset = cfg.out / "data" / "sample-prompts.jsonl"
-    subset.parent.mkdir(parents=True, exist_ok=True)
-    subset.write_text("".join(line + "\n" for line in train.read_text().splitlines()[: cfg.sample_records]))
-    return subset
-
-
-def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: dict[str, float] | None
-                 ) -> tuple[Path, dict[str, Any]]:
-    """Preference pairs (TPS or trajectory) from ``model_dir``, ESM-scored with ``weights``; returns
-    the pairs file and the pair audit. The pairs are renamed into place once complete."""
-    out = cfg.out / "data" / "pairs.jsonl"
-    if out.is_file() and audit_path(out).is_file():
-        return out, json.loads(audit_path(out).read_text())
-    tmp = out.with_name("pairs.tmp.jsonl")
-    summary = sample(SampleConfig(
-        model=model_dir, data=prompts, out=tmp, mode=cfg.sample_mode,
-        decoding=Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=1.0, seed=cfg.seed),
-        tps=TPSConfig(epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2),
-        num_samples=4, weights=dict(weights or {}), progress=cfg.progress,
-    ))
-    say("sample: " + format_summary(summary).replace("\n", "\n  "))
-    if summary["pairs"] == 0:
-        raise RuntimeError(f"sampling made no preference pairs from {prompts}")
-    tmp.replace(out)
-    audit_path(tmp).replace(audit_path(out))
-    return out, summary["audit"]
 
 
 def rl_config(cfg: PipelineConfig, scale: Scale, sft: Path, prompts: Path, system: System):

@@ -73,7 +73,7 @@ def run(cfg: PipelineConfig) -> dict:
     zero_shot = stage("evaluate zero-shot", evaluated, cfg, base, test_file, "zero-shot")
     sft_model = stage("sft", P.run_training, P.sft_config(cfg, base, train_file), cfg.progress)
     sft = stage("evaluate sft", evaluated, cfg, sft_model, test_file, "sft")
-    pairs = stage("sample (TPS + ESM)", P.sample_pairs, cfg, sft_model, train_file)
+    pairs, _ = stage("sample (TPS + ESM)", P.sample_pairs, cfg, sft_model, P.sample_subset(cfg, train_file))
     dpo_model = stage("dpo", P.run_training, P.dpo_config(cfg, sft_model, pairs), cfg.progress)
     dpo = stage("evaluate dpo", evaluated, cfg, dpo_model, test_file, "dpo")
     results = dict(zip(SYSTEMS, (zero_shot, sft, dpo), strict=True))

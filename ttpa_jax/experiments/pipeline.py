@@ -233,28 +233,37 @@ def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
     return out
 
 
-def sample_pairs(cfg: PipelineConfig, model_dir: Path, train_file: Path) -> Path:
-    """Preference pairs from the SFT model on the tool-call turns of the first training records."""
+def sample_subset(cfg: PipelineConfig, train: Path) -> Path:
+    """The first ``sample_records`` training records: the prompts of every preference stage (DPO
+    pairs and RL rollouts draw on the same records)."""
     subset = cfg.out / "data" / "sample-prompts.jsonl"
     subset.parent.mkdir(parents=True, exist_ok=True)
-    subset.write_text("".join(line + "\n" for line in train_file.read_text().splitlines()[: cfg.sample_records]))
+    subset.write_text("".join(line + "\n" for line in train.read_text().splitlines()[: cfg.sample_records]))
+    return subset
+
+
+def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: dict[str, float] | None = None
+                 ) -> tuple[Path, dict]:
+    """Preference pairs (TPS or trajectory, ``cfg.sample_mode``) from ``model_dir`` on the turns of the
+    ``prompts`` records, ESM-scored with ``weights`` (None: the defaults); returns the pairs file and
+    the pair audit. Pairs and audit are renamed into place once complete, so a rerun reuses them."""
     out = cfg.out / "data" / "pairs.jsonl"
-    if out.is_file():  # written whole by an earlier run (renamed into place when complete)
+    if out.is_file() and audit_path(out).is_file():
         say(f"sample: reusing {out}")
-        return out
-    tmp = out.with_name(out.name + ".tmp")
+        return out, json.loads(audit_path(out).read_text())
+    tmp = out.with_name("pairs.tmp.jsonl")
     summary = sample(SampleConfig(
-        model=model_dir, data=subset, out=tmp, mode=cfg.sample_mode,
+        model=model_dir, data=prompts, out=tmp, mode=cfg.sample_mode,
         decoding=Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=1.0, seed=cfg.seed),
         tps=TPSConfig(epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2),
-        num_samples=4, progress=cfg.progress,
+        num_samples=4, weights=dict(weights or {}), progress=cfg.progress,
     ))
-    say("sample: " + format_summary(summary).replace("\n", "\n  "))
     if summary["pairs"] == 0:
-        raise RuntimeError(f"sampling made no preference pairs from {subset}")
-    audit_path(tmp).replace(audit_path(out))  # the audit sits next to the pairs under their final name
+        raise RuntimeError(f"sampling made no preference pairs from {prompts}")
+    audit_path(tmp).replace(audit_path(out))
     tmp.replace(out)
-    return out
+    say("sample: " + format_summary({**summary, "audit_path": audit_path(out)}).replace("\n", "\n  "))
+    return out, summary["audit"]
 
 
 def evaluate_model(cfg: PipelineConfig, model_dir: Path, test_file: Path, name: str) -> dict:
