@@ -6,9 +6,9 @@ D hidden, N/K query/key-value heads, H head dim, F MLP width, T sequence length,
 - attention:  c * (2D + 2NH + 2KH)   layer input and its norm, q (after RoPE), attention output, k, v
 - scores:     (4 + 4 + c) * N * T    fp32 scores (exponentials), fp32 softmax, probabilities in c,
                                      for rows up to ``attention.DEFAULT_BLOCK`` queries; longer rows
-                                     run in query blocks recomputed in the backward pass, so no layer
-                                     keeps scores and one block's ``(4 + 4 + c) * N * block * T`` per
-                                     sequence is alive at a time (counted once)
+                                     run in block x block tiles recomputed in the backward pass, so no
+                                     layer keeps scores and one tile's ``(4 + 4 + c) * N * block**2``
+                                     per sequence is alive at a time (counted once)
 - MLP:        c * (2D + 4F)          residual and its norm, gate, up, silu(gate), their product
 - LoRA:       c * r per adapted projection (x A^T); with dropout also c * d_in + 1 (the masked input)
 
@@ -112,8 +112,8 @@ def activation_bytes(cfg: ModelConfig, seqs: int, seq_len: int, c: int, split: T
     one_layer = sum(parts.values()) * tokens
     L = cfg.num_hidden_layers
     final_norm = 2 * c * cfg.hidden_size * tokens
-    if seq_len > ATTENTION_BLOCK:  # one query block's scores at a time, next to the layers' activations
-        final_norm += (4 + 4 + c) * cfg.num_attention_heads / split.heads * ATTENTION_BLOCK * seq_len * seqs
+    if seq_len > ATTENTION_BLOCK:  # one tile's scores at a time, next to the layers' activations
+        final_norm += (4 + 4 + c) * cfg.num_attention_heads / split.heads * ATTENTION_BLOCK**2 * seqs
     if remat:
         layers = L * c * cfg.hidden_size * tokens + 2 * one_layer + final_norm
     else:
