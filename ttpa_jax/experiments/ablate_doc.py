@@ -276,10 +276,10 @@ def _estimate_lines(runs) -> list[str]:
             "### How the time estimate is made", "",
             "Unit costs on this 2-core machine with SmolLM2-135M-Instruct times the sizes of the default scale "
             "(`estimate` in `ttpa_jax/experiments/ablate_scale.py`; `python -m ttpa_jax.ablate estimate` prints it "
-            "for any selection of systems and seeds). SFT per record, greedy decoding and BFCL decoding are measured "
-            "(the demo's LoRA SFT and decoding benchmarks); TPS, DPO and RL are derived from them (a TPS prompt is "
-            "about four decodes, a DPO pair two SFT records plus a reference forward, an RL episode two decoded "
-            "turns plus an update); the stage overhead is model loading and compilation.", "",
+            "for any selection of systems and seeds). SFT per record, decoding, TPS per prompt and DPO per pair "
+            "(its reference computed live) are the stage times of a clean-clone `make demo` over its sizes; BFCL "
+            "decoding was measured on its own and an RL episode is derived (two decoded turns plus an update); the "
+            "stage overhead is model loading and compilation.", "",
             "| Unit | Seconds |", "|---|---:|", *[f"| {k} | {v:g} |" for k, v in UNIT_COSTS.items()],
             *measured_lines(runs)]
 

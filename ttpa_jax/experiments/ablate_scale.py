@@ -18,15 +18,14 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 BFCL_CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
                    "irrelevance")
 
-# Seconds on 2 CPU cores with SmolLM2-135M-Instruct: the first three measured (the demo's LoRA SFT and decoding
-# benchmarks), the others derived from them:
+# Seconds on 2 CPU cores with SmolLM2-135M-Instruct. Measured in the clean-clone `make demo` of 2026-12-03
+# (docs/results.md: its stage times over its sizes), except bfcl_prompt and rl_episode (earlier runs, derived):
 UNIT_COSTS = {
-    "sft_record": 3.0,        # LoRA SFT per record (728 tokens, batch 2 x 1024, logits chunk 256)
-    "decode_prompt": 1.2,     # greedy, batch 8, 64 new tokens, ~700-token prompts (67 tok/s + prefill)
+    "sft_record": 5.3,        # LoRA SFT per record (~730 tokens, 3 records in rows of 1024, logits chunk 256)
+    "decode_prompt": 1.7,     # greedy, batch 8, 96 new tokens, ~700-token prompts (evaluation: 62 prompts in 105 s)
     "bfcl_prompt": 1.35,      # BFCL: 400 prompts x 128 new tokens took 9 minutes at batch 16
-    "tps_prompt": 5.0,        # TPS: greedy + up to 3 branch points continued: ~4 decodes per prompt
-    "dpo_pair": 6.0,          # one pair (chosen + rejected, 2 x sft_record) per DPO step and batch row
-    "ref_pair": 2.0,          # the reference log-probs of a pair, computed once (forward only)
+    "tps_prompt": 6.0,        # TPS: greedy + up to 3 branch points continued (11 prompts in 65 s)
+    "dpo_pair": 8.5,          # one pair per DPO step and batch row, the reference computed live (18 pairs in 155 s)
     "rl_episode": 6.4,        # 2 decoded turns (2 x decode_prompt) + a forward/backward and 2 forwards
     "stage_overhead": 45.0,   # loading the model and compiling a stage's jitted steps
 }
@@ -62,11 +61,12 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         scale = Scale("quick", p, rl_steps=1, rl_prompts_per_step=2, rl_group_size=2, rl_lr=1e-3, bfcl_limit=1,
                       bfcl_max_new_tokens=24)
     elif name == "default":
+        # the demo's budgets (20 SFT steps of 3 records, 6 DPO steps) on 20 held-out records
         p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
-                                sft_steps=40, sample_records=8, dpo_steps=8, eval_records=20,
+                                sample_records=6, eval_records=20,
                                 error_recovery=0.15)  # the failed calls MAE masks (TL-SFT); all systems see them
-        # RL: 1 prompt x 4 completions per step, 8 steps: 32 episodes, as many sequences as DPO's 8 x 2 pairs
-        scale = Scale("default", p, rl_steps=8, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
+        # RL: 1 prompt x 4 completions per step, 6 steps: 24 episodes (DPO: 6 steps x 3 pairs, 36 sequences)
+        scale = Scale("default", p, rl_steps=6, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
     elif name == "paper":
         if model is None:
             raise ValueError("--scale paper: give --model (a local 7B-class HF directory or FILE.gguf)")
@@ -98,7 +98,7 @@ def estimate(scale: Scale, systems, seeds: int, costs: dict[str, float] = UNIT_C
         "evaluate BFCL": (len(systems) * (bfcl_prompts * c["bfcl_prompt"] * scale.bfcl_max_new_tokens / 128
                                           + c["stage_overhead"]) if bfcl_prompts else 0.0),
         "sample pairs": len(dpo) * (p.sample_records * TURNS_PER_RECORD * c["tps_prompt"] + c["stage_overhead"]),
-        "dpo": len(dpo) * (p.dpo_steps * batch * (c["dpo_pair"] + c["ref_pair"]) + c["stage_overhead"]),
+        "dpo": len(dpo) * (p.dpo_steps * batch * c["dpo_pair"] + c["stage_overhead"]),
         "rl": len(rl) * (scale.rl_steps * scale.rl_prompts_per_step * scale.rl_group_size * c["rl_episode"]
                          + c["stage_overhead"]),
     }
