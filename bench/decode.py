@@ -21,19 +21,23 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from ttpa_jax.core.malloc import tune_malloc  # noqa: E402
 
-import ttpa_jax
-from ttpa_jax.decode.loop import generate
-from ttpa_jax.model.transformer import count_params
-from ttpa_jax.text.prompts import left_pad
-from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps
+tune_malloc()  # as every ttpa_jax command does, before jax starts its threads; torch gains alike
 
-import report
-from train_step import measured_peak
-from report import median_times
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import ttpa_jax  # noqa: E402
+from ttpa_jax.decode.loop import generate  # noqa: E402
+from ttpa_jax.model.transformer import count_params  # noqa: E402
+from ttpa_jax.text.prompts import left_pad  # noqa: E402
+from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps  # noqa: E402
+
+import report  # noqa: E402
+from train_step import measured_peak  # noqa: E402
+from report import median_times  # noqa: E402
 
 
 def make_checkpoint(path: str) -> None:

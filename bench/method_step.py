@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 
-from ttpa_jax.train.malloc import tune_malloc
+from ttpa_jax.core.malloc import tune_malloc
 
 tune_malloc()  # as the trainer does, before jax starts its threads
 
@@ -117,7 +117,7 @@ def main():
     print(report.machine_line())
     print(f"model: {args.model}" + (f", first {args.layers} layers" if args.layers else "") +
           f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), fp32; "
-          f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (train/malloc.py)")
+          f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (core/malloc.py)")
     peak, peak_note = ts.measured_peak("float32")
     bw = report.bandwidth()
     report.value("matmul peak (measured)", peak / 1e9, "GFLOP/s", peak_note)

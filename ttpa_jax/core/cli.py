@@ -18,6 +18,7 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from ttpa_jax.core.errors import UserError
+from ttpa_jax.core.malloc import tune_malloc
 
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 EXIT_USER_ERROR = 2
@@ -69,5 +70,8 @@ def stage_main(fn: Callable[[list[str] | None], int] | None = None, *,
 
 
 def run(main: Main) -> None:
-    """Exit the process with ``main()``'s code (what ``python -m ttpa_jax.<stage>`` runs)."""
+    """Exit the process with ``main()``'s code (what ``python -m ttpa_jax.<stage>`` runs). Malloc is tuned
+    first, before JAX starts its threads (``core.malloc``): every stage, decoding included, reuses its
+    large buffers instead of faulting them in afresh each call."""
+    tune_malloc()
     sys.exit(main())

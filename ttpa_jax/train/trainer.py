@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.checkpoint import Checkpoints
-from ttpa_jax.train.malloc import tune_malloc
+from ttpa_jax.core.malloc import tune_malloc
 from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.lora import apply_lora
 from ttpa_jax.model.transformer import Ctx, Transformer
@@ -45,7 +45,7 @@ from ttpa_jax.train.example_proto import decode_example, encode_example
 from ttpa_jax.train.recordio import RecordWriter, open_source
 
 
-tune_malloc()  # before jax starts its threads: step buffers stay mapped between steps (train/malloc.py)
+tune_malloc()  # before jax starts its threads: step buffers stay mapped between steps (core/malloc.py)
 
 
 class TrainingDiverged(RuntimeError):

@@ -8,8 +8,9 @@ arena, no ``mmap`` for large blocks and no trimming, freed memory stays in the h
 reuses it without a page fault. The cost: the process keeps its peak heap until it exits.
 
 ``tune_malloc()`` applies this with ``mallopt``; the arena limit only binds threads that have not
-allocated yet, so call it before jax starts its thread pools (importing ``ttpa_jax.train.trainer``
-does). ``TTPA_MALLOC=default`` leaves malloc as it is. The same settings as environment variables,
+allocated yet, so call it before jax starts its thread pools: every ``python -m ttpa_jax.<stage>``
+does (``core.cli.run``), and so does importing ``ttpa_jax.train.trainer``. Decoding gains as much as
+training: each ``generate`` call's cache and prefill buffers are large too. ``TTPA_MALLOC=default`` leaves malloc as it is. The same settings as environment variables,
 for any process: ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``.
 """
 
