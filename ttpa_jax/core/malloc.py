@@ -9,11 +9,12 @@ reuses it without a page fault. The cost: the process keeps its peak heap until 
 
 ``tune_malloc()`` applies this with ``mallopt``; the arena limit only binds threads that have not
 allocated yet, so call it before jax starts its thread pools: every ``python -m ttpa_jax.<stage>``
-does (``core.cli.run``), and so does importing ``ttpa_jax.train.trainer``. Decoding gains as much as
-training: each ``generate`` call's cache and prefill buffers are large too. (Measured in the real
-runs of 2026-12-03, training still faults pages each step: see docs/benchmarks.md, "System time".) ``TTPA_MALLOC=default``
-leaves malloc as it is. The same settings as environment variables,
-for any process: ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``.
+does (``core.cli.run``), and so does importing ``ttpa_jax.train.trainer``. ``TTPA_MALLOC=default``
+leaves malloc as it is. The same settings as environment variables, for any process:
+``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``.
+
+Not the whole answer: in the real training runs of 2026-12-03 the step still faulted its pages in
+(system time 11-16% of CPU; docs/benchmarks.md, "System time").
 """
 
 from __future__ import annotations
