@@ -7,14 +7,16 @@ zeroes it: on SmolLM2-135M at batch 2 x 1024 that was a third of the step's CPU 
 arena, no ``mmap`` for large blocks and no trimming, freed memory stays in the heap and the next step
 reuses it without a page fault. The cost: the process keeps its peak heap until it exits.
 
+Trimming must be off, not merely rare: with a threshold of 2 GiB (the largest positive value
+``mallopt`` takes) a 30-layer step, whose temporaries exceed it, handed its heap top back every
+step and faulted it in again (1.4-1.9 M minor faults per 20 s, a quarter of the CPU time, in the
+ablation's SFT stage); ``-1`` turns trimming off (docs/benchmarks.md, "System time").
+
 ``tune_malloc()`` applies this with ``mallopt``; the arena limit only binds threads that have not
 allocated yet, so call it before jax starts its thread pools: every ``python -m ttpa_jax.<stage>``
 does (``core.cli.run``), and so does importing ``ttpa_jax.train.trainer``. ``TTPA_MALLOC=default``
 leaves malloc as it is. The same settings as environment variables, for any process:
-``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``.
-
-Not the whole answer: in the real training runs of 2026-12-03 the step still faulted its pages in
-(system time 11-16% of CPU; docs/benchmarks.md, "System time").
+``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776`` (1 TiB: never reached).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    # -1 is read as SIZE_MAX: the heap is never trimmed
+    ok = mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, -1)
     _done = bool(ok)
     return _done
