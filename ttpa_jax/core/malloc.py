@@ -29,18 +29,34 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 _done = False
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def tune_malloc() -> bool:
     """Apply the settings once per process; False where malloc is not glibc's or it is turned off."""
     global _done
     if _done or os.environ.get("TTPA_MALLOC", "") == "default":
         return _done
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # -1 is read as SIZE_MAX: the heap is never trimmed
     ok = mallopt(M_ARENA_MAX, 1) and mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, -1)
     _done = bool(ok)
     return _done
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the kernel (``malloc_trim``). With trimming off the heap
+    only grows, and large aligned blocks do not always fit the holes earlier ones left; call this
+    between stages whose buffers differ (training, then decoding) so that a process does not hold
+    the sum of their peaks. Costs one round of page faults in the next stage; no-op unless tuned."""
+    trim = getattr(_libc(), "malloc_trim", None) if _done else None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        trim(0)
