@@ -13,6 +13,7 @@ Commands::
     python -m ttpa_jax.ablate epsilon   TTPA at epsilon 0.05, 0.1, 0.2, 0.3 (pairs, score gaps, scores)
     python -m ttpa_jax.ablate weights   TTPA with the default ESM weights and two others
     python -m ttpa_jax.ablate leakage   query leakage of reversed vs forward construction
+    python -m ttpa_jax.ablate calls     arguments per call against SFT's, and in the DPO pairs (run dirs)
     python -m ttpa_jax.ablate report    docs/results.md's ablation section + plots, from the JSONs only
     python -m ttpa_jax.ablate estimate  the time the runs would take on the 2-core machine
 
@@ -32,10 +33,10 @@ import tyro
 
 from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.core.errors import ConfigError
-from ttpa_jax.experiments import ablate_doc, ablate_runs as R, ablate_scale, ablate_stats
+from ttpa_jax.experiments import ablate_calls, ablate_doc, ablate_runs as R, ablate_scale, ablate_stats
 from ttpa_jax.experiments.ablate_leakage import measure
 
-COMMANDS = ("run", "epsilon", "weights", "leakage", "report", "estimate")
+COMMANDS = ("run", "epsilon", "weights", "leakage", "calls", "report", "estimate")
 WEIGHT_LABELS = {"flat": "flat (every error 0.5)", "binary": "binary (every error 1.0)"}
 
 
@@ -94,6 +95,18 @@ class LeakageArgs:
     """openai: the model name sent to the endpoint."""
 
 
+@dataclasses.dataclass
+class CallsArgs:
+    """Count the arguments of each system's held-out calls against SFT's, and of the DPO pairs' sides, from the
+    run directories (which are not committed) into RESULTS/calls.json (which is)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    out: Path = Path("runs/ablate/default")
+    """The ablation's run directories (OUT/seed<k>/<system>/)."""
+    results_dir: Path = Path("docs/results")
+    """Writes RESULTS/calls.json."""
+
+
 def resolve(args: RunArgs) -> tuple[ablate_scale.Scale, Path, Path, Path]:
     name = "quick" if args.quick else args.scale
     out = args.out or Path("runs/ablate") / name
@@ -135,6 +148,8 @@ def report(args: ReportArgs) -> str:
     runs = ablate_stats.read_runs(args.results_dir)
     leak_path = args.results_dir / "leakage.json"
     leak = json.loads(leak_path.read_text()) if leak_path.is_file() else None
+    calls_path = args.results_dir / "calls.json"
+    calls = json.loads(calls_path.read_text()) if calls_path.is_file() else None
     ttpa = next(iter(runs.get("ttpa", {}).values()), None)
     default_eps = ttpa["config"]["pipeline"]["epsilon"] if ttpa else ablate_scale.make_scale(
         "default", None, Path("runs")).pipeline.epsilon
@@ -148,7 +163,7 @@ def report(args: ReportArgs) -> str:
     section = ablate_doc.section(
         runs, estimate=estimate + " for 3 seeds, from the unit costs in `ttpa_jax/experiments/ablate_scale.py`",
         leak=leak, plots=[plot_name.name], command=f"python -m ttpa_jax.ablate report --results-dir {args.results_dir}",
-        eps_settings=eps, weight_settings=weights)
+        eps_settings=eps, weight_settings=weights, calls=calls)
     if any(s in runs for s in ablate_doc.ORDER):
         doc.parent.mkdir(parents=True, exist_ok=True)
         ablate_doc.plot(plot_name, runs, ablate_stats.HELDOUT + ablate_stats.BFCL)
@@ -177,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report(tyro.cli(ReportArgs, args=argv, prog=prog)))
     elif command == "leakage":
         leakage(tyro.cli(LeakageArgs, args=argv, prog=prog))
+    elif command == "calls":
+        args = tyro.cli(CallsArgs, args=argv, prog=prog)
+        path = args.results_dir / "calls.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ablate_calls.measure(args.out, args.seeds), indent=2) + "\n")
+        R.say(f"wrote {path}")
     else:
         args = tyro.cli(RunArgs, args=argv, prog=prog)
         scale, *_ = resolve(args)
