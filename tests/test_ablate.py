@@ -140,3 +140,11 @@ def test_quick_runs_write_per_run_json_and_resume(tmp_path, capsys):
                         "--no-report"]) == 0
     assert (model.stat().st_mtime_ns, (out / "seed0" / "reversed" / "sft" / "metrics.jsonl").read_text()) == before
     assert json.loads(paths[1].read_text())["heldout"] == held
+
+
+def test_bar_p_value_matches_the_t_distribution_in_closed_form():
+    import math
+    # t = 2 sqrt(n): df 1 is Cauchy, df 2 has p = 1 - t / sqrt(2 + t^2)
+    assert S.bar_p_value(2) == pytest.approx(1 - 2 / math.pi * math.atan(2 * math.sqrt(2)), abs=1e-6)
+    assert S.bar_p_value(3) == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(2 + 12), abs=1e-6)
+    assert S.bar_p_value(10) < S.bar_p_value(5) < S.bar_p_value(3)

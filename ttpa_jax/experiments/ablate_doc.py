@@ -88,6 +88,12 @@ def verdict_text(runs, comparisons: Mapping[str, Mapping[str, S.Paired]], metric
                    + "; ".join(above_better) + ".")
     if above_worse:
         out.append(f"{main} is worse by more than two standard deviations on: " + "; ".join(above_worse) + ".")
+    seeds = sorted({p.seeds for row in comparisons.values() for p in row.values() if p.seeds > 1})
+    if above_better or above_worse:
+        out.append("The bar is weak with few seeds: a mean beyond two standard deviations of the paired difference "
+                   "is a two-sided paired t-test at " + ", ".join(f"p = {S.bar_p_value(n):.2f} for {n} seeds"
+                                                                  for n in seeds)
+                   + "; a difference that is the same in every seed (± 0.0) always clears it.")
     if within:
         out.append(f"{within} of the paired differences are within two standard deviations (within noise): with "
                    "this few seeds they show neither a gain nor its absence.")
