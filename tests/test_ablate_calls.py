@@ -47,3 +47,10 @@ def test_measure_counts_shorter_and_longer_calls_and_pair_sides(tmp_path):
     assert (ttpa["pairs"], ttpa["chosen_fewer"], ttpa["chosen_more"]) == (1, 1, 0)
     table = C.lines(out)
     assert any(line.startswith("| ttpa | 1 of 3 | 1 of 3 | 1 of 1 | 0 of 1 |") for line in table)
+
+
+def test_calls_command_without_runs_is_a_clear_error(tmp_path, capsys):
+    from ttpa_jax.experiments import ablate
+    assert ablate.main(["calls", "--out", str(tmp_path / "none"), "--results-dir", str(tmp_path)]) == 2
+    assert "no seed<k>/sft/eval/sft.json" in capsys.readouterr().err
+    assert not (tmp_path / "calls.json").exists()

@@ -196,7 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = tyro.cli(CallsArgs, args=argv, prog=prog)
         path = args.results_dir / "calls.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(ablate_calls.measure(args.out, args.seeds), indent=2) + "\n")
+        counts = ablate_calls.measure(args.out, args.seeds)
+        if not counts["seeds"]:
+            raise ConfigError(f"--out {args.out}: no seed<k>/{ablate_calls.BASELINE}/eval/{ablate_calls.BASELINE}.json for "
+                              f"seeds {', '.join(map(str, args.seeds))}: run the ablation's SFT system first")
+        path.write_text(json.dumps(counts, indent=2) + "\n")
         R.say(f"wrote {path}")
     else:
         args = tyro.cli(RunArgs, args=argv, prog=prog)
