@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ttpa_jax.core.jsonl import read_jsonl
 from ttpa_jax.tools.calls import parse, parse_value
 
 BASELINE = "sft"
@@ -69,7 +70,7 @@ def measure(out: Path, seeds: Iterable[int]) -> dict[str, Any]:
             counts = compare_turns(turn_args(eval_file), base)
             pairs_file = run / "data" / "pairs.jsonl"
             if pairs_file.is_file():
-                counts |= compare_pairs(json.loads(line) for line in pairs_file.read_text().splitlines() if line.strip())
+                counts |= compare_pairs(read_jsonl(pairs_file))
             systems.setdefault(run.name, {"per_seed": {}})["per_seed"][str(seed)] = counts
     for entry in systems.values():
         for key in COUNTS:
