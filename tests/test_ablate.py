@@ -3,10 +3,13 @@ with known numbers (mean, sample std, paired differences, the two-standard-devia
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
-from ttpa_jax.experiments import ablate, ablate_doc, ablate_stats as S
+from ttpa_jax.experiments import ablate, ablate_doc, ablate_scale, ablate_stats as S
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_json(system, seed, *, tool, esm, wrong_tool=0, turns=10, bfcl=None, label=None, pairs=None):
@@ -105,10 +108,38 @@ def test_results_of_another_scale_are_not_mixed_in(tmp_path, capsys):
     assert f"{results / 'sft' / 'seed0.json'}: made with scale 'default'" in capsys.readouterr().err
 
 
-def test_default_estimate_is_about_three_hours(capsys):
+def test_unit_costs_are_fitted_from_stage_seconds():
+    scale = ablate_scale.make_scale("default", None, Path("runs"))
+    units = ablate_scale.stage_units(scale)  # 20 SFT steps x 3 records, 18 DPO pairs, 24 RL episodes, ...
+    over = ablate_scale.UNIT_COSTS["stage_overhead"]
+    runs = {"sft": {0: {"stage_seconds": {"sft reversed": over + 6.0 * units["sft_record"],
+                                          "evaluate sft": over + 2.0 * units["decode_prompt"]}},
+                    1: {"stage_seconds": {"sft reversed": over + 4.0 * units["sft_record"],
+                                          "evaluate sft": over + 3.0 * units["decode_prompt"]}}},
+            "ttpa": {0: {"stage_seconds": {"sft reversed": 0.0,  # reused: not a measurement
+                                           "dpo ttpa": over + 11.0 * units["dpo_pair"],
+                                           "evaluate ttpa": over + 100.0 * units["decode_prompt"]}}},
+            "grpo": {0: {"stage_seconds": {"grpo grpo": over + 20.0 * units["rl_episode"]}}}}
+    fitted = ablate_scale.fitted_unit_costs(runs, scale)
+    assert fitted == pytest.approx({"sft_record": 5.0, "decode_prompt": 3.0, "dpo_pair": 11.0, "rl_episode": 20.0})
+
+
+def test_unit_costs_match_the_committed_runs():
+    """The estimate's constants are what the committed default-scale runs measured (within 10%)."""
+    runs = S.read_runs(REPO / "docs" / "results")
+    runs = {s: {k: r for k, r in per.items() if r.get("scale") == "default"} for s, per in runs.items()}
+    fitted = ablate_scale.fitted_unit_costs(runs, ablate_scale.make_scale("default", None, Path("runs")))
+    assert set(fitted) == set(ablate_scale.UNIT_COSTS) - {"stage_overhead"}
+    for unit, cost in fitted.items():
+        assert ablate_scale.UNIT_COSTS[unit] == pytest.approx(cost, rel=0.1), unit
+
+
+def test_estimate_prints_hours(capsys):
+    assert ablate.main(["estimate", "--seeds", "0"]) == 0
+    one = float(capsys.readouterr().out.split("about ")[1].split(" hours")[0])
     assert ablate.main(["estimate"]) == 0
-    hours = float(capsys.readouterr().out.split("about ")[1].split(" hours")[0])
-    assert 2.5 <= hours <= 3.5
+    three = float(capsys.readouterr().out.split("about ")[1].split(" hours")[0])
+    assert three == pytest.approx(3 * one, abs=0.1)
 
 
 def test_quick_runs_write_per_run_json_and_resume(tmp_path, capsys):

@@ -49,8 +49,8 @@ class RunArgs:
     systems: tuple[str, ...] = tuple(s.name for s in R.SYSTEMS)
     """Systems to run (names as in docs/results/<system>/)."""
     scale: Literal["default", "paper", "quick"] = "default"
-    """Sizes: default (about three hours on 2 CPU cores), paper (thousands of records, a 7B --model, GPU/TPU),
-    quick (tiny model from scratch, checks the script)."""
+    """Sizes: default (about 4.5 hours on 2 CPU cores, measured), paper (thousands of records, a 7B
+    --model, GPU/TPU), quick (tiny model from scratch, checks the script)."""
     quick: bool = False
     """Shorthand for --scale quick."""
     model: str | None = None
@@ -158,12 +158,14 @@ def report(args: ReportArgs) -> str:
     weights = [("default weights", "ttpa")] + [(WEIGHT_LABELS[w], f"ttpa-w-{w}") for w in R.WEIGHT_SETS]
     est_scale = ablate_scale.make_scale("default", None, Path("runs"))
     estimate = ablate_scale.format_estimate(ablate_scale.estimate(est_scale, list(R.SYSTEMS), 3))
+    default_runs = {s: {k: r for k, r in per.items() if r.get("scale") == "default"} for s, per in runs.items()}
+    fitted = ablate_scale.fitted_unit_costs(default_runs, est_scale)
     doc = Path(args.doc)
     plot_name = doc.with_name(doc.stem + "_ablation.png")
     section = ablate_doc.section(
         runs, estimate=estimate + " for 3 seeds, from the unit costs in `ttpa_jax/experiments/ablate_scale.py`",
         leak=leak, plots=[plot_name.name], command=f"python -m ttpa_jax.ablate report --results-dir {args.results_dir}",
-        eps_settings=eps, weight_settings=weights, calls=calls)
+        eps_settings=eps, weight_settings=weights, calls=calls, fitted=fitted)
     if any(s in runs for s in ablate_doc.ORDER):
         doc.parent.mkdir(parents=True, exist_ok=True)
         ablate_doc.plot(plot_name, runs, ablate_stats.HELDOUT + ablate_stats.BFCL)

@@ -190,7 +190,10 @@ def leakage_lines(leak: Mapping[str, Any] | None) -> list[str]:
 
 def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[str], command: str,
             eps_settings: list[tuple[str, str]], weight_settings: list[tuple[str, str]],
-            calls: Mapping[str, Any] | None = None) -> str:
+            calls: Mapping[str, Any] | None = None, fitted: Mapping[str, float] | None = None) -> str:
+    """The ablation section of the results document. ``fitted``: unit costs the runs measured
+    (``ablate_scale.fitted_unit_costs``), shown next to the estimate's."""
+    fitted = fitted or {}
     main_systems = [s for s in ORDER if s in runs]
     summaries = {s: S.summarize(r) for s, r in runs.items()}
     seeds = sorted({seed for s in main_systems for seed in runs[s]})
@@ -203,7 +206,7 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
                   "run writing `docs/results/<system>/seed<k>.json` (commit those); `python -m ttpa_jax.ablate report` "
                   "then rebuilds this section from them.", "",
                   f"Estimated time of the default ablation on this 2-core machine: {estimate}.",
-                  *leakage_lines(leak), "", *_estimate_lines(runs), END]
+                  *leakage_lines(leak), "", *_estimate_lines(runs, fitted), END]
         return "\n".join(lines) + "\n"
     any_run = next(iter(runs[main_systems[0]].values()))
     cfg = any_run["config"]["pipeline"]
@@ -266,11 +269,11 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
               (f"- BFCL here is the first {any_run['config']['bfcl_limit']} entries of each category: one entry moves "
                f"a category by {100 / any_run['config']['bfcl_limit']:.0f} points." if any_run["config"].get("bfcl_limit")
                else "- BFCL covers its whole non-live categories."),
-              "", *_estimate_lines(runs), END]
+              "", *_estimate_lines(runs, fitted), END]
     return "\n".join(lines) + "\n"
 
 
-def _estimate_lines(runs) -> list[str]:
+def _estimate_lines(runs, fitted: Mapping[str, float]) -> list[str]:
     return ["### How to run it", "",
             "- `python -m ttpa_jax.ablate` (rerun the same command after an interruption: finished runs are skipped, "
             "training resumes from its checkpoints), then commit `docs/results/` and run "
@@ -284,11 +287,13 @@ def _estimate_lines(runs) -> list[str]:
             "### How the time estimate is made", "",
             "Unit costs on this 2-core machine with SmolLM2-135M-Instruct times the sizes of the default scale "
             "(`estimate` in `ttpa_jax/experiments/ablate_scale.py`; `python -m ttpa_jax.ablate estimate` prints it "
-            "for any selection of systems and seeds). SFT per record, decoding, TPS per prompt and DPO per pair "
-            "(its reference computed live) are the stage times of a clean-clone `make demo` over its sizes; BFCL "
-            "decoding was measured on its own and an RL episode is derived (two decoded turns plus an update); the "
-            "stage overhead is model loading and compilation.", "",
-            "| Unit | Seconds |", "|---|---:|", *[f"| {k} | {v:g} |" for k, v in UNIT_COSTS.items()],
+            "for any selection of systems and seeds). Each cost is the median, over the committed default-scale runs' "
+            "stages of its kind, of the stage's seconds less the overhead over the units it processed "
+            "(`fitted_unit_costs`; a test keeps the constants within 10% of what the committed runs measured); the "
+            "stage overhead (model loading and compilation) comes from `make demo`.", "",
+            "| Unit | Seconds (estimate) | Fitted from the default-scale runs here |", "|---|---:|---:|",
+            *[f"| {k} | {v:g} | {fitted[k]:.2f} |" if k in fitted else f"| {k} | {v:g} | |"
+              for k, v in UNIT_COSTS.items()],
             *measured_lines(runs)]
 
 

@@ -1,10 +1,11 @@
 """The ablation's sizes (``--quick``, the default, ``--scale paper``) and its time estimate.
 
-The default is sized for about three hours on a 2-core CPU machine with SmolLM2-135M-Instruct
-(three seeds, the eight systems, both test sets). ``estimate`` derives the time from unit costs
-measured on that machine with that model (``UNIT_COSTS``: where each number comes from is noted
-next to it) and the sizes below; ``python -m ttpa_jax.ablate estimate`` prints it and the results
-document carries it next to the measured wall time of the runs.
+The default (three seeds, the eight systems, both test sets, SmolLM2-135M-Instruct) was sized for
+about three hours on a 2-core CPU machine; measured, it takes about four and a half
+(docs/results.md). ``estimate`` derives the time from unit costs (``UNIT_COSTS``) and the sizes below;
+the costs are those the committed default-scale runs measured (``fitted_unit_costs`` over their
+``stage_seconds``; a test keeps the two in step). ``python -m ttpa_jax.ablate estimate`` prints it and
+the results document carries it next to the measured wall time of the runs.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from ttpa_jax.experiments.pipeline import PipelineConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BFCL_CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
                    "irrelevance")
 
-# Seconds on 2 CPU cores with SmolLM2-135M-Instruct. Measured in the clean-clone `make demo` of 2026-12-03
-# (docs/results.md: its stage times over its sizes), except bfcl_prompt and rl_episode (earlier runs, derived):
+# Seconds on 2 CPU cores with SmolLM2-135M-Instruct: the medians that ``fitted_unit_costs`` finds in the
+# committed default-scale runs (docs/results/<system>/seed<k>.json, seeds 0-2), except stage_overhead.
 UNIT_COSTS = {
-    "sft_record": 5.3,        # LoRA SFT per record (~730 tokens, 3 records in rows of 1024, logits chunk 256)
-    "decode_prompt": 1.7,     # greedy, batch 8, 96 new tokens, ~700-token prompts (evaluation: 62 prompts in 105 s)
-    "bfcl_prompt": 1.35,      # BFCL: 400 prompts x 128 new tokens took 9 minutes at batch 16
-    "tps_prompt": 6.0,        # TPS: greedy + up to 3 branch points continued (11 prompts in 65 s)
-    "dpo_pair": 8.5,          # one pair per DPO step and batch row, the reference computed live (18 pairs in 155 s)
-    "rl_episode": 6.4,        # 2 decoded turns (2 x decode_prompt) + a forward/backward and 2 forwards
-    "stage_overhead": 45.0,   # loading the model and compiling a stage's jitted steps
+    "sft_record": 5.9,        # LoRA SFT per record (~730 tokens, 3 records in rows of 1024, logits chunk 256)
+    "decode_prompt": 2.4,     # held-out evaluation: greedy, batch 8, 96 new tokens, ~700-token prompts
+    "bfcl_prompt": 1.75,      # BFCL, per prompt and 128 new tokens
+    "tps_prompt": 6.3,        # pair sampling: greedy + up to 3 branch points continued
+    "dpo_pair": 10.2,         # one pair per DPO step and batch row, the reference computed live
+    "rl_episode": 18.9,       # one sampled episode of GRPO or PPO, its share of the update included
+    "stage_overhead": 45.0,   # loading the model and compiling a stage's jitted steps (make demo)
 }
 TURNS_PER_RECORD = 2.45       # assistant turns per held-out record (constructed data, 3 tools, 1-2 calls)
 
@@ -83,24 +86,56 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
     return scale if bfcl_limit == -1 else dataclasses.replace(scale, bfcl_limit=bfcl_limit)
 
 
+def stage_units(scale: Scale) -> dict[str, float]:
+    """Units of each cost one stage processes at ``scale``: records an SFT run trains on, held-out prompts
+    decoded, BFCL prompts (in 128-new-token equivalents), TPS prompts sampled, DPO pairs, RL episodes."""
+    p = scale.pipeline
+    batch = p.train_batch_size or p.batch_size
+    bfcl_prompts = (scale.bfcl_limit or 400) * len(scale.bfcl_categories) if scale.bfcl_limit != 0 else 0
+    return {
+        "sft_record": p.sft_steps * batch,
+        "decode_prompt": p.eval_records * TURNS_PER_RECORD,
+        "bfcl_prompt": bfcl_prompts * scale.bfcl_max_new_tokens / 128,
+        "tps_prompt": p.sample_records * TURNS_PER_RECORD,
+        "dpo_pair": p.dpo_steps * batch,
+        "rl_episode": scale.rl_steps * scale.rl_prompts_per_step * scale.rl_group_size,
+    }
+
+
+# The first word of a run's stage names (``stage_seconds`` in docs/results/<system>/seed<k>.json) -> its unit.
+STAGE_UNIT = {"sft": "sft_record", "evaluate": "decode_prompt", "bfcl": "bfcl_prompt", "sample": "tps_prompt",
+              "dpo": "dpo_pair", "grpo": "rl_episode", "ppo": "rl_episode"}
+
+
+def fitted_unit_costs(runs, scale: Scale, overhead: float = UNIT_COSTS["stage_overhead"]) -> dict[str, float]:
+    """Unit costs measured by finished runs (``{system: {seed: run}}`` as ``ablate_stats.read_runs`` gives):
+    per unit, the median over the stages that did the work of (seconds - ``overhead``) / units. Stages
+    that reused earlier work (under a second) are left out."""
+    units = stage_units(scale)
+    per_unit: dict[str, list[float]] = {}
+    for per_seed in runs.values():
+        for run in per_seed.values():
+            for stage, sec in (run.get("stage_seconds") or {}).items():
+                unit = STAGE_UNIT.get(stage.split()[0])
+                if unit and sec >= 1.0 and units[unit]:
+                    per_unit.setdefault(unit, []).append(max(sec - overhead, 0.0) / units[unit])
+    return {u: float(np.median(v)) for u, v in per_unit.items()}
+
+
 def estimate(scale: Scale, systems, seeds: int, costs: dict[str, float] = UNIT_COSTS) -> dict[str, float]:
     """Estimated seconds per kind of stage for ``systems`` over ``seeds`` (shared stages once per seed)."""
-    p, c = scale.pipeline, costs
-    batch = p.train_batch_size or p.batch_size
+    n, c = stage_units(scale), costs
     sft_runs = len({(s.construction, s.tl) for s in systems if s.kind != "zero-shot"})
-    dpo = [s for s in systems if s.kind == "dpo"]
-    rl = [s for s in systems if s.kind == "rl"]
-    eval_prompts = p.eval_records * TURNS_PER_RECORD
-    bfcl_prompts = (scale.bfcl_limit or 400) * len(scale.bfcl_categories) if scale.bfcl_limit != 0 else 0
+    dpo = len([s for s in systems if s.kind == "dpo"])
+    rl = len([s for s in systems if s.kind == "rl"])
+    stage = lambda unit, count: count * (n[unit] * c[unit] + c["stage_overhead"]) if n[unit] else 0.0  # noqa: E731
     per_seed = {
-        "sft": sft_runs * (p.sft_steps * batch * c["sft_record"] + c["stage_overhead"]),
-        "evaluate held-out": len(systems) * (eval_prompts * c["decode_prompt"] + c["stage_overhead"]),
-        "evaluate BFCL": (len(systems) * (bfcl_prompts * c["bfcl_prompt"] * scale.bfcl_max_new_tokens / 128
-                                          + c["stage_overhead"]) if bfcl_prompts else 0.0),
-        "sample pairs": len(dpo) * (p.sample_records * TURNS_PER_RECORD * c["tps_prompt"] + c["stage_overhead"]),
-        "dpo": len(dpo) * (p.dpo_steps * batch * c["dpo_pair"] + c["stage_overhead"]),
-        "rl": len(rl) * (scale.rl_steps * scale.rl_prompts_per_step * scale.rl_group_size * c["rl_episode"]
-                         + c["stage_overhead"]),
+        "sft": stage("sft_record", sft_runs),
+        "evaluate held-out": stage("decode_prompt", len(systems)),
+        "evaluate BFCL": stage("bfcl_prompt", len(systems)),
+        "sample pairs": stage("tps_prompt", dpo),
+        "dpo": stage("dpo_pair", dpo),
+        "rl": stage("rl_episode", rl),
     }
     return {k: v * seeds for k, v in per_seed.items()}
 
