@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaN
-DEFAULT_BLOCK = 256
+DEFAULT_BLOCK = 128  # tile rows and columns: the fastest of 64-512 on SmolLM2 shapes (docs/benchmarks.md)
 
 
 def attention_mask(q_cols, kv_mask, S: int, segment_ids=None, branch_ids=None):
@@ -55,24 +55,29 @@ def _dense(q, k, v, mask):
 
 
 def _block_scores(qb, kb, mb):
-    """fp32 masked scores [B, K, G, C, S'] of a query block against keys kb [B, S', K, H] (mask [B, C, S'])."""
-    scores = jnp.einsum("btkgh,bskh->bkgts", qb, kb, preferred_element_type=jnp.float32) * (qb.shape[-1] ** -0.5)
+    """fp32 masked scores [B, K, G, C, S'] of a head-major query block qb [B, K, G, C, H] against head-major
+    keys kb [B, K, S', H] (mask mb [B, C, S'])."""
+    scores = jnp.einsum("bkgth,bksh->bkgts", qb, kb, preferred_element_type=jnp.float32) * (qb.shape[-1] ** -0.5)
     return jnp.where(mb[:, None, None, :, :], scores, NEG_INF)
 
 
-def _split_blocks(x, block, fill):
-    """[B, T, ...] -> [n, B, block, ...], T padded to n * block with ``fill``."""
-    B, T = x.shape[:2]
+def _split_blocks(x, block, fill, axis=1):
+    """Split ``axis`` (length T) of x into [n, ..., block, ...] (blocks first), T padded to n * block with
+    ``fill``."""
+    T = x.shape[axis]
     n = -(-T // block)
-    pad = [(0, 0), (0, n * block - T)] + [(0, 0)] * (x.ndim - 2)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, n * block - T)
     x = jnp.pad(x, pad, constant_values=fill)
-    return x.reshape(B, n, block, *x.shape[2:]).swapaxes(0, 1)
+    x = x.reshape(*x.shape[:axis], n, block, *x.shape[axis + 1:])
+    return jnp.moveaxis(x, axis, 0)
 
 
-def _join_blocks(x, T):
-    """[n, B, block, ...] -> [B, T, ...]."""
-    n, B, C = x.shape[:3]
-    return x.swapaxes(0, 1).reshape(B, n * C, *x.shape[3:])[:, :T]
+def _join_blocks(x, T, axis=1):
+    """The inverse of ``_split_blocks``: [n, ..., block, ...] -> the blocks joined on ``axis``, cut to T."""
+    x = jnp.moveaxis(x, 0, axis)
+    x = x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
+    return jax.lax.slice_in_dim(x, 0, T, axis=axis)
 
 
 def _pad_keys(k, v, mask, block):
@@ -87,43 +92,51 @@ def _pad_keys(k, v, mask, block):
     return jnp.pad(k, kv_pad), jnp.pad(v, kv_pad), mask, need
 
 
-def _key_block(x, j, block, axis=1):
-    """Key block ``j`` of keys/values [B, S', ...] (axis 1) or of a mask [B, C, S'] (axis 2)."""
+def _heads_major(k, v, mask, block):
+    """``_pad_keys`` with the keys and values laid out [B, K, S', H]: every tile's matmuls then batch over
+    (B, K) with no per-tile transpose."""
+    k, v, mask, need = _pad_keys(k, v, mask, block)
+    return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, need
+
+
+def _key_block(x, j, block, axis=2):
+    """Key block ``j`` of head-major keys/values [B, K, S', H] (axis 2) or of a mask [B, C, S'] (axis 2)."""
     return jax.lax.dynamic_slice_in_dim(x, j * block, block, axis=axis)
 
 
 def _scan_forward(q, k, v, mask, block):
     """Outputs [B, T, K, G, H] and row log-sum-exps [nq, B, K, G, C]: a scan over query blocks, each an
     online softmax over the key blocks it needs (a ``lax.cond`` skips the others). A row that sees no
-    key (left padding) gets a zero output."""
-    k, v, mask, need = _pad_keys(k, v, mask, block)
+    key (left padding) gets a zero output. Tiles run head-major ([B, K, G, C, H] queries)."""
+    k, v, mask, need = _heads_major(k, v, mask, block)
     B, C, (K, G, H) = q.shape[0], block, q.shape[2:]
 
     def one(_, xs):
-        qb, mb, need_i = xs  # [B, C, K, G, H], [B, C, S'], [nk]
+        qb, mb, need_i = xs  # [B, K, G, C, H], [B, C, S'], [nk]
 
         def visit(carry, j):
             def add(carry):
-                m, l, acc = carry  # running max and sum [B, K, G, C], output sum [B, C, K, G, H]
-                mj = _key_block(mb, j, block, 2)[:, None, None]  # [B, 1, 1, C, block]
+                m, l, acc = carry  # running max and sum [B, K, G, C], output sum [B, K, G, C, H]
+                mj = _key_block(mb, j, block)[:, None, None]  # [B, 1, 1, C, block]
                 s = _block_scores(qb, _key_block(k, j, block), mj[:, 0, 0])
                 m_new = jnp.maximum(m, s.max(-1))
                 p = jnp.where(mj, jnp.exp(s - m_new[..., None]), 0.0)
                 corr = jnp.exp(m - m_new)
-                pv = jnp.einsum("bkgts,bskh->btkgh", p.astype(q.dtype), _key_block(v, j, block),
+                pv = jnp.einsum("bkgts,bksh->bkgth", p.astype(q.dtype), _key_block(v, j, block),
                                 preferred_element_type=jnp.float32)
-                return m_new, l * corr + p.sum(-1), acc * jnp.moveaxis(corr, 3, 1)[..., None] + pv
+                return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
             return jax.lax.cond(need_i[j], add, lambda c: c, carry), None
 
         init = (jnp.full((B, K, G, C), NEG_INF, jnp.float32), jnp.zeros((B, K, G, C), jnp.float32),
-                jnp.zeros((B, C, K, G, H), jnp.float32))
+                jnp.zeros((B, K, G, C, H), jnp.float32))
         (m, l, acc), _ = jax.lax.scan(visit, init, jnp.arange(need.shape[1]))
         safe = jnp.maximum(l, 1e-30)
-        out = acc / jnp.moveaxis(safe, 3, 1)[..., None]
-        return None, (out.astype(q.dtype), m + jnp.log(safe))
+        return None, ((acc / safe[..., None]).astype(q.dtype), m + jnp.log(safe))
 
-    _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(q, block, 0), _split_blocks(mask, block, False), need))
-    return _join_blocks(out, q.shape[1]), lse
+    qh = q.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask, block, False),
+                                             need))
+    return _join_blocks(out, q.shape[1], axis=3).transpose(0, 3, 1, 2, 4), lse  # [n, B, K, G, C, H] -> [B, T, K, G, H]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -144,40 +157,41 @@ def _blocked_bwd(block, res, g):
     q, k0, v0, mask0, out, lse = res
     (B, T, K, _, H), S = q.shape, k0.shape[1]
     scale = H**-0.5
-    k, v, mask, need = _pad_keys(k0, v0, mask0, block)
-    delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, T, K, G]
+    k, v, mask, need = _heads_major(k0, v0, mask0, block)
+    delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 3, 1)  # [B, K, G, T]
+    qh, gh = q.transpose(0, 2, 3, 1, 4), g.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
 
     def one(carry, xs):
-        qb, mb, gb, lb, db, need_i = xs  # [B, C, K, G, H], [B, C, S'], [B, C, K, G, H], [B, K, G, C], [B, C, K, G], [nk]
+        qb, mb, gb, lb, db, need_i = xs  # [B, K, G, C, H], [B, C, S'], [B, K, G, C, H], [B, K, G, C] x 2, [nk]
 
         def visit(carry, j):
-            dq, dk, dv = carry
-
-            def tile(dq):
+            def tile(carry):
+                dq, dk, dv = carry
                 kj, vj = _key_block(k, j, block), _key_block(v, j, block)
-                mj = _key_block(mb, j, block, 2)
+                mj = _key_block(mb, j, block)
                 p = jnp.where(mj[:, None, None], jnp.exp(_block_scores(qb, kj, mj) - lb[..., None]), 0.0)
-                dv_j = jnp.einsum("bkgts,btkgh->bskh", p.astype(v.dtype), gb, preferred_element_type=jnp.float32)
-                dp = jnp.einsum("btkgh,bskh->bkgts", gb, vj, preferred_element_type=jnp.float32)
-                ds = (p * (dp - jnp.moveaxis(db, 1, -1)[..., None]) * scale).astype(q.dtype)
-                dq = dq + jnp.einsum("bkgts,bskh->btkgh", ds, kj, preferred_element_type=jnp.float32)
-                return dq, jnp.einsum("bkgts,btkgh->bskh", ds, qb, preferred_element_type=jnp.float32), dv_j
+                dv_j = jnp.einsum("bkgts,bkgth->bksh", p.astype(v.dtype), gb, preferred_element_type=jnp.float32)
+                dp = jnp.einsum("bkgth,bksh->bkgts", gb, vj, preferred_element_type=jnp.float32)
+                ds = (p * (dp - db[..., None]) * scale).astype(q.dtype)
+                dq = dq + jnp.einsum("bkgts,bksh->bkgth", ds, kj, preferred_element_type=jnp.float32)
+                dk_j = jnp.einsum("bkgts,bkgth->bksh", ds, qb, preferred_element_type=jnp.float32)
+                add = lambda d, dj: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+                    d, _key_block(d, j, block) + dj, j * block, axis=2)
+                return dq, add(dk, dk_j), add(dv, dv_j)
 
-            zero = jnp.zeros((B, block, K, H), jnp.float32)
-            dq, dk_j, dv_j = jax.lax.cond(need_i[j], tile, lambda dq: (dq, zero, zero), dq)
-            dk = jax.lax.dynamic_update_slice_in_dim(dk, _key_block(dk, j, block) + dk_j, j * block, axis=1)
-            dv = jax.lax.dynamic_update_slice_in_dim(dv, _key_block(dv, j, block) + dv_j, j * block, axis=1)
-            return (dq, dk, dv), None
+            return jax.lax.cond(need_i[j], tile, lambda c: c, carry), None
 
         dk, dv = carry
         (dq, dk, dv), _ = jax.lax.scan(visit, (jnp.zeros(qb.shape, jnp.float32), dk, dv), jnp.arange(need.shape[1]))
         return (dk, dv), dq.astype(q.dtype)
 
     zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    xs = (_split_blocks(q, block, 0), _split_blocks(mask, block, False), _split_blocks(g, block, 0), lse,
-          _split_blocks(delta, block, 0), need)
+    xs = (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask, block, False), _split_blocks(gh, block, 0, axis=3),
+          lse, _split_blocks(delta, block, 0, axis=3), need)
     (dk, dv), dq = jax.lax.scan(one, zeros, xs)
-    return _join_blocks(dq, T), dk[:, :S].astype(k0.dtype), dv[:, :S].astype(v0.dtype), None
+    dq = _join_blocks(dq, T, axis=3).transpose(0, 3, 1, 2, 4)  # [B, T, K, G, H]
+    back = lambda d, like: d[:, :, :S].transpose(0, 2, 1, 3).astype(like.dtype)  # noqa: E731 - [B, S, K, H]
+    return dq, back(dk, k0), back(dv, v0), None
 
 
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)

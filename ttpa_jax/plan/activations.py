@@ -7,8 +7,11 @@ D hidden, N/K query/key-value heads, H head dim, F MLP width, T sequence length,
 - scores:     (4 + 4 + c) * N * T    fp32 scores (exponentials), fp32 softmax, probabilities in c,
                                      for rows up to ``attention.DEFAULT_BLOCK`` queries; longer rows
                                      run in block x block tiles recomputed in the backward pass, so no
-                                     layer keeps scores and one tile's ``(4 + 4 + c) * N * block**2``
-                                     per sequence is alive at a time (counted once)
+                                     layer keeps scores; one layer's tiled backward holds at a time
+                                     (counted once, per sequence): a tile's ``(4 + 4 + c) * N * block**2``,
+                                     head-major copies of q and the output gradient ``2c * N * H * T``,
+                                     fp32 dq, dk, dv ``4 * (N + 2K) * H * T`` and two copies of the mask
+                                     ``2 * T**2``
 - MLP:        c * (2D + 4F)          residual and its norm, gate, up, silu(gate), their product
 - LoRA:       c * r per adapted projection (x A^T); with dropout also c * d_in + 1 (the masked input)
 
@@ -93,6 +96,13 @@ def layer_bytes_per_token(cfg: ModelConfig, seq_len: int, c: int, split: TensorS
     return out
 
 
+def tiled_backward_bytes(cfg: ModelConfig, seq_len: int, c: int, split: TensorSplit = TensorSplit()) -> float:
+    """What one layer's tiled attention backward holds per sequence (the module doc's list)."""
+    N, K, H = cfg.num_attention_heads / split.heads, cfg.num_key_value_heads / split.kv_heads, cfg.head_dim
+    tile = (4 + 4 + c) * N * ATTENTION_BLOCK**2
+    return tile + (2 * c * N + 4 * (N + 2 * K)) * H * seq_len + 2 * seq_len**2
+
+
 def logits_bytes_per_token(cfg: ModelConfig, split: TensorSplit = TensorSplit()) -> float:
     return LOGIT_COPIES * 4 * cfg.vocab_size / split.vocab
 
@@ -112,8 +122,8 @@ def activation_bytes(cfg: ModelConfig, seqs: int, seq_len: int, c: int, split: T
     one_layer = sum(parts.values()) * tokens
     L = cfg.num_hidden_layers
     final_norm = 2 * c * cfg.hidden_size * tokens
-    if seq_len > ATTENTION_BLOCK:  # one tile's scores at a time, next to the layers' activations
-        final_norm += (4 + 4 + c) * cfg.num_attention_heads / split.heads * ATTENTION_BLOCK**2 * seqs
+    if seq_len > ATTENTION_BLOCK:  # one layer's tiled backward at a time, next to the layers' activations
+        final_norm += seqs * tiled_backward_bytes(cfg, seq_len, c, split)
     if remat:
         layers = L * c * cfg.hidden_size * tokens + 2 * one_layer + final_norm
     else:
