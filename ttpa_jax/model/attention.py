@@ -99,9 +99,9 @@ def _heads_major(k, v, mask, block):
     return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, need
 
 
-def _key_block(x, j, block, axis=2):
-    """Key block ``j`` of head-major keys/values [B, K, S', H] (axis 2) or of a mask [B, C, S'] (axis 2)."""
-    return jax.lax.dynamic_slice_in_dim(x, j * block, block, axis=axis)
+def _key_block(x, j, block):
+    """Key block ``j`` (axis 2) of head-major keys/values [B, K, S', H], their gradients or a mask [B, C, S']."""
+    return jax.lax.dynamic_slice_in_dim(x, j * block, block, axis=2)
 
 
 def _scan_forward(q, k, v, mask, block):
@@ -136,7 +136,8 @@ def _scan_forward(q, k, v, mask, block):
     qh = q.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
     _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask, block, False),
                                              need))
-    return _join_blocks(out, q.shape[1], axis=3).transpose(0, 3, 1, 2, 4), lse  # [n, B, K, G, C, H] -> [B, T, K, G, H]
+    out = _join_blocks(out, q.shape[1], axis=3)  # [nq, B, K, G, C, H] -> [B, K, G, T, H]
+    return out.transpose(0, 3, 1, 2, 4), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
