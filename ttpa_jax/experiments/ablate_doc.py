@@ -140,7 +140,13 @@ def sweep_lines(runs, names: list[tuple[str, str]], title: str) -> list[str]:
     present = [(label, n) for label, n in names if n in runs]
     if not present:
         return []
-    lines = ["", f"### {title}", "", "| Setting | Seeds | Branch points | Pairs made | Median score gap | Score gaps "
+    common = set.intersection(*(set(runs[n]) for _, n in present))  # compare settings on the same seeds
+    if common:
+        runs = {n: {k: r for k, r in runs[n].items() if k in common} for _, n in present}
+    seeds = ", ".join(map(str, sorted(common)))
+    lines = ["", f"### {title}", "", f"On seed{'s' if len(common) > 1 else ''} {seeds}, the seeds every setting has."
+             if common else "The settings share no seed: each row is over its own seeds.", "",
+             "| Setting | Seeds | Branch points | Pairs made | Median score gap | Score gaps "
              "(histogram, all seeds) | Tool selection | Parameter values | ESM score |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for label, n in present:

@@ -24,12 +24,12 @@ BFCL_CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multipl
 # Seconds on 2 CPU cores with SmolLM2-135M-Instruct: the medians that ``fitted_unit_costs`` finds in the
 # committed default-scale runs (docs/results/<system>/seed<k>.json, seeds 0-2), except stage_overhead.
 UNIT_COSTS = {
-    "sft_record": 5.9,        # LoRA SFT per record (~730 tokens, 3 records in rows of 1024, logits chunk 256)
-    "decode_prompt": 2.4,     # held-out evaluation: greedy, batch 8, 96 new tokens, ~700-token prompts
-    "bfcl_prompt": 1.75,      # BFCL, per prompt and 128 new tokens
-    "tps_prompt": 6.3,        # pair sampling: greedy + up to 3 branch points continued
-    "dpo_pair": 10.2,         # one pair per DPO step and batch row, the reference computed live
-    "rl_episode": 18.9,       # one sampled episode of GRPO or PPO, its share of the update included
+    "sft_record": 6.5,        # LoRA SFT per record (~730 tokens, 3 records in rows of 1024, logits chunk 256)
+    "decode_prompt": 2.25,    # held-out evaluation: greedy, batch 8, 96 new tokens, ~700-token prompts
+    "bfcl_prompt": 1.67,      # BFCL, per prompt and 128 new tokens
+    "tps_prompt": 5.7,        # pair sampling: greedy + up to 3 branch points continued
+    "dpo_pair": 8.7,          # one pair per DPO step and batch row, the reference computed live
+    "rl_episode": 18.5,       # one sampled episode of GRPO or PPO, its share of the update included
     "stage_overhead": 45.0,   # loading the model and compiling a stage's jitted steps (make demo)
 }
 TURNS_PER_RECORD = 2.45       # assistant turns per held-out record (constructed data, 3 tools, 1-2 calls)

@@ -156,7 +156,7 @@ def _blocked_fwd(q, k, v, mask, block):
 
 def _blocked_bwd(block, res, g):
     q, k0, v0, mask0, out, lse = res
-    (B, T, K, _, H), S = q.shape, k0.shape[1]
+    T, H, S = q.shape[1], q.shape[-1], k0.shape[1]
     scale = H**-0.5
     k, v, mask, need = _heads_major(k0, v0, mask0, block)
     delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 3, 1)  # [B, K, G, T]
