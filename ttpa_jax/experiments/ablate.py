@@ -49,7 +49,7 @@ class RunArgs:
     systems: tuple[str, ...] = tuple(s.name for s in R.SYSTEMS)
     """Systems to run (names as in docs/results/<system>/)."""
     scale: Literal["default", "paper", "quick"] = "default"
-    """Sizes: default (about 4.5 hours on 2 CPU cores, measured), paper (thousands of records, a 7B
+    """Sizes: default (about 4.4 hours on 2 CPU cores, measured), paper (thousands of records, a 7B
     --model, GPU/TPU), quick (tiny model from scratch, checks the script)."""
     quick: bool = False
     """Shorthand for --scale quick."""

@@ -1,7 +1,7 @@
 """The ablation's sizes (``--quick``, the default, ``--scale paper``) and its time estimate.
 
 The default (three seeds, the eight systems, both test sets, SmolLM2-135M-Instruct) was sized for
-about three hours on a 2-core CPU machine; measured, it takes about four and a half
+about three hours on a 2-core CPU machine; measured, it takes about 4.4 hours
 (docs/results.md). ``estimate`` derives the time from unit costs (``UNIT_COSTS``) and the sizes below;
 the costs are those the committed default-scale runs measured (``fitted_unit_costs`` over their
 ``stage_seconds``; a test keeps the two in step). ``python -m ttpa_jax.ablate estimate`` prints it and
