@@ -1,9 +1,10 @@
 """The method's training steps on the real base model, tool-shaped data, one process:
 
-- DPO: our shared-prefix step (trunk once, ``--dpo.shared-prefix``) vs our concatenated step (2B full
-  rows) vs the PyTorch reference (transformers + peft, TRL's loss computation; its batch padded to
-  the longest row as TRL's collator does), the same pairs: a ~700-token tool prompt, a generated
-  prefix both sides share (TPS pairs fork at one token), then 20-80-token completions;
+- DPO: our shared-prefix step (what a prompt's pairs share run once, ``--dpo.shared-prefix``) vs our
+  concatenated step (2B full rows) vs the PyTorch reference (transformers + peft, TRL's loss
+  computation; its batch padded to the longest row as TRL's collator does), the same pairs: a
+  ~700-token tool prompt, then the gold completion (chosen) and a branch of it (rejected), with one
+  pair per prompt and with several (TPS makes one per branch point, all with the gold chosen side);
 - SFT: our packed step (``--dataset.pack``) vs one record per row (bucket lengths, as ``train``
   pads) vs PyTorch, the same records;
 - each as a fraction of this machine's measured fp32 matmul peak (model FLOPs of the real tokens),
@@ -42,7 +43,10 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="base model name, GGUF or HF directory")
     ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
-    ap.add_argument("--pairs", type=int, default=2, help="preference pairs per DPO step")
+    ap.add_argument("--pairs", type=int, default=6, help="preference pairs per DPO step")
+    ap.add_argument("--pairs-per-prompt", type=int, nargs="+", default=[1, 3],
+                    help="pairs sharing a prompt and their gold chosen side, one DPO run per value (TPS "
+                         "made 42 pairs from 17 prompts in the ablation's audit: 2.5 per prompt)")
     ap.add_argument("--records", type=int, default=4, help="records per SFT step")
     ap.add_argument("--prompt", type=int, default=700, help="prompt tokens (tool schemas + query)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per side (median)")
@@ -54,18 +58,23 @@ def parse_args():
     return ap.parse_args()
 
 
-def pairs(rng, n, prompt, vocab):
-    """Tool-shaped preference examples: prompt, a shared generated prefix (4-16 tokens), then chosen
-    and rejected completions of 20-80 tokens in all; weights 1 on completion tokens."""
+def pairs(rng, n, prompt, vocab, per_prompt=1):
+    """Tool-shaped preference examples as TPS makes them: ``per_prompt`` pairs per prompt (the last
+    prompt may have fewer), each the prompt's gold completion (20-80 tokens) as the chosen side and, as
+    the rejected side, the gold completion up to a branch point 4-16 tokens in, then a sampled tail of
+    its own; weights 1 on completion tokens."""
     out = []
-    for _ in range(n):
+    for g in range(-(-n // per_prompt)):
         p = prompt + int(rng.integers(-40, 40))
-        trunk = rng.integers(3, vocab, p + int(rng.integers(4, 16)))
-        ex = {}
-        for side in ("chosen", "rejected"):
-            ids = np.concatenate([trunk, rng.integers(3, vocab, int(rng.integers(16, 64)))]).astype(np.int32)
-            ex[f"{side}_ids"], ex[f"{side}_weights"] = ids, (np.arange(len(ids)) >= p).astype(np.float32)
-        out.append(ex)
+        gold = rng.integers(3, vocab, p + int(rng.integers(20, 80))).astype(np.int32)
+        for _ in range(min(per_prompt, n - g * per_prompt)):
+            fork = p + int(rng.integers(4, 16))
+            tail = rng.integers(3, vocab, int(rng.integers(12, 64))).astype(np.int32)
+            tail[0] = 3 + (gold[fork] - 2) % (vocab - 3)  # differs from the gold token at the branch point
+            ex = {}
+            for side, ids in (("chosen", gold), ("rejected", np.concatenate([gold[:fork], tail]))):
+                ex[f"{side}_ids"], ex[f"{side}_weights"] = ids, (np.arange(len(ids)) >= p).astype(np.float32)
+            out.append(ex)
     return out
 
 
@@ -102,6 +111,23 @@ def flops(cfg, lengths, rank, dpo):
     return sum(ts.step_flops(cfg, 1, n, rank, dpo)[0] for n in lengths)
 
 
+def run_flops(cfg, batch, rank, dpo):
+    """Model FLOPs of the tokens a packed or shared-prefix step runs (``train_step.step_flops``'s count):
+    matmuls over its real tokens; attention over the query-key pairs its mask keeps (per segment, a
+    causal trunk, then each branch over the trunk and causally over itself)."""
+    seg = batch.get("sp_segment", batch.get("segment_ids"))
+    branch = batch.get("sp_branch", np.zeros_like(seg))
+    tokens, pairs = 0, 0.0
+    for r in range(seg.shape[0]):
+        for s in set(seg[r].tolist()) - {0}:
+            b = branch[r][seg[r] == s]
+            t, sizes = int((b == 0).sum()), np.bincount(b)[1:]
+            tokens += len(b)
+            pairs += t * t / 2 + float(sum(n * t + n * n / 2 for n in sizes))
+    mm_per_token = ts.step_flops(cfg, 1, 1, rank, dpo)[1]
+    return mm_per_token * tokens + cfg["num_hidden_layers"] * 4 * cfg["hidden_size"] * pairs * (3 + dpo)
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(report.cores())
@@ -123,12 +149,12 @@ def main():
     report.value("matmul peak (measured)", peak / 1e9, "GFLOP/s", peak_note)
     report.value("memory bandwidth (measured)", bw / 1e9, "GB/s", "jitted a * c over 256 MiB, read + write")
 
-    exs = pairs(rng, args.pairs, args.prompt, cfg["vocab_size"])
-    rows = collate(exs, pad, 64, 4096)
-    shared = collate(exs, pad, 64, 4096, layout="shared_prefix")
-    lengths = [len(e[k]) for e in exs for k in ("chosen_ids", "rejected_ids")]
-    runs = [] if args.skip_dpo else [
-        ("DPO", rows, shared, True, lengths, f"{args.pairs} pairs, sequences of {min(lengths)}-{max(lengths)} tokens")]
+    runs = []
+    for k in [] if args.skip_dpo else args.pairs_per_prompt:
+        exs = pairs(rng, args.pairs, args.prompt, cfg["vocab_size"], k)
+        lengths = [len(e[s]) for e in exs for s in ("chosen_ids", "rejected_ids")]
+        runs.append(("DPO", collate(exs, pad, 64, 4096), collate(exs, pad, 64, 4096, layout="shared_prefix"), True,
+                     lengths, f"{args.pairs} pairs, {k} per prompt, sequences of {min(lengths)}-{max(lengths)} tokens"))
     if not args.skip_sft:
         recs = records(rng, args.records, args.prompt, cfg["vocab_size"])
         rlen = [len(r["input_ids"]) for r in recs]
@@ -160,10 +186,11 @@ def main():
             report.ratio(f"{fast_name} / transformers", times[2] / times[0])
             report.ratio("ours rows / transformers", times[2] / times[1])
         report.value(f"{fast_name}: slot efficiency", 100 * efficiency(fast), "%", f"rows: {100 * efficiency(plain):.0f}%")
-        report.value("model FLOPs (real tokens)", fl / 1e9, "GFLOP",
-                     "DPO: both full sequences, what the concatenated step must do; shared-prefix does less")
-        for label, t in zip([fast_name, "ours rows", "transformers"], times):
-            report.value(f"{label}: of matmul peak", 100 * fl / t / peak, "%")
+        fast_fl = run_flops(cfg, fast, 8, dpo)
+        report.value("model FLOPs, unpacked", fl / 1e9, "GFLOP", "every sequence in full, as rows and transformers run them")
+        report.value(f"model FLOPs, {fast_name}", fast_fl / 1e9, "GFLOP", "the tokens and attention pairs it runs")
+        for label, f, t in zip([fast_name, "ours rows", "transformers"], [fast_fl, fl, fl], times):
+            report.value(f"{label}: of matmul peak", 100 * f / t / peak, "%")
         report.value("ours: step temporaries", f_temp, "MiB", f"{fast_name}; rows {p_temp:.0f} MiB")
         report.value("ours: compile", f_comp, "s", f"rows {p_comp:.0f} s")
         sys.stdout.flush()

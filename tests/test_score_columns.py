@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from test_packing import examples
-from test_shared_prefix import _assert_same, _steps, pair_batch
+from test_shared_prefix import _assert_same, _steps, group_batch
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.loader import collate
@@ -55,7 +55,9 @@ def test_sft_step_on_scored_columns_equals_every_column(layout, chunk):
 @pytest.mark.parametrize("lora,tie,chunk", [(True, True, 3), (False, False, 0)])
 def test_dpo_step_on_scored_columns_equals_every_column(lora, tie, chunk):
     cfg = dataclasses.replace(load_config("tiny-qwen2"), tie_word_embeddings=tie)
-    sp = shared_prefix_batch(pair_batch(cfg.vocab_size, seed=4), length=64)  # padded as the loader pads
+    batch = group_batch(cfg.vocab_size, seed=4, prompt=40)
+    batch.pop("ref_chosen_logp")
+    sp = shared_prefix_batch(batch, pad_multiple=8, max_length=128)  # grouped, as one process collates
     cols = {**sp, "sp_cols": pair_columns(sp)}
     assert cols["sp_cols"].shape[1] < sp["sp_ids"].shape[1]
     every, scored = _steps(cfg, lora, sp, chunk), _steps(cfg, lora, cols, chunk)

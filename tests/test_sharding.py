@@ -18,7 +18,7 @@ from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.sharding import Placement, make_mesh, mesh_shape, place_state, spec_for
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.train.trainer import Trainer, train
+from ttpa_jax.train.trainer import Trainer, batch_layout, train
 
 from helpers import metrics, preference_records, write_jsonl
 
@@ -75,7 +75,7 @@ def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, 
 
     from ttpa_jax.train.example_proto import decode_example
     from ttpa_jax.train.recordio import open_source
-    from ttpa_jax.train.trainer import precompute_reference
+    from ttpa_jax.train.reference import precompute_reference
 
     _, records, _ = single_device_run
     logps = {}
@@ -85,7 +85,8 @@ def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, 
         for f in (records, records.parent / "stats.json"):
             shutil.copy(f, d / f.name)
         cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh, logits_chunk=16)
-        out = precompute_reference(Trainer.create(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg)
+        out = precompute_reference(Trainer.create(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg,
+                                   batch_layout(cfg))
         src = open_source(out, "arrayrecord")
         logps[mesh] = np.array([[decode_example(src[i])[k][0] for k in ("ref_chosen_logp", "ref_rejected_logp")]
                                 for i in range(len(src))])

@@ -1,5 +1,5 @@
-"""Shared-prefix DPO (one row per pair: trunk, chosen suffix, rejected suffix) against the
-concatenated layout (2B full rows): the same losses, metrics and gradients."""
+"""Shared-prefix DPO (a group's trunk once, then each distinct sequence's branch; groups packed into
+rows) against the concatenated layout (2B full rows): the same losses, metrics and gradients."""
 
 import dataclasses
 
@@ -13,6 +13,7 @@ from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.objectives import make_dpo
+from ttpa_jax.train.score_columns import pair_columns
 from ttpa_jax.train.shared_prefix import common_prefix, shared_prefix_batch
 from ttpa_jax.train.trainer import make_train_step, split_model
 
@@ -39,21 +40,63 @@ def pair_batch(vocab: int, L: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def group_batch(vocab: int, seed: int = 0, prompt: int = 11) -> dict[str, np.ndarray]:
+    """Pairs as TPS makes them: pairs 0-2 share a prompt and pairs 0 and 1 their chosen (gold) side;
+    pair 2's chosen side is pair 1's rejected side; pair 3 has a prompt of its own."""
+    rng = np.random.default_rng(seed)
+    p, L = prompt, prompt + 29
+    head, other = rng.integers(3, vocab, p), rng.integers(3, vocab, 7)
+    gold = np.concatenate([head, rng.integers(3, vocab, 8)])
+    fork = lambda seq, at, n: np.concatenate([seq[:at], [(seq[at] + 1 - 3) % (vocab - 3) + 3],  # noqa: E731
+                                              rng.integers(3, vocab, n)])
+    b1 = fork(gold, p + 2, 3)
+    sides = [(gold, fork(gold, p + 4, 6), p), (gold, b1, p), (b1, fork(b1, p, 5), p),
+             (np.concatenate([other, rng.integers(3, vocab, 5)]), np.concatenate([other, rng.integers(3, vocab, 9)]), 7)]
+    out = {f"{s}_{k}": np.zeros((len(sides), L), np.float32 if k == "weights" else np.int32)
+           for s in ("chosen", "rejected") for k in ("ids", "mask", "weights")}
+    for i, (c, r, p) in enumerate(sides):
+        for side, ids in (("chosen", c), ("rejected", r)):
+            out[f"{side}_ids"][i, :len(ids)] = ids
+            out[f"{side}_mask"][i, :len(ids)] = 1
+            out[f"{side}_weights"][i, p:len(ids)] = 1.0
+    out["ref_chosen_logp"] = np.array([-1.0, -2.0, -3.0, -4.0], np.float32)
+    return out
+
+
 def test_layout_of_one_pair():
     b = {"chosen_ids": np.array([[5, 6, 7, 8, 0]]), "chosen_mask": np.array([[1, 1, 1, 1, 0]]),
          "chosen_weights": np.array([[0, 0, 1, 1, 0]], np.float32),
          "rejected_ids": np.array([[5, 6, 7, 9, 4]]), "rejected_mask": np.array([[1, 1, 1, 1, 1]]),
          "rejected_weights": np.array([[0, 0, 1, 1, 1]], np.float32), "ref_chosen_logp": np.array([-1.0])}
-    sp = shared_prefix_batch(b, length=8)
+    sp = shared_prefix_batch(b, pad_multiple=8, max_length=64)
     assert common_prefix(b["chosen_ids"][0], b["rejected_ids"][0]) == 3
-    assert sp["sp_ids"][0].tolist() == [5, 6, 7, 8, 9, 4, 0, 0]
-    assert sp["sp_positions"][0].tolist() == [0, 1, 2, 3, 3, 4, 0, 0]
-    assert sp["sp_branch"][0].tolist() == [0, 0, 0, 1, 2, 2, 0, 0]
-    assert sp["sp_target"][0, :5].tolist() == [6, 7, 8, 0, 4]  # column 2 predicts chosen 8 ...
-    assert sp["sp_fork_target"][0, 2] == 9 and sp["sp_fork_w"][0].tolist() == [0, 0, 1, 0, 0, 0, 0, 0]  # ... and rejected 9
-    assert sp["sp_chosen_w"][0].tolist() == [0, 1, 1, 0, 0, 0, 0, 0]
-    assert sp["sp_rejected_w"][0].tolist() == [0, 1, 0, 0, 1, 0, 0, 0]
-    assert sp["ref_chosen_logp"].tolist() == [-1.0]
+    # trunk [5, 6]; each branch repeats the last shared token (7) at its position (2)
+    assert sp["sp_ids"][0].tolist() == [5, 6, 7, 8, 7, 9, 4, 0]
+    assert sp["sp_positions"][0].tolist() == [0, 1, 2, 3, 2, 3, 4, 0]
+    assert sp["sp_branch"][0].tolist() == [0, 0, 1, 1, 2, 2, 2, 0]
+    assert sp["sp_segment"][0].tolist() == [1] * 7 + [0]
+    assert sp["sp_target"][0].tolist() == [6, 7, 8, 0, 9, 4, 0, 0]
+    assert sp["sp_chosen_w"][0].tolist() == [[0, 1, 1, 0, 0, 0, 0, 0]]
+    assert sp["sp_rejected_w"][0].tolist() == [[0, 1, 0, 0, 1, 1, 0, 0]]
+    assert sp["sp_pair"].tolist() == [[0]] and sp["ref_chosen_logp"].tolist() == [[-1.0]]
+
+
+def test_pairs_of_one_prompt_share_a_row_and_their_sequences():
+    b = group_batch(64)
+    sp = shared_prefix_batch(b, pad_multiple=8, max_length=64)
+    slots = sp["sp_pair"]
+    row_of = {int(p): r for r, row in enumerate(slots) for p in row if p >= 0}
+    assert sorted(row_of) == [0, 1, 2, 3] and row_of[0] == row_of[1] == row_of[2]
+    r = row_of[0]
+    seg = sp["sp_segment"][r]
+    group = seg == seg[sp["sp_chosen_w"][r, list(slots[r]).index(0)].argmax()]
+    # four distinct sequences (gold, a branch of it at 15, one at 13, a branch of that one right after
+    # the 11-token prompt) after a 10-token trunk (the shared prompt less the token each branch repeats)
+    assert (sp["sp_branch"][r][group] == 0).sum() == 10 and len(set(sp["sp_branch"][r][group]) - {0}) == 4
+    assert group.sum() == 10 + (19 - 10) + (22 - 10) + (17 - 10) + (17 - 10)
+    assert {float(v) for v in sp["ref_chosen_logp"][slots >= 0]} == {-1.0, -2.0, -3.0, -4.0}
+    one_each = shared_prefix_batch(b, pad_multiple=8, max_length=64, group=False)
+    assert one_each["sp_pair"].tolist() == [[0], [1], [2], [3]]
 
 
 def _steps(cfg, lora: bool, batch, chunk=0, placement=None):
@@ -96,20 +139,25 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("lora,tie,chunk", [(True, True, 7), (False, False, 0)])  # LoRA and full, tied and untied
-def test_shared_prefix_step_equals_concatenated_step(lora, tie, chunk):
+@pytest.mark.parametrize("make", [pair_batch, group_batch])
+def test_shared_prefix_step_equals_concatenated_step(lora, tie, chunk, make):
     cfg = dataclasses.replace(load_config("tiny-qwen2"), tie_word_embeddings=tie)
-    batch = pair_batch(cfg.vocab_size)
+    batch = make(cfg.vocab_size)
+    batch.pop("ref_chosen_logp", None)
     concat = _steps(cfg, lora, batch, chunk)
-    shared = _steps(cfg, lora, shared_prefix_batch(batch), chunk)
     assert concat[1]["rewards/margins"] != 0.0 and concat[1]["grad_norm"] > 0
-    _assert_same(concat, shared)
+    for group in (True, False):
+        sp = shared_prefix_batch(batch, pad_multiple=8, max_length=64, group=group)
+        _assert_same(concat, _steps(cfg, lora, {**sp, "sp_cols": pair_columns(sp)} if lora else sp, chunk))
 
 
 def test_shared_prefix_step_on_a_mesh_equals_one_device():
     from ttpa_jax.model.sharding import Placement, make_mesh
 
     cfg = load_config("tiny-qwen2")
-    batch = pair_batch(cfg.vocab_size, seed=3)
-    one = _steps(cfg, True, batch)
-    mesh = _steps(cfg, True, shared_prefix_batch(batch), placement=Placement(make_mesh(2, 2, 2)))
-    _assert_same(one, mesh)
+    for make in (pair_batch, group_batch):
+        batch = make(cfg.vocab_size, seed=3)
+        batch.pop("ref_chosen_logp", None)
+        one = _steps(cfg, True, batch)
+        sp = shared_prefix_batch(batch, pad_multiple=8, max_length=64, row_multiple=4)  # grouped, rows padded to the 4 devices
+        _assert_same(one, _steps(cfg, True, sp, placement=Placement(make_mesh(2, 2, 2))))

@@ -36,3 +36,12 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
         return False
     _initialized = True
     return True
+
+
+def sync_processes(name: str) -> None:
+    """Wait for every process at the barrier ``name`` (nothing to wait for with one process)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

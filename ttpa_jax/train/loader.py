@@ -12,9 +12,9 @@ import numpy as np
 
 from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.recordio import open_source
-from ttpa_jax.train.packing import pack
+from ttpa_jax.train.packing import bucket_length, pack
 from ttpa_jax.train.score_columns import pair_columns, sft_columns
-from ttpa_jax.train.shared_prefix import row_length, shared_prefix_batch
+from ttpa_jax.train.shared_prefix import shared_prefix_batch
 
 # Features that are token ids (padded with pad_id) -> the mask that goes with them.
 SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
@@ -22,16 +22,8 @@ SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
                 "rejected_ids": ("rejected_mask", "rejected_weights")}
 
 
-def bucket_length(n: int, pad_multiple: int, max_length: int) -> int:
-    """Smallest ``pad_multiple * 2**k`` that holds ``n`` tokens, capped at ``max_length``."""
-    size = pad_multiple
-    while size < n:
-        size *= 2
-    return min(size, max(max_length, n))
-
-
 def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int,
-            layout: str = "rows", row_multiple: int = 1, select_columns: bool = True) -> dict[str, np.ndarray]:
+            layout: str = "rows", row_multiple: int = 1, varying_shapes: bool = True) -> dict[str, np.ndarray]:
     """Right-pad a list of examples into a batch.
 
     Sequence features become ``[B, L]`` (ids int32 with a matching ``*_mask``; weights float32);
@@ -39,24 +31,26 @@ def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: in
     and rejected alike, share one length L.
 
     ``layout``: "rows" (one sequence per row, as above), "packed" (SFT: several records per row,
-    ``packing.pack``; the row count a multiple of ``row_multiple``) or "shared_prefix" (DPO: one row
-    per pair, ``shared_prefix.shared_prefix_batch``, its length a bucket length too). With
-    ``select_columns`` SFT batches get ``score_cols`` and shared-prefix ones ``sp_cols`` [B, K]
-    (``score_columns``: the columns the loss scores; K depends on the batch, so processes that must
-    agree on shapes leave it off).
+    ``packing.pack``; the row count a multiple of ``row_multiple``) or "shared_prefix" (DPO: what
+    sequences share run once, ``shared_prefix.shared_prefix_batch``).
+
+    ``varying_shapes`` (one process) lets the batch pick shapes from its content: SFT batches get
+    ``score_cols`` and shared-prefix ones ``sp_cols`` [R, K] (``score_columns``: the columns the loss
+    scores), and shared-prefix batches group the pairs of one prompt. Processes that must agree on
+    shapes turn it off: one pair per row, every column scored.
     """
     if layout == "packed":
         batch = pack(examples, pad_id, pad_multiple, max_length, row_multiple)
     elif layout == "shared_prefix":
         rows = _rows(examples, pad_id, pad_multiple, max_length)
-        batch = shared_prefix_batch(rows, bucket_length(row_length(rows), pad_multiple, max_length), pad_id)
-        if select_columns:
+        batch = shared_prefix_batch(rows, pad_id, pad_multiple, max_length, row_multiple, group=varying_shapes)
+        if varying_shapes:
             batch["sp_cols"] = pair_columns(batch)
     elif layout == "rows":
         batch = _rows(examples, pad_id, pad_multiple, max_length)
     else:
         raise ValueError(f"unknown batch layout {layout!r} (rows, packed, shared_prefix)")
-    if select_columns and "weights" in batch:  # SFT: the LM head on the columns predicting weighted tokens only
+    if varying_shapes and "weights" in batch:  # SFT: the LM head on the columns predicting weighted tokens only
         batch["score_cols"] = sft_columns(batch["weights"])
     return batch
 
@@ -109,7 +103,7 @@ class Loader:
         ds = ds.map(decode_example).batch(
             local, drop_remainder=True,
             batch_fn=lambda exs: collate(list(exs), pad_id, pad_multiple, max_length, layout, row_multiple,
-                                         select_columns=process_count == 1),
+                                         varying_shapes=process_count == 1),
         )
         self._ds = ds.to_iter_dataset()
         self._it = iter(self._ds)

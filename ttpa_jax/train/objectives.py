@@ -100,29 +100,37 @@ def _concat(batch):
 
 def pair_scores(model, batch, ctx: Ctx, logits_chunk: int = 0):
     """Sequence log-probs, completion token counts and sums of the mean logits predicting completion
-    tokens, each ``[2B]`` (chosen rows, then rejected rows), in either batch layout: the concatenated
-    one (``chosen_ids``, ``rejected_ids`` [B, L]: 2B rows) or the shared-prefix one (``sp_*`` [B, L]:
-    one row per pair, ``train.shared_prefix``)."""
+    tokens, each ``[2N]`` (chosen sides, then rejected sides), in either batch layout: the concatenated
+    one (``chosen_ids``, ``rejected_ids`` [B, L]: 2B rows, N = B) or the shared-prefix one (``sp_*``:
+    R rows of M pair slots, N = R * M, empty slots score 0; ``train.shared_prefix``)."""
     if "sp_ids" not in batch:
         ids, mask, weights = _concat(batch)
         lp, vocab_mean = model.token_logps_and_vocab_mean(ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]
         return (lp * weights).sum(-1), weights.sum(-1), (vocab_mean * (weights > 0)).sum(-1)
-    wc, wr, wf = batch["sp_chosen_w"], batch["sp_rejected_w"], batch["sp_fork_w"]
+    wc, wr = batch["sp_chosen_w"], batch["sp_rejected_w"]  # [R, M, L]
     cols = None
-    if "sp_cols" in batch:  # the LM head on the completion columns only: [B, K] below
-        cols, valid, (wc, wr, wf) = gather(batch["sp_cols"], wc, wr, wf)
-        wc, wr, wf = wc * valid, wr * valid, wf * valid
-    (lp, lp_fork), vocab_mean = model.column_scores(
-        batch["sp_ids"], batch["sp_positions"], batch["sp_mask"], (batch["sp_target"], batch["sp_fork_target"]),
-        ctx=ctx, chunk=logits_chunk, branch_ids=batch["sp_branch"], columns=cols)  # [B, L] (or [B, K]) each
-    logps = jnp.concatenate([(lp * wc).sum(-1), (lp * wr + lp_fork * wf).sum(-1)])
-    counts = jnp.concatenate([wc.sum(-1), (wr + wf).sum(-1)])
-    logit_sums = jnp.concatenate([(vocab_mean * (wc > 0)).sum(-1), (vocab_mean * ((wr > 0) | (wf > 0))).sum(-1)])
-    return logps, counts, logit_sums
+    if "sp_cols" in batch:  # the LM head on the completion columns only: [R, K] below
+        cols, valid, (wc, wr) = gather(batch["sp_cols"], wc, wr)
+        wc, wr = wc * valid[:, None, :], wr * valid[:, None, :]
+    (lp,), vocab_mean = model.column_scores(
+        batch["sp_ids"], batch["sp_positions"], batch["sp_mask"], (batch["sp_target"],), ctx=ctx, chunk=logits_chunk,
+        segment_ids=batch["sp_segment"], branch_ids=batch["sp_branch"], columns=cols)  # [R, L] (or [R, K]) each
+    lp, vocab_mean = lp[:, None, :], vocab_mean[:, None, :]
+    side = lambda w: ((lp * w).sum(-1).reshape(-1), w.sum(-1).reshape(-1),  # noqa: E731
+                      (vocab_mean * (w > 0)).sum(-1).reshape(-1))
+    return tuple(jnp.concatenate(pair) for pair in zip(side(wc), side(wr)))
 
 
 def num_pairs(batch) -> int:
-    return (batch["sp_ids"] if "sp_ids" in batch else batch["chosen_ids"]).shape[0]
+    """N: the pair slots of a batch (``pair_scores``)."""
+    return batch["sp_pair"].size if "sp_ids" in batch else batch["chosen_ids"].shape[0]
+
+
+def pair_valid(batch):
+    """[N] float32: 1 for a slot holding a pair."""
+    if "sp_ids" in batch:
+        return (batch["sp_pair"] >= 0).reshape(-1).astype(jnp.float32)
+    return jnp.ones((batch["chosen_ids"].shape[0],), jnp.float32)
 
 
 def chosen_weight_sum(batch):
@@ -130,7 +138,7 @@ def chosen_weight_sum(batch):
 
 
 def reference_logps(reference, batch, logits_chunk: int = 0):
-    """Reference sequence log-probs (chosen [B], rejected [B]) from one forward pass of ``reference``
+    """Reference sequence log-probs (chosen [N], rejected [N]) from one forward pass of ``reference``
     with adapters off, in either layout (``pair_scores``)."""
     logps, _, _ = pair_scores(reference, batch, Ctx(lora=False), logits_chunk)
     ref = jax.lax.stop_gradient(logps)
@@ -141,15 +149,15 @@ def reference_logps(reference, batch, logits_chunk: int = 0):
 def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weight: float = 0.0,
              logits_chunk: int = 0) -> Objective:
     def normalizers(batch):
-        return {"pairs": jnp.asarray(num_pairs(batch), jnp.float32),
+        return {"pairs": pair_valid(batch).sum(),
                 "chosen_tokens": jnp.maximum(chosen_weight_sum(batch), 1e-6)}
 
     def loss(model, reference, batch, ctx, norms):
-        n = num_pairs(batch)
-        # [2B] each, chosen then rejected; logit_sums: TRL's logits metric (the logits predicting completion tokens)
+        n, valid = num_pairs(batch), pair_valid(batch)  # [N]
+        # [2N] each, chosen then rejected; logit_sums: TRL's logits metric (the logits predicting completion tokens)
         logps, counts, logit_sums = pair_scores(model, batch, ctx, logits_chunk)
-        if "ref_chosen_logp" in batch:
-            ref_c, ref_r = batch["ref_chosen_logp"], batch["ref_rejected_logp"]
+        if "ref_chosen_logp" in batch:  # [B] by pair, or [R, M] by slot
+            ref_c, ref_r = batch["ref_chosen_logp"].reshape(-1), batch["ref_rejected_logp"].reshape(-1)
         else:
             ref_c, ref_r = reference_logps(reference, batch, logits_chunk)
         pol_c, pol_r = logps[:n], logps[n:]
@@ -160,6 +168,7 @@ def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weig
         else:
             losses = dpo_losses(pol_c, pol_r, ref_c, ref_r, beta=beta, loss_type=loss_type,
                                 label_smoothing=label_smoothing)
+        losses = losses * valid
         total = losses.sum() / norms["pairs"]
         nll = -pol_c.sum()
         if sft_weight:
@@ -167,10 +176,10 @@ def make_dpo(beta: float, loss_type: str, label_smoothing: float = 0.0, sft_weig
         r_c = beta * (pol_c - ref_c)
         r_r = beta * (pol_r - ref_r)
         sums = {
-            "dpo_loss": losses.sum(), "pairs": jnp.asarray(n, jnp.float32), "nll": nll,
+            "dpo_loss": losses.sum(), "pairs": valid.sum(), "nll": nll,
             "chosen_tokens": counts[:n].sum(), "rejected_tokens": counts[n:].sum(),
             "rewards/chosen": r_c.sum(), "rewards/rejected": r_r.sum(),
-            "rewards/accuracies": (r_c > r_r).astype(jnp.float32).sum(), "rewards/margins": (r_c - r_r).sum(),
+            "rewards/accuracies": ((r_c > r_r) * valid).sum(), "rewards/margins": (r_c - r_r).sum(),
             "logps/chosen": pol_c.sum(), "logps/rejected": pol_r.sum(),
             "logits/chosen": logit_sums[:n].sum(), "logits/rejected": logit_sums[n:].sum(),
         }

@@ -13,6 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def bucket_length(n: int, pad_multiple: int, max_length: int) -> int:
+    """Smallest ``pad_multiple * 2**k`` that holds ``n`` tokens, capped at ``max_length``."""
+    size = pad_multiple
+    while size < n:
+        size *= 2
+    return min(size, max(max_length, n))
+
+
 def first_fit(lengths: list[int], rows: int, capacity: int) -> list[list[int]] | None:
     """Record indices per row (longest records first, each into the first row with room), or None
     when they do not fit into ``rows`` rows of ``capacity`` tokens."""

@@ -38,13 +38,14 @@ def sft_columns(weights: np.ndarray) -> np.ndarray:
 
 
 def pair_columns(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """A shared-prefix DPO batch -> the columns any side's weight counts ([B, K], ``score_columns``)."""
-    return score_columns((batch["sp_chosen_w"] > 0) | (batch["sp_rejected_w"] > 0) | (batch["sp_fork_w"] > 0))
+    """A shared-prefix DPO batch -> the columns any slot's weight counts ([R, K], ``score_columns``)."""
+    return score_columns(((batch["sp_chosen_w"] > 0) | (batch["sp_rejected_w"] > 0)).any(axis=1))
 
 
 def gather(cols, *arrays):
-    """cols [B, K] (-1 pads) and arrays [B, L] -> (columns [B, K] clipped to valid indices, valid [B, K]
-    bool, each array at those columns [B, K])."""
+    """cols [B, K] (-1 pads) and arrays [B, L] or [B, M, L] -> (columns [B, K] clipped to valid indices,
+    valid [B, K] bool, each array at those columns, [B, K] or [B, M, K])."""
     valid = cols >= 0
     c = jnp.maximum(cols, 0)
-    return c, valid, tuple(jnp.take_along_axis(a, c, axis=1) for a in arrays)
+    take = lambda a: jnp.take_along_axis(a, c if a.ndim == 2 else c[:, None, :], axis=-1)  # noqa: E731
+    return c, valid, tuple(take(a) for a in arrays)

@@ -11,7 +11,6 @@ float32 and the DPO reference is a frozen copy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -22,8 +21,6 @@ import numpy as np
 import optax
 import yaml
 from flax import nnx
-from tqdm import tqdm
-from jax.experimental import multihost_utils
 
 from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.checkpoint import Checkpoints
@@ -31,18 +28,18 @@ from ttpa_jax.core.malloc import tune_malloc
 from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.lora import apply_lora
 from ttpa_jax.model.transformer import Ctx, Transformer
-from ttpa_jax.train.objectives import Objective, make_dpo, make_sft, reference_logps
+from ttpa_jax.train.objectives import Objective, make_dpo, make_sft
+from ttpa_jax.train.reference import precompute_reference
+from ttpa_jax.model.distributed import sync_processes
 from ttpa_jax.train.optim import make_optimizer, schedule
 from ttpa_jax.train.run_log import RunLog
-from ttpa_jax.model.sharding import Placement, batch_sharding, loader_shardings, make_mesh
+from ttpa_jax.model.sharding import Placement, loader_shardings, make_mesh
 from ttpa_jax.train.config import TrainConfig
 from ttpa_jax.model.hf_io import load_pretrained
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.token_weights import make_weight_fn
 from ttpa_jax.train.packing import efficiency
-from ttpa_jax.train.loader import Loader, collate
-from ttpa_jax.train.example_proto import decode_example, encode_example
-from ttpa_jax.train.recordio import RecordWriter, open_source
+from ttpa_jax.train.loader import Loader
 
 
 tune_malloc()  # before jax starts its threads: step buffers stay mapped between steps (core/malloc.py)
@@ -234,7 +231,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
     )
     if jax.process_index() == 0:  # process 0 first; the others then reuse its file (or build their own
         prepare()                 # copy when the run directory is not on a shared filesystem)
-    _sync("prepare-data")
+    sync_processes("prepare-data")
     records, stats = prepare()
     _say(f"data: {stats.summary()}")
     if stats.written == 0:
@@ -263,7 +260,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     lr_at = schedule(cfg.optim, steps)
 
     if st.objective.needs_reference and cfg.dpo.precompute_ref:
-        records = precompute_reference(st, records, cfg, progress)
+        records = precompute_reference(st, records, cfg, batch_layout(cfg), progress)
 
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
     start = ckpts.latest_step() or 0
@@ -344,57 +341,3 @@ def end_step(cfg: TrainConfig, step: int, start: int, steps: int, metrics: dict,
 def _say(msg: str) -> None:
     if jax.process_index() == 0:
         print(msg, flush=True)
-
-
-# --------------------------------------------------------------------------- reference pass
-def precompute_reference(st: Trainer, records: Path, cfg: TrainConfig, progress: bool = True) -> Path:
-    """One pass over the preference data computing reference log-probs; writes a second record file
-    with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists."""
-    out = records.with_name(records.stem + "-ref" + records.suffix)
-    marker = out.with_name(out.name + ".json")
-    fp = json.loads((records.parent / "stats.json").read_text())["fingerprint"]
-    if out.is_file() and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
-        return out
-
-    graphdef, placement, pad_id = st.graphdef, st.placement, st.pad_id
-
-    def ref_logps(trainable, frozen, batch):
-        return reference_logps(nnx.merge(graphdef, trainable, frozen), batch, cfg.logits_chunk)
-
-    ref_logps = jax.jit(ref_logps, in_shardings=(placement.shardings(st.trainable), placement.shardings(st.frozen),
-                                                 batch_sharding(placement.mesh)),
-                        out_shardings=(placement.replicated, placement.replicated))
-
-    src = open_source(records, cfg.dataset.format)
-    examples = [decode_example(src[i]) for i in range(len(src))]
-    per = cfg.dataset.batch_size
-    results: list[tuple[float, float]] = []
-    bar = tqdm(total=len(examples), desc="reference log-probs", unit="pair",
-               disable=not progress or jax.process_index() != 0)
-    for i in range(0, len(examples), per):
-        chunk = examples[i:i + per]
-        chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
-        host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length, batch_layout(cfg),
-                       select_columns=jax.process_count() == 1)
-        n_proc, p = jax.process_count(), jax.process_index()
-        local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
-        with jax.set_mesh(placement.mesh):
-            rc, rr = jax.device_get(ref_logps(st.trainable, st.frozen, placement.batch(local)))  # replicated: every process reads it
-        results.extend(zip(np.asarray(rc).tolist(), np.asarray(rr).tolist()))
-        bar.update(min(per, len(examples) - i))
-    bar.close()
-    if jax.process_index() == 0:
-        tmp = out.with_name(out.name + ".tmp")
-        with RecordWriter(tmp, cfg.dataset.format) as w:
-            for ex, (rc, rr) in zip(examples, results):
-                w.write(encode_example({**ex, "ref_chosen_logp": np.array([rc], np.float32),
-                                        "ref_rejected_logp": np.array([rr], np.float32)}))
-        tmp.replace(out)
-        marker.write_text(json.dumps({"fingerprint": fp}))
-    _sync("precompute_reference")
-    return out
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)

@@ -33,7 +33,7 @@ from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.text.detokenize import decode_text
 from ttpa_jax.text.prompts import left_pad
 from ttpa_jax.tools.calls import message_from_text, parse
-from ttpa_jax.train.loader import bucket_length
+from ttpa_jax.train.packing import bucket_length
 from ttpa_jax.train.rl.rewards import Episode
 from ttpa_jax.construct.toolbox import executor_for
 from ttpa_jax.tools.library import make_tool
