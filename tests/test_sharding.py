@@ -61,9 +61,10 @@ def test_lora_dpo_steps_match_single_device(tiny_model_dir, single_device_run):
     _, records, reference = single_device_run
     for mesh in MESHES:
         cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh)
-        st = Trainer.create(cfg, Placement(make_mesh(*mesh)), steps=4)
-        loader = Loader(records, "arrayrecord", global_batch=8, seed=0, shuffle=True, pad_id=st.pad_id,
-                        pad_multiple=64, max_length=512)
+        placement = Placement(make_mesh(*mesh))
+        st = Trainer.create(cfg, placement, steps=4)
+        loader = Loader(records, "arrayrecord", global_batch=8, seed=0, shuffle=True, pad_id=st.pad_id,  # as train makes it
+                        pad_multiple=64, max_length=512, layout=batch_layout(cfg), row_multiple=placement.batch_divisor)
         for ref in reference[:2]:
             got = {k: float(v) for k, v in st.step(next(loader), jax.random.fold_in(jax.random.key(0), ref["step"])).items()}
             for k in ("loss", "grad_norm", "rewards/margins", "logps/chosen"):

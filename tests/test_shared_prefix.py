@@ -1,5 +1,6 @@
 """Shared-prefix DPO (a group's trunk once, then each distinct sequence's branch; groups packed into
-rows) against the concatenated layout (2B full rows): the same losses, metrics and gradients."""
+rows) against the concatenated layout (2B full rows): the same losses, metrics and gradients; the
+loader keeps a prompt's pairs together."""
 
 import dataclasses
 
@@ -12,7 +13,10 @@ import pytest
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import init_model
+from ttpa_jax.train.example_proto import encode_example
+from ttpa_jax.train.loader import GroupedShuffle, Loader
 from ttpa_jax.train.objectives import make_dpo
+from ttpa_jax.train.recordio import RecordWriter
 from ttpa_jax.train.score_columns import pair_columns
 from ttpa_jax.train.shared_prefix import common_prefix, shared_prefix_batch
 from ttpa_jax.train.trainer import make_train_step, split_model
@@ -161,3 +165,38 @@ def test_shared_prefix_step_on_a_mesh_equals_one_device():
         one = _steps(cfg, True, batch)
         sp = shared_prefix_batch(batch, pad_multiple=8, max_length=64, row_multiple=4)  # grouped, rows padded to the 4 devices
         _assert_same(one, _steps(cfg, True, sp, placement=Placement(make_mesh(2, 2, 2))))
+
+
+def test_grouped_shuffle_keeps_a_prompts_records_together_every_epoch():
+    order = GroupedShuffle([[0, 4], [1], [2, 3, 5]], seed=7)
+    epochs = [[order(e * 6 + i) for i in range(6)] for e in range(4)]
+    for ep in epochs:
+        assert sorted(ep) == list(range(6))
+        assert abs(ep.index(0) - ep.index(4)) == 1 and ep[ep.index(2):ep.index(2) + 3] == [2, 3, 5]
+    assert len({tuple(ep) for ep in epochs}) > 1  # a new group order each epoch
+
+
+def test_loader_batches_a_prompts_pairs_together_and_resumes(tmp_path):
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 60, 9 + k) for k in range(3)]
+    path = tmp_path / "dpo.arrayrecord"
+    with RecordWriter(path) as w:  # three prompts' pairs interleaved in the file
+        for j in range(3):
+            for p in prompts:
+                gold = np.concatenate([p, rng.integers(3, 60, 6)])
+                rejected = np.concatenate([gold[:len(p) + j], rng.integers(3, 60, 4)])
+                w.write(encode_example({"chosen_ids": gold, "chosen_weights": (np.arange(len(gold)) >= len(p)) * 1.0,
+                                        "rejected_ids": rejected,
+                                        "rejected_weights": (np.arange(len(rejected)) >= len(p)) * 1.0}))
+    kw = dict(global_batch=3, seed=1, shuffle=True, pad_id=0, pad_multiple=8, max_length=128, layout="shared_prefix")
+    a = Loader(path, "arrayrecord", **kw)
+    for _ in range(7):  # across epochs (9 records, 3 per batch): every batch is one prompt's pairs, one row
+        batch = next(a)
+        assert batch["sp_pair"].shape[0] == 1 and set(batch["sp_segment"][0].tolist()) - {0} == {1}
+    state = a.get_state()
+    expected = [next(a) for _ in range(3)]
+    b = Loader(path, "arrayrecord", **kw)
+    b.set_state(state)
+    for e in expected:
+        got = next(b)
+        assert got.keys() == e.keys() and all(np.array_equal(got[k], e[k]) for k in e)

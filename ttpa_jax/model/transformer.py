@@ -254,8 +254,8 @@ class Transformer(nnx.Module):
             attention_mask = jnp.ones_like(input_ids)
         if positions is None:
             positions = positions_from_mask(attention_mask)
-        (lp,), vocab_mean = self.column_scores(input_ids, positions, attention_mask, (next_ids(input_ids),),
-                                               ctx=ctx, chunk=chunk, segment_ids=segment_ids)
+        lp, vocab_mean = self.column_scores(input_ids, positions, attention_mask, next_ids(input_ids),
+                                            ctx=ctx, chunk=chunk, segment_ids=segment_ids)
         lp, vocab_mean = _shift_right(lp), _shift_right(vocab_mean)
         if segment_ids is not None:
             starts = positions == 0
@@ -264,16 +264,16 @@ class Transformer(nnx.Module):
 
     def column_scores(self, input_ids, positions, kv_mask, targets, *, ctx: Ctx = Ctx(), chunk: int = 0,
                       segment_ids=None, branch_ids=None, columns=None):
-        """Scores of each column's logits, no shift: ``(tuple of log p(targets[j][:, t] | column t) [B, T],
-        vocab_mean [B, T])``. ``targets``: a tuple of id arrays [B, T] (a shared-prefix row's fork column
-        predicts two tokens: one per target array); the other arguments as ``hidden_states``; ``chunk``
-        as ``token_logps_and_vocab_mean``. ``columns`` [B, K] (valid column indices): the LM head runs on
+        """Scores of each column's logits, no shift: ``(log p(targets[:, t] | column t), vocab_mean)``, [B, T]
+        each. ``targets`` [B, T]: the id each column predicts (a shared-prefix row's column predicts the
+        next token of its own branch); the other arguments as ``hidden_states``; ``chunk`` as
+        ``token_logps_and_vocab_mean``. ``columns`` [B, K] (valid column indices): the LM head runs on
         those columns only and the scores are [B, K] (``train.score_columns``)."""
         h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
                                   branch_ids=branch_ids)
         if columns is not None:
             h = jnp.take_along_axis(h, columns[..., None], axis=1)  # [B, K, D]
-            targets = tuple(jnp.take_along_axis(t, columns, axis=1) for t in targets)
+            targets = jnp.take_along_axis(targets, columns, axis=1)
         w = self.head_weight()
         B, T, D = h.shape
         if chunk <= 0 or chunk >= T:
@@ -281,11 +281,11 @@ class Transformer(nnx.Module):
         n = -(-T // chunk)
         pad = n * chunk - T
         h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)  # [n, B, C, D]
-        tg = tuple(jnp.pad(t, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1) for t in targets)  # [n, B, C]
+        tg = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)  # [n, B, C]
         one = jax.checkpoint(lambda hc, tc: next_token_scores(project_to_vocab(hc, w), tc))
-        lps, mean = jax.lax.map(lambda xs: one(*xs), (h_chunks, tg))  # ([n, B, C] per target, [n, B, C])
+        lp, mean = jax.lax.map(lambda xs: one(*xs), (h_chunks, tg))  # [n, B, C] each
         unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]  # noqa: E731
-        return tuple(unchunk(a) for a in lps), unchunk(mean)
+        return unchunk(lp), unchunk(mean)
 
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
         if attention_mask is None:
@@ -302,13 +302,10 @@ def project_to_vocab(h, w):
 
 
 def next_token_scores(logits, nxt):
-    """logits [B, T, V] float32 and the ids they predict -> (log-probs [B, T], the logits' mean over the
-    vocabulary [B, T], a metric that carries no gradient). ``nxt`` is one id array [B, T] or a tuple of
-    them (then the log-probs are a tuple too: one logsumexp, several picked tokens). Reductions over
-    the whole array: no shifted copy of the logits."""
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    pick = lambda ids: jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0] - lse  # noqa: E731
-    lp = tuple(pick(t) for t in nxt) if isinstance(nxt, tuple) else pick(nxt)
+    """logits [B, T, V] float32 and the ids they predict, nxt [B, T] -> (log-probs [B, T], the logits'
+    mean over the vocabulary [B, T], a metric that carries no gradient). Reductions over the whole
+    array: no shifted copy of the logits."""
+    lp = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
     return lp, jax.lax.stop_gradient(logits.mean(-1))
 
 

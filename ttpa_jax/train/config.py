@@ -35,7 +35,8 @@ class DataConfig:
     batch_size: int = 8
     """Global batch: sequences (sft) or preference pairs (dpo) per optimizer step, over all processes."""
     shuffle: bool = True
-    """Shuffle records (seeded by --seed, reshuffled every epoch)."""
+    """Shuffle records (seeded by --seed, reshuffled every epoch); with the shared-prefix DPO layout the
+    pairs of one prompt stay together, so a batch runs their prompt once."""
     pad_multiple: int = 64
     """Batches are padded to the smallest power-of-two multiple of this that fits (fewer recompiles)."""
     assistant_only: bool = True
@@ -81,9 +82,10 @@ class DpoConfig:
     precompute_ref: bool = False
     """Compute reference log-probs once before training and store them with the tokenized data."""
     shared_prefix: bool = True
-    """One row per pair: the shared prompt and common generated prefix once, then the chosen and the
-    rejected suffix, each attending to the shared part and itself (the same losses and gradients as
-    two full rows, for fewer tokens)."""
+    """What a batch's sequences share runs once: the pairs of one prompt form a group (its prompt and the
+    prefix all its sequences share once, then each distinct sequence's remainder once, attending to
+    the shared part and itself), groups packed into rows. The same losses and gradients as two full
+    rows per pair, for fewer tokens; with several processes one pair per row."""
 
 
 @dataclasses.dataclass(frozen=True)

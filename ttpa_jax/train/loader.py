@@ -5,6 +5,7 @@ save, so a resumed run continues with exactly the next batch.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import grain
@@ -14,7 +15,7 @@ from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.packing import bucket_length, pack
 from ttpa_jax.train.score_columns import pair_columns, sft_columns
-from ttpa_jax.train.shared_prefix import shared_prefix_batch
+from ttpa_jax.train.shared_prefix import prompt_groups, shared_prefix_batch
 
 # Features that are token ids (padded with pad_id) -> the mask that goes with them.
 SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
@@ -93,10 +94,15 @@ class Loader:
         self.num_records = len(self.source)
         if self.num_records == 0:
             raise ValueError(f"{path}: no records to train on")
-        ds = grain.MapDataset.source(self.source)
-        if shuffle:
-            ds = ds.shuffle(seed=seed)
-        ds = ds.repeat(None)  # endless; shuffles differ per epoch
+        if shuffle and layout == "shared_prefix":  # a prompt's pairs stay adjacent: one batch runs their prompt once
+            order = GroupedShuffle(prompt_groups(decode_example(self.source[i]) for i in range(self.num_records)), seed)
+            ds = grain.MapDataset.range(self.num_records).repeat(None).map_with_index(
+                lambda i, _: self.source[order(i)])
+        else:
+            ds = grain.MapDataset.source(self.source)
+            if shuffle:
+                ds = ds.shuffle(seed=seed)
+            ds = ds.repeat(None)  # endless; shuffles differ per epoch
         # Process p takes elements p, p + P, p + 2P, ... of each global batch.
         ds = ds[process_index::process_count]
         local = global_batch // process_count
@@ -119,3 +125,20 @@ class Loader:
 
     def set_state(self, state: dict) -> None:
         self._it.set_state(state)
+
+
+class GroupedShuffle:
+    """Position i of an endless record order -> record index: each epoch the groups in a seeded order
+    (a new one every epoch), each group's records together in file order."""
+
+    def __init__(self, groups: list[list[int]], seed: int):
+        self.groups, self.seed = groups, seed
+        self.n = sum(len(g) for g in groups)
+
+    @functools.lru_cache(maxsize=2)
+    def epoch(self, e: int) -> np.ndarray:
+        order = np.random.default_rng((self.seed, e)).permutation(len(self.groups))
+        return np.concatenate([self.groups[g] for g in order])
+
+    def __call__(self, i: int) -> int:
+        return int(self.epoch(i // self.n)[i % self.n])

@@ -68,9 +68,8 @@ def sft_scores(model, batch, ctx: Ctx, logits_chunk: int = 0):
         return lp, batch["weights"]
     next_w = jnp.pad(batch["weights"][:, 1:], ((0, 0), (0, 1)))  # [B, L]: column c's weight is token c + 1's
     cols, valid, (w,) = gather(batch["score_cols"], next_w)
-    (lp,), _ = model.column_scores(ids, positions_from_mask(mask) if positions is None else positions, mask,
-                                   (next_ids(ids),), ctx=ctx, chunk=logits_chunk, segment_ids=segments,
-                                   columns=cols)
+    lp, _ = model.column_scores(ids, positions_from_mask(mask) if positions is None else positions, mask,
+                                next_ids(ids), ctx=ctx, chunk=logits_chunk, segment_ids=segments, columns=cols)
     return lp, w * valid
 
 
@@ -112,8 +111,8 @@ def pair_scores(model, batch, ctx: Ctx, logits_chunk: int = 0):
     if "sp_cols" in batch:  # the LM head on the completion columns only: [R, K] below
         cols, valid, (wc, wr) = gather(batch["sp_cols"], wc, wr)
         wc, wr = wc * valid[:, None, :], wr * valid[:, None, :]
-    (lp,), vocab_mean = model.column_scores(
-        batch["sp_ids"], batch["sp_positions"], batch["sp_mask"], (batch["sp_target"],), ctx=ctx, chunk=logits_chunk,
+    lp, vocab_mean = model.column_scores(
+        batch["sp_ids"], batch["sp_positions"], batch["sp_mask"], batch["sp_target"], ctx=ctx, chunk=logits_chunk,
         segment_ids=batch["sp_segment"], branch_ids=batch["sp_branch"], columns=cols)  # [R, L] (or [R, K]) each
     lp, vocab_mean = lp[:, None, :], vocab_mean[:, None, :]
     side = lambda w: ((lp * w).sum(-1).reshape(-1), w.sum(-1).reshape(-1),  # noqa: E731

@@ -18,6 +18,7 @@ from ttpa_jax.train.example_proto import decode_example, encode_example
 from ttpa_jax.train.loader import collate
 from ttpa_jax.train.objectives import reference_logps
 from ttpa_jax.train.recordio import RecordWriter, open_source
+from ttpa_jax.train.shared_prefix import prompt_groups
 
 
 def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progress: bool = True) -> Path:
@@ -42,11 +43,13 @@ def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progr
     src = open_source(records, cfg.dataset.format)
     examples = [decode_example(src[i]) for i in range(len(src))]
     per = cfg.dataset.batch_size
-    results: list[tuple[float, float]] = []
+    order = [i for g in prompt_groups(examples) for i in g]  # a prompt's pairs in one batch where they fit
+    results: list[tuple[float, float]] = [(0.0, 0.0)] * len(examples)
     bar = tqdm(total=len(examples), desc="reference log-probs", unit="pair",
                disable=not progress or jax.process_index() != 0)
-    for i in range(0, len(examples), per):
-        chunk = examples[i:i + per]
+    for i in range(0, len(order), per):
+        idx = order[i:i + per]
+        chunk = [examples[j] for j in idx]
         chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
         host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length, layout,
                        row_multiple=placement.batch_divisor, varying_shapes=jax.process_count() == 1)
@@ -54,8 +57,9 @@ def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progr
         local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
         with jax.set_mesh(placement.mesh):
             rc, rr = jax.device_get(ref_logps(st.trainable, st.frozen, placement.batch(local)))  # replicated: every process reads it
-        results.extend(by_pair(host, np.asarray(rc), np.asarray(rr)))
-        bar.update(min(per, len(examples) - i))
+        for j, pair in zip(idx, by_pair(host, np.asarray(rc), np.asarray(rr))):
+            results[j] = pair
+        bar.update(len(idx))
     bar.close()
     if jax.process_index() == 0:
         tmp = out.with_name(out.name + ".tmp")

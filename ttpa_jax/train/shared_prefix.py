@@ -86,6 +86,16 @@ def _prompt(ids, w) -> bytes:
     return ids[: nz[0] if len(nz) else len(ids)].tobytes()
 
 
+def prompt_groups(examples) -> list[list[int]]:
+    """Indices of the examples (decoded preference records) grouped by prompt, groups in order of
+    first appearance."""
+    groups: dict[bytes, list[int]] = {}
+    for i, ex in enumerate(examples):
+        w = ex["chosen_weights"]
+        groups.setdefault(_prompt(np.asarray(ex["chosen_ids"]), np.asarray(w)), []).append(i)
+    return list(groups.values())
+
+
 def group_pairs(batch: dict[str, np.ndarray], group: bool, cap: int) -> list[_Group]:
     """The batch's pairs in groups: by prompt (the chosen side's tokens before its first weighted one)
     when ``group``, a group longer than ``cap`` tokens only if one pair alone is (past it the prompt
