@@ -113,8 +113,9 @@ def flops(cfg, lengths, rank, dpo):
 
 def run_flops(cfg, batch, rank, dpo):
     """Model FLOPs of the tokens a packed or shared-prefix step runs (``train_step.step_flops``'s count):
-    matmuls over its real tokens; attention over the query-key pairs its mask keeps (per segment, a
-    causal trunk, then each branch over the trunk and causally over itself)."""
+    the decoder's matmuls over its real tokens, the LM head over the columns it scores (``sp_cols`` /
+    ``score_cols``, else every real token), attention over the query-key pairs its mask keeps (per
+    segment, a causal trunk, then each branch over the trunk and causally over itself)."""
     seg = batch.get("sp_segment", batch.get("segment_ids"))
     branch = batch.get("sp_branch", np.zeros_like(seg))
     tokens, pairs = 0, 0.0
@@ -124,8 +125,11 @@ def run_flops(cfg, batch, rank, dpo):
             t, sizes = int((b == 0).sum()), np.bincount(b)[1:]
             tokens += len(b)
             pairs += t * t / 2 + float(sum(n * t + n * n / 2 for n in sizes))
-    mm_per_token = ts.step_flops(cfg, 1, 1, rank, dpo)[1]
-    return mm_per_token * tokens + cfg["num_hidden_layers"] * 4 * cfg["hidden_size"] * pairs * (3 + dpo)
+    cols = batch.get("sp_cols", batch.get("score_cols"))
+    scored = tokens if cols is None else int((cols >= 0).sum())
+    head = (6 if dpo else 4) * cfg["vocab_size"] * cfg["hidden_size"]  # per column: forward, input gradient, reference
+    body = ts.step_flops(cfg, 1, 1, rank, dpo)[1] - head
+    return body * tokens + head * scored + cfg["num_hidden_layers"] * 4 * cfg["hidden_size"] * pairs * (3 + dpo)
 
 
 def main():
@@ -188,7 +192,7 @@ def main():
         report.value(f"{fast_name}: slot efficiency", 100 * efficiency(fast), "%", f"rows: {100 * efficiency(plain):.0f}%")
         fast_fl = run_flops(cfg, fast, 8, dpo)
         report.value("model FLOPs, unpacked", fl / 1e9, "GFLOP", "every sequence in full, as rows and transformers run them")
-        report.value(f"model FLOPs, {fast_name}", fast_fl / 1e9, "GFLOP", "the tokens and attention pairs it runs")
+        report.value(f"model FLOPs, {fast_name}", fast_fl / 1e9, "GFLOP", "the tokens, LM-head columns and attention pairs it runs")
         for label, f, t in zip([fast_name, "ours rows", "transformers"], [fast_fl, fl, fl], times):
             report.value(f"{label}: of matmul peak", 100 * f / t / peak, "%")
         report.value("ours: step temporaries", f_temp, "MiB", f"{fast_name}; rows {p_temp:.0f} MiB")
