@@ -1,5 +1,6 @@
 """The training engine: data pipeline, SFT objective, LoRA, accumulation, checkpoints, resume, CLI."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -278,6 +279,18 @@ def test_yaml_config_defaults_with_cli_overrides(tmp_path):
     bad.write_text("stepz: 5\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: unknown field 'stepz'"):
         parse_cli(["dpo", "--config", str(bad)])
+
+
+def test_a_runs_written_config_reruns_it(tmp_path):
+    import yaml
+
+    written = tmp_path / "config.yaml"  # as the trainer writes RUN_DIR/config.yaml: every TrainConfig field
+    cfg = parse_cli(["dpo", "--model", "m", "--data", "d", "--out", "o", "--steps", "6", "--beta", "0.3"])
+    written.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    again = parse_cli(["dpo", "--config", str(written), "--out", "o2"])
+    assert again == dataclasses.replace(cfg, out="o2", config=str(written))
+    with pytest.raises(ValueError, match=r"config\.yaml: written by a `train dpo` run, not `train sft`"):
+        parse_cli(["sft", "--config", str(written)])
 
 
 def test_cli_reports_bad_data_with_nonzero_exit(tiny_model_dir, tmp_path):

@@ -323,6 +323,18 @@ def _config_arg(argv: list[str]) -> str | None:
     return None
 
 
+def _subcommand_fields(d: dict[str, Any], cls: type[RunArgs], name: str, path: str) -> dict[str, Any]:
+    """A YAML config's fields for subcommand ``name``. A run's own ``RUN_DIR/config.yaml`` (every
+    ``TrainConfig`` field, ``objective`` among them) reruns with the subcommand it names, keeping the
+    fields that subcommand has; any other file is taken as written."""
+    if "objective" not in d:
+        return d
+    if d["objective"] != name:
+        raise ConfigError(f"{path}: written by a `train {d['objective']}` run, not `train {name}`")
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in known}
+
+
 def _blank(cls: type[RunArgs]) -> RunArgs:
     """``cls`` at its defaults, the fields without a default marked required for tyro."""
     return cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
@@ -345,7 +357,8 @@ def parse_cli(argv: list[str] | None = None) -> TrainConfig:
     for name, (cls, help_text) in SUBCOMMANDS.items():
         default = _blank(cls)
         if yaml_path and name == chosen:
-            default = from_dict(cls, {**load_yaml(yaml_path), "config": yaml_path}, default, yaml_path)
+            fields = _subcommand_fields(load_yaml(yaml_path), cls, name, yaml_path)
+            default = from_dict(cls, {**fields, "config": yaml_path}, default, yaml_path)
         choices.append(Annotated[cls, tyro.conf.subcommand(name, default=default, description=help_text)])
     args = tyro.cli(Union[tuple(choices)], args=argv, prog="python -m ttpa_jax.train",  # type: ignore[valid-type]
                     description="Fine-tune a model (LoRA or full); rerun the same command to resume.")
