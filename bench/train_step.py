@@ -14,6 +14,7 @@ utilisation (MFU) divides the model FLOPs (``step_flops``) by the step time and 
 
     python bench/train_step.py            # 2-4 minutes on 2 CPU cores
     python bench/train_step.py --preset qwen2-55m --dtype bfloat16 --peak-tflops 989   # an H100
+    python bench/train_step.py --preset qwen2.5-0.5b --dtype bfloat16 --peak-tflops 989 --batch 8 --seq-len 1024
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ PRESETS = {  # transformers configs; llama-22m is the decoding benchmark's check
                       num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500000.0),
     "qwen2-55m": dict(family="qwen2", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
                       num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
+    # Qwen2.5-0.5B / 1.5B shapes (random weights): the GPU presets
+    "qwen2.5-0.5b": dict(family="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0),
+    "qwen2.5-1.5b": dict(family="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
