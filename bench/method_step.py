@@ -112,11 +112,11 @@ def flops(cfg, lengths, rank, dpo):
 
 
 def run_flops(cfg, batch, rank, dpo):
-    """Model FLOPs of the tokens a packed or shared-prefix step runs (``train_step.step_flops``'s count):
+    """Model FLOPs of the tokens an SFT or shared-prefix DPO step runs (``train_step.step_flops``'s count):
     the decoder's matmuls over its real tokens, the LM head over the columns it scores (``sp_cols`` /
     ``score_cols``, else every real token), attention over the query-key pairs its mask keeps (per
     segment, a causal trunk, then each branch over the trunk and causally over itself)."""
-    seg = batch.get("sp_segment", batch.get("segment_ids"))
+    seg = batch.get("sp_segment", batch.get("segment_ids", batch.get("attention_mask")))  # SFT rows: one segment each
     branch = batch.get("sp_branch", np.zeros_like(seg))
     tokens, pairs = 0, 0.0
     for r in range(seg.shape[0]):
@@ -191,9 +191,11 @@ def main():
             report.ratio("ours rows / transformers", times[2] / times[1])
         report.value(f"{fast_name}: slot efficiency", 100 * efficiency(fast), "%", f"rows: {100 * efficiency(plain):.0f}%")
         fast_fl = run_flops(cfg, fast, 8, dpo)
-        report.value("model FLOPs, unpacked", fl / 1e9, "GFLOP", "every sequence in full, as rows and transformers run them")
-        report.value(f"model FLOPs, {fast_name}", fast_fl / 1e9, "GFLOP", "the tokens, LM-head columns and attention pairs it runs")
-        for label, f, t in zip([fast_name, "ours rows", "transformers"], [fast_fl, fl, fl], times):
+        rows_fl = fl if dpo else run_flops(cfg, plain, 8, dpo)  # SFT rows score the assistant columns too
+        report.value("model FLOPs, transformers", fl / 1e9, "GFLOP", "every sequence in full, the LM head on every token")
+        report.value(f"model FLOPs, ours {fast_name} / rows", fast_fl / 1e9, "GFLOP",
+                     f"rows {rows_fl / 1e9:.0f}: the tokens, LM-head columns and attention pairs each runs")
+        for label, f, t in zip([fast_name, "ours rows", "transformers"], [fast_fl, rows_fl, fl], times):
             report.value(f"{label}: of matmul peak", 100 * f / t / peak, "%")
         report.value("ours: step temporaries", f_temp, "MiB", f"{fast_name}; rows {p_temp:.0f} MiB")
         report.value("ours: compile", f_comp, "s", f"rows {p_comp:.0f} s")
