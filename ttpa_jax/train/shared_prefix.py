@@ -130,8 +130,9 @@ def shared_prefix_batch(batch: dict[str, np.ndarray], pad_id: int = 0, pad_multi
     times 2**k or 1.5 * 2**k, R a power of two times ``row_multiple``) and M is a power of two; without,
     R = B, one slot per row, and L a ``packing.bucket_length``."""
     B = batch["chosen_ids"].shape[0]
-    longest_pair = max(g.length() for g in group_pairs(batch, False, 0))
-    groups = group_pairs(batch, group, max(max_length, longest_pair))
+    groups = group_pairs(batch, False, 0)  # one pair each
+    if group:
+        groups = group_pairs(batch, True, max(max_length, max(g.length() for g in groups)))
     sizes = [g.length() for g in groups]
     if group:
         R, L, bins = plan_rows(sizes, pad_multiple, max_length, row_multiple)
