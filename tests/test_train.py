@@ -198,7 +198,7 @@ def test_sft_lora_lowers_loss_and_trains_only_adapters(tiny_model_dir, tmp_path)
     assert [r["step"] for r in m] == list(range(1, 13))
     losses = [r["loss"] for r in m]
     assert losses[-1] < losses[0] - 0.4 and losses == sorted(losses, reverse=True)
-    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s"):
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "seconds"):
         assert key in m[0]
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert list((tmp_path / "run" / "tensorboard").iterdir())

