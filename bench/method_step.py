@@ -6,12 +6,14 @@
   ~700-token tool prompt, then the gold completion (chosen) and a branch of it (rejected), with one
   pair per prompt and with several (TPS makes one per branch point, all with the gold chosen side);
 - SFT: our packed step (``--dataset.pack``) vs one record per row (bucket lengths, as ``train``
-  pads) vs PyTorch, the same records;
+  pads) vs PyTorch, the same records: random ones shaped like tool records, or with ``--sft-data``
+  records a run tokenized (``RUN_DIR/data/sft.arrayrecord``: real tool conversations);
 - each as a fraction of this machine's measured fp32 matmul peak (model FLOPs of the real tokens),
   with the measured memory bandwidth printed alongside.
 
     python bench/method_step.py                       # SmolLM2-135M-Instruct, all 30 layers
     python bench/method_step.py --layers 8            # its first 8 layers (real weights): less memory
+    python bench/method_step.py --skip-dpo --records 3 --sft-data runs/demo/sft/data/sft.arrayrecord
 
 Timings are medians of alternating runs (the sides see the same machine load).
 """
@@ -48,6 +50,9 @@ def parse_args():
                     help="pairs sharing a prompt and their gold chosen side, one DPO run per value (TPS "
                          "made 42 pairs from 17 prompts in the ablation's audit: 2.5 per prompt)")
     ap.add_argument("--records", type=int, default=4, help="records per SFT step")
+    ap.add_argument("--sft-data", default=None,
+                    help="a run's tokenized SFT records (RUN_DIR/data/sft.arrayrecord or .tfrecord): the SFT step "
+                         "takes --records of them, drawn at random, instead of random token records")
     ap.add_argument("--prompt", type=int, default=700, help="prompt tokens (tool schemas + query)")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per side (median)")
     ap.add_argument("--warmup", type=int, default=1)
@@ -85,6 +90,16 @@ def records(rng, n, prompt, vocab):
         ids = rng.integers(3, vocab, p + c).astype(np.int32)
         out.append({"input_ids": ids, "weights": (np.arange(p + c) >= p).astype(np.float32)})
     return out
+
+
+def run_records(path, n, rng):
+    """``n`` records drawn from a run's tokenized SFT file (ids and loss weights as ``train`` wrote them)."""
+    from ttpa_jax.train.example_proto import decode_example
+    from ttpa_jax.train.recordio import open_source
+
+    src = open_source(path, "tfrecord" if str(path).endswith(".tfrecord") else "arrayrecord")
+    picks = rng.choice(len(src), size=min(n, len(src)), replace=False)
+    return [{k: decode_example(src[int(i)])[k] for k in ("input_ids", "weights")} for i in sorted(picks)]
 
 
 def to_longest(batch):
@@ -160,10 +175,12 @@ def main():
         runs.append(("DPO", collate(exs, pad, 64, 4096), collate(exs, pad, 64, 4096, layout="shared_prefix"), True,
                      lengths, f"{args.pairs} pairs, {k} per prompt, sequences of {min(lengths)}-{max(lengths)} tokens"))
     if not args.skip_sft:
-        recs = records(rng, args.records, args.prompt, cfg["vocab_size"])
+        recs = (run_records(args.sft_data, args.records, rng) if args.sft_data
+                else records(rng, args.records, args.prompt, cfg["vocab_size"]))
         rlen = [len(r["input_ids"]) for r in recs]
         runs.append(("SFT", collate(recs, pad, 64, 4096), collate(recs, pad, 64, 4096, layout="packed"), False, rlen,
-                     f"{args.records} records of {min(rlen)}-{max(rlen)} tokens"))
+                     f"{args.records} {'records of ' + args.sft_data if args.sft_data else 'records'}, "
+                     f"{min(rlen)}-{max(rlen)} tokens"))
     for name, plain, fast, dpo, lens, what in runs:
         fast_name = "shared-prefix" if dpo else "packed"
         f_step, f_comp, f_temp = our_step(ours, fast, dpo, args.logits_chunk)

@@ -57,3 +57,23 @@ def test_packed_sft_step_equals_one_record_per_row():
         np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)
     for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):  # SGD at lr 1: the same gradients
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5)
+
+
+def test_row_length_lets_a_row_take_more_records_than_max_length():
+    exs = examples(100)  # records of 5-30 tokens, max_length 32
+    capped = collate(exs, 0, 8, 32, layout="packed")
+    longer = collate(exs, 0, 8, 32, layout="packed", row_length=128)
+    assert capped["input_ids"].shape[1] <= 32 < longer["input_ids"].shape[1] <= 128
+    assert efficiency(longer) > efficiency(capped)
+    assert collate(exs, 0, 8, 32, row_length=128)["input_ids"].shape[1] == 32  # one record per row: max_length
+
+
+def test_row_length_below_max_length_is_refused():
+    import pytest
+
+    from ttpa_jax.core.errors import ConfigError
+    from ttpa_jax.train.config import DataConfig
+
+    assert DataConfig(max_length=1024, row_length=2048).row_length == 2048
+    with pytest.raises(ConfigError, match="dataset.row_length 512 is below dataset.max_length 1024"):
+        DataConfig(max_length=1024, row_length=512)
