@@ -127,6 +127,13 @@ def measured_peak(dtype: str) -> tuple[float, str]:
     return 2 * n**3 / best, note
 
 
+def device_peak(peak_tflops: float | None, dtype: str) -> tuple[float, str]:
+    """The matmul peak FLOP/s a fraction is taken of: the datasheet's (``--peak-tflops``) or ``measured_peak``."""
+    if peak_tflops:
+        return peak_tflops * 1e12, "given with --peak-tflops"
+    return measured_peak(dtype)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:  # before jax's first use: XLA sizes its thread pool from the affinity mask
@@ -141,10 +148,7 @@ def main() -> None:
     print(report.machine_line())
     print(f"model: random {cfg['family']}, {n_params / 1e6:.1f}M parameters, {args.dtype}; LoRA rank {args.rank}, "
           f"alpha {2 * args.rank}, all 7 projections; AdamW, clip 1.0")
-    if args.peak_tflops:
-        peak, peak_note = args.peak_tflops * 1e12, "given with --peak-tflops"
-    else:
-        peak, peak_note = measured_peak(args.dtype)
+    peak, peak_note = device_peak(args.peak_tflops, args.dtype)
 
     rng = np.random.RandomState(0)
     pairs = sides.preference_batch(rng, args.batch, args.seq_len, cfg["vocab_size"])
