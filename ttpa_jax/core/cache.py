@@ -2,10 +2,10 @@
 XLA's compiled programs. ``$TTPA_CACHE``, else ``~/.cache/ttpa-jax``.
 
 ``use_compile_cache()`` (every command line calls it, ``core.cli.run``) turns on JAX's persistent
-compilation cache in ``<cache>/xla``: a step compiled once (tens of seconds for a training step on
-a CPU) is read back by every later process that compiles the same program with the same shapes:
-the ablation's runs, a resumed run, the next demo. The directory is an LRU cache capped at
-``COMPILE_CACHE_BYTES``. The user's own ``JAX_COMPILATION_CACHE_DIR`` / ``JAX_COMPILATION_CACHE_MAX_SIZE``
+compilation cache in ``<cache>/xla``: a program compiled once is read back by every later process
+that compiles it with the same shapes (the ablation's runs, a resumed run, the next demo). On a GPU
+or TPU that skips the compile; on XLA:CPU loading a cached executable still costs most of one
+(docs/benchmarks.md). The directory is an LRU cache capped at ``COMPILE_CACHE_BYTES``. The user's own ``JAX_COMPILATION_CACHE_DIR`` / ``JAX_COMPILATION_CACHE_MAX_SIZE``
 win; ``TTPA_COMPILE_CACHE=0`` turns it off. Pure Python: JAX reads these settings when it compiles.
 """
 
