@@ -12,8 +12,8 @@ import sys
 
 from helpers import sft_records, write_jsonl
 
-SHOW = ("import json, sys\n{pre}from ttpa_jax.core.cache import use_compile_cache\nuse_compile_cache()\n"
-        "import jax\nprint(json.dumps([jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size]))")
+SHOW = ("import json, sys\n{pre}from ttpa_jax.core.cache import use_compile_cache\nuse_compile_cache()\nimport jax\n"
+        "print(json.dumps([jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size]))")
 
 
 def _env(tmp_path, **extra):

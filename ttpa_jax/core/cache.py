@@ -5,8 +5,9 @@ XLA's compiled programs. ``$TTPA_CACHE``, else ``~/.cache/ttpa-jax``.
 compilation cache in ``<cache>/xla``: a program compiled once is read back by every later process
 that compiles it with the same shapes (the ablation's runs, a resumed run, the next demo). On a GPU
 or TPU that skips the compile; on XLA:CPU loading a cached executable still costs most of one
-(docs/benchmarks.md). The directory is an LRU cache capped at ``COMPILE_CACHE_BYTES``. The user's own ``JAX_COMPILATION_CACHE_DIR`` / ``JAX_COMPILATION_CACHE_MAX_SIZE``
-win; ``TTPA_COMPILE_CACHE=0`` turns it off. Pure Python: JAX reads these settings when it compiles.
+(docs/benchmarks.md). The directory is an LRU cache capped at ``COMPILE_CACHE_BYTES``. The user's
+own ``JAX_COMPILATION_CACHE_DIR`` / ``JAX_COMPILATION_CACHE_MAX_SIZE`` win; ``TTPA_COMPILE_CACHE=0``
+turns it off. Pure Python: JAX reads these settings when it compiles.
 """
 
 from __future__ import annotations

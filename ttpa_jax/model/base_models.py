@@ -8,8 +8,8 @@ model directory or a preset name; for
 - a ``FILE.gguf`` path,
 
 it returns a directory under the cache (``core.cache``: ``$TTPA_CACHE``, else ``~/.cache/ttpa-jax``),
-converting the GGUF on first use (``ttpa_jax.model.gguf``) into a temporary directory renamed into place when
-complete. The cache keeps the GGUF's size and sha256 in ``source.json``; a cache entry whose source
+converting the GGUF on first use (``ttpa_jax.model.gguf``) into a temporary directory renamed into
+place when complete. The cache keeps the GGUF's size and sha256 in ``source.json``; a cache entry whose source
 changed is converted again. ChatML models whose own template ignores tools get ours
 (``data/chat_template_chatml_tools.jinja``).
 """

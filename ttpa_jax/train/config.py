@@ -51,11 +51,11 @@ class DataConfig:
     more per token: attention runs per record."""
 
     def __post_init__(self):
+        if self.row_length < 0:
+            raise ConfigError(f"dataset.row_length must be 0 or a token count, got {self.row_length}")
         if self.row_length and self.row_length < self.max_length:
             raise ConfigError(f"dataset.row_length {self.row_length} is below dataset.max_length {self.max_length} "
                               f"(0 uses max_length)")
-        if self.row_length < 0:
-            raise ConfigError(f"dataset.row_length must be 0 or a token count, got {self.row_length}")
 
 
 @dataclasses.dataclass(frozen=True)
