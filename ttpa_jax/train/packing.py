@@ -45,11 +45,13 @@ def candidate_lengths(longest: int, pad_multiple: int, max_length: int) -> list[
 
 
 def plan_rows(lengths: list[int], pad_multiple: int, max_length: int, row_multiple: int = 1):
-    """(rows, length, record indices per row) with the fewest padded tokens."""
+    """(rows, length, record indices per row) with the fewest padded tokens; of plans with as few, the one
+    with the longest rows (1 x 2048 rather than 2 x 1024: fewer distinct shapes to compile across
+    batches, and no tile computed for one row that only another row needs)."""
     n = len(lengths)
     counts = sorted({min(row_multiple * 2**k, -(-n // row_multiple) * row_multiple) for k in range(n.bit_length() + 1)})
     best = None
-    for L in candidate_lengths(max(lengths), pad_multiple, max_length):
+    for L in reversed(candidate_lengths(max(lengths), pad_multiple, max_length)):
         for R in counts:
             if R * L < sum(lengths) or (best and R * L >= best[0] * best[1]):
                 continue
