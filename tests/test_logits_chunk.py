@@ -11,13 +11,13 @@ import pytest
 
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
-from ttpa_jax.model.transformer import init_model
+from ttpa_jax.model.transformer import even_chunks, init_model
 from ttpa_jax.train.objectives import make_dpo, make_sft
 from ttpa_jax.train.trainer import make_train_step, split_model
 
 from compiled_step import compiled_memory
 
-B, L = 2, 23  # 23 positions: chunks of 5 leave a partial last chunk
+B, L = 2, 23  # 23 positions: chunks of at most 5 are 5 x 5 (2 padded), of at most 10 are 3 x 8 (1 padded)
 
 
 def batches(vocab: int):
@@ -36,25 +36,33 @@ def batches(vocab: int):
     return as_jax(sft), as_jax(dpo)
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_chunked_head_gives_the_same_steps(tie):
+@pytest.mark.parametrize("T, chunk, expected", [(23, 5, (5, 5)), (23, 10, (3, 8)), (384, 256, (2, 192)),
+                                                 (1024, 256, (4, 256)), (7, 1, (7, 1))])
+def test_even_chunks_cover_the_positions_with_the_least_padding(T, chunk, expected):
+    n, size = even_chunks(T, chunk)
+    assert (n, size) == expected
+    assert size <= chunk and n * size >= T and n * size - T < n and n == -(-T // chunk)
+
+
+@pytest.mark.parametrize("tie, chunk", [(True, 5), (False, 5), (True, 10)])
+def test_chunked_head_gives_the_same_steps(tie, chunk):
     cfg = dataclasses.replace(load_config("tiny-qwen2"), tie_word_embeddings=tie)
     sft_batch, dpo_batch = batches(cfg.vocab_size)
     runs = {}
-    for chunk in (0, 5):
+    for size in (0, chunk):
         # full fine-tuning SFT: gradients reach the head (the embedding when tied) through every chunk
         graphdef, trainable, frozen = split_model(init_model(cfg, seed=1), lora=False)
         tx = optax.sgd(0.5)
-        step = make_train_step(graphdef, make_sft(chunk), tx, 1, lora=False)
+        step = make_train_step(graphdef, make_sft(size), tx, 1, lora=False)
         sft = step(trainable, frozen, None, tx.init(trainable), sft_batch, jax.random.key(0))
         # LoRA DPO: the reference (adapters off) runs through the chunked head too
         model = apply_lora(init_model(cfg, seed=1), LoraConfig(rank=4, alpha=8), seed=0)
         graphdef, trainable, frozen = split_model(model, lora=True)
         trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # B != 0: policy and reference differ
-        step = make_train_step(graphdef, make_dpo(0.1, "sigmoid", sft_weight=0.5, logits_chunk=chunk), tx, 1, lora=True)
+        step = make_train_step(graphdef, make_dpo(0.1, "sigmoid", sft_weight=0.5, logits_chunk=size), tx, 1, lora=True)
         dpo = step(trainable, frozen, None, tx.init(trainable), dpo_batch, jax.random.key(0))
-        runs[chunk] = (sft, dpo)
-    for whole, chunked in zip(runs[0], runs[5]):
+        runs[size] = (sft, dpo)
+    for whole, chunked in zip(runs[0], runs[chunk]):
         (p0, _, m0), (p1, _, m1) = whole, chunked
         for k in m0:
             np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)

@@ -267,7 +267,7 @@ class Transformer(nnx.Module):
         """Scores of each column's logits, no shift: ``(log p(targets[:, t] | column t), vocab_mean)``, [B, T]
         each. ``targets`` [B, T]: the id each column predicts (a shared-prefix row's column predicts the
         next token of its own branch); the other arguments as ``hidden_states``; ``chunk`` as
-        ``token_logps_and_vocab_mean``. ``columns`` [B, K] (valid column indices): the LM head runs on
+        ``token_logps_and_vocab_mean`` (``even_chunks``). ``columns`` [B, K] (valid column indices): the LM head runs on
         those columns only and the scores are [B, K] (``train.score_columns``)."""
         h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
                                   branch_ids=branch_ids)
@@ -278,13 +278,13 @@ class Transformer(nnx.Module):
         B, T, D = h.shape
         if chunk <= 0 or chunk >= T:
             return next_token_scores(project_to_vocab(h, w), targets)
-        n = -(-T // chunk)
-        pad = n * chunk - T
-        h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)  # [n, B, C, D]
-        tg = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)  # [n, B, C]
+        n, C = even_chunks(T, chunk)
+        pad = n * C - T
+        h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, C, D).swapaxes(0, 1)  # [n, B, C, D]
+        tg = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, C).swapaxes(0, 1)  # [n, B, C]
         one = jax.checkpoint(lambda hc, tc: next_token_scores(project_to_vocab(hc, w), tc))
         lp, mean = jax.lax.map(lambda xs: one(*xs), (h_chunks, tg))  # [n, B, C] each
-        unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]  # noqa: E731
+        unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * C)[:, :T]  # noqa: E731
         return unchunk(lp), unchunk(mean)
 
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
@@ -299,6 +299,13 @@ def project_to_vocab(h, w):
     """h [B, T, D] (or [B, D]) and the head w [V, D] -> float32 logits [B, T, V] (or [B, V])."""
     logits = jnp.einsum("...d,vd->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
     return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
+
+
+def even_chunks(T: int, chunk: int) -> tuple[int, int]:
+    """``(n, size)``: the fewest chunks of at most ``chunk`` positions that cover ``T``, sized as evenly
+    as they can be (``n * size - T < n`` padded positions, e.g. T = 384, chunk = 256 -> 2 x 192)."""
+    n = -(-T // chunk)
+    return n, -(-T // n)
 
 
 def next_token_scores(logits, nxt):

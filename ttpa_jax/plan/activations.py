@@ -19,7 +19,8 @@ and once per sequence position:
 
 - logits:     3 * 4 * V              fp32 logits [B, T, V], the softmax exponentials of the
                                      log-softmax and their gradient; with ``logits_chunk`` C only
-                                     C positions of each sequence at a time (T replaced by C)
+                                     at most C positions of each sequence at a time (T replaced by
+                                     ``transformer.even_chunks``' chunk size)
 
 Without remat all layers' activations are alive when the backward pass starts (the peak). With
 remat (one checkpoint per layer) only each layer's input ``c * D`` is kept; the backward pass
@@ -36,6 +37,7 @@ import dataclasses
 from ttpa_jax.model.attention import DEFAULT_BLOCK as ATTENTION_BLOCK
 from ttpa_jax.model.config import ModelConfig
 from ttpa_jax.model.sharding import spec_for
+from ttpa_jax.model.transformer import even_chunks
 
 LOGIT_COPIES = 3  # fp32 logits, softmax exponentials, their gradient
 
@@ -128,7 +130,7 @@ def activation_bytes(cfg: ModelConfig, seqs: int, seq_len: int, c: int, split: T
         layers = L * c * cfg.hidden_size * tokens + 2 * one_layer + final_norm
     else:
         layers = L * one_layer + final_norm
-    head_positions = min(logits_chunk, seq_len) if logits_chunk > 0 else seq_len
+    head_positions = even_chunks(seq_len, logits_chunk)[1] if 0 < logits_chunk < seq_len else seq_len
     logits = logits_bytes_per_token(cfg, split) * seqs * head_positions
     return {
         "layers": int(layers), "logits": int(logits), "total": int(layers + logits),
