@@ -45,8 +45,9 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="base model name, GGUF or HF directory")
     ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
-    ap.add_argument("--pairs", type=int, default=6, help="preference pairs per DPO step")
-    ap.add_argument("--pairs-per-prompt", type=int, nargs="+", default=[1, 3],
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="preference pairs per DPO step (the rows step of 2 pairs holds 8 GiB at 30 layers)")
+    ap.add_argument("--pairs-per-prompt", type=int, nargs="+", default=[1, 2],
                     help="pairs sharing a prompt and their gold chosen side, one DPO run per value (TPS "
                          "made 42 pairs from 17 prompts in the ablation's audit: 2.5 per prompt)")
     ap.add_argument("--records", type=int, default=4, help="records per SFT step")
@@ -113,6 +114,12 @@ def our_step(ours, batch, dpo, chunk):
     compile_s = ours.compile(batch, dpo, chunk)
     st = {"c": ours.compiled, "t": ours.trainable, "o": ours.opt_state, "b": ours.batch}
     temp = ours.compiled.memory_analysis().temp_size_in_bytes / 2**20
+    free = available_mib()
+    if free is not None and temp > free:
+        print(f"method_step: a {'DPO' if dpo else 'SFT'} step of this batch needs {temp / 1024:.1f} GiB of "
+              f"temporaries and this machine has {free / 1024:.1f} GiB available: use fewer --pairs / --records, "
+              f"or --layers", file=sys.stderr)
+        sys.exit(2)
 
     def step():
         with jax.set_mesh(ours.placement.mesh):
@@ -120,6 +127,16 @@ def our_step(ours, batch, dpo, chunk):
         return float(m["loss"]), float(m["grad_norm"])
 
     return step, compile_s, temp
+
+
+def available_mib() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+    return kb / 1024
 
 
 def flops(cfg, lengths, rank, dpo):
