@@ -57,3 +57,22 @@ def test_skipped_tiles_are_the_unseen_ones():
     _, k, v, mask = _inputs(2, 64, 64, [[16, 40], [64]])  # a second row, one long record: every causal tile
     need2 = np.asarray(A._pad_keys(k, v, mask, 16)[3])
     np.testing.assert_array_equal(need2, np.tril(np.ones((4, 4), bool)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_one_query_equals_dense(dtype):
+    """A decode step's query against a cache with left padding and unwritten columns (``_one_query``, the
+    CPU path for T = 1) gives the dense path's output."""
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.standard_normal((3, 1, 6, 16)), dtype)
+    k, v = (jnp.asarray(rng.standard_normal((3, 40, 2, 16)), dtype) for _ in range(2))
+    kv_mask = np.zeros((3, 40), bool)
+    kv_mask[0, :30] = kv_mask[1, 5:30] = kv_mask[2, 12:31] = True  # prompt + steps so far; the rest unwritten
+    mask = jnp.asarray(kv_mask)[:, None, :]
+    one = A.attend(q, k, v, mask, block=16)
+    dense = A.attend(q, k, v, mask, block=0)
+    assert one.dtype == dense.dtype == dtype
+    tol = 1e-6 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(np.asarray(one, np.float32), np.asarray(dense, np.float32), atol=tol, rtol=0)
+    np.testing.assert_allclose(np.asarray(A._one_query(q.reshape(3, 1, 2, 3, 16), k, v, mask), np.float32).reshape(3, 1, 96),
+                               np.asarray(dense, np.float32), atol=tol, rtol=0)

@@ -11,7 +11,8 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
   tile's scores at a time from saved log-sum-exps (a scan, so XLA cannot hoist the recomputation and
   keep every block alive, as it does with ``jax.checkpoint`` on unrolled blocks). On GPU with a
   half-precision compute dtype, cuDNN's fused attention
-  (``jax.nn.dot_product_attention(implementation="cudnn")``).
+  (``jax.nn.dot_product_attention(implementation="cudnn")``). A decode step's single query on CPU reads
+  the cache in place as a broadcast product and two sums (``_one_query``).
 
 Results agree with the dense path to rounding on every query that sees a key; a query that sees
 none (left padding) gets an output that nothing reads (dense: the mean value, tiled: zero).
@@ -52,6 +53,20 @@ def _dense(q, k, v, mask):
     scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return jnp.einsum("bkgts,bskh->btkgh", probs, v)
+
+
+def _one_query(q, k, v, mask):
+    """A decode step's attention, q [B, 1, K, G, H] against the cache k/v [B, S, K, H] (mask [B, 1, S]) ->
+    [B, 1, K, G, H], as broadcast products summed over H and then S: XLA:CPU reads the cache once in its
+    own layout, where the einsums of ``_dense`` first copy it into heads-major order (2.5x slower over
+    SmolLM2's 30 layers, docs/benchmarks.md)."""
+    H = q.shape[-1]
+    prods = q[:, 0, None].astype(jnp.float32) * k[:, :, :, None, :].astype(jnp.float32)  # [B, S, K, G, H]
+    scores = prods.sum(-1) * (H**-0.5)  # [B, S, K, G]
+    scores = jnp.where(mask[:, 0, :, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=1)
+    out = (probs[..., None] * v[:, :, :, None, :].astype(jnp.float32)).sum(1)  # [B, K, G, H]
+    return out[:, None].astype(q.dtype)
 
 
 def _block_scores(qb, kb, mb):
@@ -206,7 +221,7 @@ def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
     """Masked softmax attention. q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] bool -> [B, T, N * H].
 
     ``block`` <= 0 gives the dense computation (the ``[B, K, G, T, S]`` scores at once), as do rows of
-    at most ``block`` queries.
+    at most ``block`` queries, except a single query (a decode step) on CPU: ``_one_query``.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -217,7 +232,9 @@ def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
         except Exception:  # noqa: BLE001 - any refusal at trace time means "not this kernel"
             pass
     qg = q.reshape(B, T, K, N // K, H)
-    if block <= 0 or T <= block:
+    if T == 1 and block > 0 and jax.default_backend() == "cpu":
+        out = _one_query(qg, k, v, mask)
+    elif block <= 0 or T <= block:
         out = _dense(qg, k, v, mask)
     else:
         out = _blocked(qg, k, v, mask, block)
