@@ -5,6 +5,11 @@ training layouts of four tool records (673-844 tokens): packed into 2 rows of 15
 per row (4 x 1024). Each tile size in ``--blocks``; medians of ``--runs`` alternating runs after a
 warm-up (which compiles).
 
+Then a decode step's attention: one query per row against a KV cache of ``--cache`` columns (a tool
+prompt plus the tokens generated so far), ``--batch`` rows, over ``--layers`` layers' caches (so that
+they are read from memory, as in decoding): ``attend`` (on CPU ``_one_query``, the cache read in
+place) against the dense einsums, and each as a fraction of the measured memory bandwidth.
+
     python bench/attention.py                      # about a minute on 2 CPU cores
     python bench/attention.py --blocks 64 128 256
 """
@@ -24,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttpa_jax.model.attention import DEFAULT_BLOCK, attend, attention_mask  # noqa: E402
+from ttpa_jax.model.attention import DEFAULT_BLOCK, _dense, attend, attention_mask  # noqa: E402
 
 import report  # noqa: E402
 
@@ -60,11 +65,34 @@ def timed(fn, q, k, v, g, mask):
     return lambda: jax.block_until_ready(grad(q, k, v, mask))
 
 
+def decode_steps(B, S, layers, seed=0):
+    """Calls that run one decode step's attention through ``layers`` layers' caches [B, S, K, H] (10% of
+    the columns masked: left padding and unwritten steps): ``attend``, and the dense einsums."""
+    rng = np.random.default_rng(seed)
+    caches = [jnp.asarray(rng.standard_normal((B, S, K, H)), jnp.float32) for _ in range(2 * layers)]
+    mask = jnp.asarray(rng.random((B, 1, S)) < 0.9)
+    q = jnp.asarray(rng.standard_normal((B, 1, N, H)), jnp.float32)
+
+    def through(one_layer):
+        def run(q, caches, mask):
+            for k, v in zip(caches[::2], caches[1::2]):
+                q = q + 0.01 * one_layer(q, k, v, mask).reshape(q.shape)
+            return q
+        step = jax.jit(run)
+        return lambda: jax.block_until_ready(step(q, caches, mask))
+
+    dense = lambda q, k, v, m: _dense(q.reshape(B, 1, K, N // K, H), k, v, m)  # noqa: E731
+    return through(attend), through(dense)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, nargs="+", default=[64, DEFAULT_BLOCK, 256],
                     help=f"tile sizes to time (the model's default: {DEFAULT_BLOCK})")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per variant (median)")
+    ap.add_argument("--batch", type=int, default=8, help="decode: rows per step")
+    ap.add_argument("--cache", type=int, default=832, help="decode: KV cache columns (prompt bucket + new tokens)")
+    ap.add_argument("--layers", type=int, default=30, help="decode: layers' caches read per step (SmolLM2: 30)")
     args = ap.parse_args()
     print(report.machine_line())
     for layout, (records, T, packed) in LAYOUTS.items():
@@ -77,6 +105,18 @@ def main():
         for b, t in zip(args.blocks, times[1:]):
             report.millis(f"tiles of {b}", t)
             report.ratio(f"tiles of {b} / dense", times[0] / t)
+
+    ours, dense = decode_steps(args.batch, args.cache, args.layers)
+    t_ours, t_dense = report.median_times([ours, dense], args.runs)
+    bw = report.bandwidth()
+    gb = 2 * args.layers * args.batch * args.cache * K * H * 4 / 1e9
+    print(f"\ndecode step: {args.batch} queries against caches of {args.cache} columns, {args.layers} layers "
+          f"({gb:.2f} GB of keys and values; median of {args.runs})")
+    report.millis("attend (one query)", t_ours)
+    report.millis("dense einsums", t_dense)
+    report.ratio("attend / dense", t_dense / t_ours)
+    report.value("attend of bandwidth", 100 * gb * 1e9 / t_ours / bw, "%",
+                 f"{bw / 1e9:.1f} GB/s measured: jitted a * c over 256 MiB")
 
 
 if __name__ == "__main__":
