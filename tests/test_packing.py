@@ -36,7 +36,7 @@ def test_pack_places_every_record_whole_with_its_own_positions():
     assert sorted(found) == sorted(ex["input_ids"].tolist() for ex in exs)
     assert b["attention_mask"].sum() == sum(LENGTHS) and efficiency(b) == sum(LENGTHS) / (R * L)
     R, L, _ = plan_rows([10, 10, 10, 10, 20], 8, 64)
-    assert (R, L) == (1, 64)  # the fewest slots (4 x 16 cannot hold 60 tokens), in one row rather than 2 x 32
+    assert (R, L) == (2, 32)  # the fewest slots (4 x 16 cannot hold 60 tokens), in two rows rather than 1 x 64
 
 
 def test_packed_sft_step_equals_one_record_per_row():

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaN
-DEFAULT_BLOCK = 128  # tile rows and columns: the fastest of 64-512 on SmolLM2 shapes (docs/benchmarks.md)
+DEFAULT_BLOCK = 256  # tile rows and columns: the fastest of 128-512 on SmolLM2 shapes (docs/benchmarks.md)
 
 
 def attention_mask(q_cols, kv_mask, S: int, segment_ids=None, branch_ids=None):
@@ -69,13 +69,6 @@ def _one_query(q, k, v, mask):
     return out[:, None].astype(q.dtype)
 
 
-def _block_scores(qb, kb, mb):
-    """fp32 masked scores [B, K, G, C, S'] of a head-major query block qb [B, K, G, C, H] against head-major
-    keys kb [B, K, S', H] (mask mb [B, C, S'])."""
-    scores = jnp.einsum("bkgth,bksh->bkgts", qb, kb, preferred_element_type=jnp.float32) * (qb.shape[-1] ** -0.5)
-    return jnp.where(mb[:, None, None, :, :], scores, NEG_INF)
-
-
 def _split_blocks(x, block, fill, axis=1):
     """Split ``axis`` (length T) of x into [n, ..., block, ...] (blocks first), T padded to n * block with
     ``fill``."""
@@ -108,22 +101,27 @@ def _pad_keys(k, v, mask, block):
 
 
 def _heads_major(k, v, mask, block):
-    """``_pad_keys`` with the keys and values laid out [B, K, S', H]: every tile's matmuls then batch over
-    (B, K) with no per-tile transpose."""
+    """``_pad_keys`` with the keys laid out [B, K, H, S'] (transposed) and the values [B, K, S', H]: every
+    tile's matmul then takes its operands as stored, contraction axis last on the left and first on the
+    right, so XLA:CPU copies no tile into another layout (tiles batch over (B, K))."""
     k, v, mask, need = _pad_keys(k, v, mask, block)
-    return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, need
+    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), mask, need
 
 
-def _key_block(x, j, block):
-    """Key block ``j`` (axis 2) of head-major keys/values [B, K, S', H], their gradients or a mask [B, C, S']."""
-    return jax.lax.dynamic_slice_in_dim(x, j * block, block, axis=2)
+def _key_block(x, j, block, axis=2):
+    """Key block ``j`` (``block`` columns of ``axis``) of keys, values, their gradients or a mask."""
+    return jax.lax.dynamic_slice_in_dim(x, j * block, block, axis=axis)
+
+
+def _mm(spec, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 def _scan_forward(q, k, v, mask, block):
     """Outputs [B, T, K, G, H] and row log-sum-exps [nq, B, K, G, C]: a scan over query blocks, each an
     online softmax over the key blocks it needs (a ``lax.cond`` skips the others). A row that sees no
     key (left padding) gets a zero output. Tiles run head-major ([B, K, G, C, H] queries)."""
-    k, v, mask, need = _heads_major(k, v, mask, block)
+    kt, v, mask, need = _heads_major(k, v, mask, block)  # kt [B, K, H, S'], v [B, K, S', H]
     B, C, (K, G, H) = q.shape[0], block, q.shape[2:]
 
     def one(_, xs):
@@ -133,12 +131,11 @@ def _scan_forward(q, k, v, mask, block):
             def add(carry):
                 m, l, acc = carry  # running max and sum [B, K, G, C], output sum [B, K, G, C, H]
                 mj = _key_block(mb, j, block)[:, None, None]  # [B, 1, 1, C, block]
-                s = _block_scores(qb, _key_block(k, j, block), mj[:, 0, 0])
+                s = jnp.where(mj, _mm("bkgth,bkhs->bkgts", qb, _key_block(kt, j, block, 3)) * H**-0.5, NEG_INF)
                 m_new = jnp.maximum(m, s.max(-1))
                 p = jnp.where(mj, jnp.exp(s - m_new[..., None]), 0.0)
                 corr = jnp.exp(m - m_new)
-                pv = jnp.einsum("bkgts,bksh->bkgth", p.astype(q.dtype), _key_block(v, j, block),
-                                preferred_element_type=jnp.float32)
+                pv = _mm("bkgts,bksh->bkgth", p.astype(q.dtype), _key_block(v, j, block))
                 return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
             return jax.lax.cond(need_i[j], add, lambda c: c, carry), None
 
@@ -170,40 +167,46 @@ def _blocked_fwd(q, k, v, mask, block):
 
 
 def _blocked_bwd(block, res, g):
+    """The flash-attention backward over the tiles the forward visited, each tile's probabilities
+    recomputed key-major (``[B, K, block, G, C]``, the transpose of the forward's scores) so that all
+    five of its matmuls take their operands as stored: dQ accumulates transposed ([B, K, H, G, C]) per
+    query block, dK and dV over the whole scan."""
     q, k0, v0, mask0, out, lse = res
     T, H, S = q.shape[1], q.shape[-1], k0.shape[1]
     scale = H**-0.5
-    k, v, mask, need = _heads_major(k0, v0, mask0, block)
+    kt, v, mask, need = _heads_major(k0, v0, mask0, block)  # kt [B, K, H, S'], v [B, K, S', H]
+    k = kt.transpose(0, 1, 3, 2)  # [B, K, S', H]
     delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 3, 1)  # [B, K, G, T]
     qh, gh = q.transpose(0, 2, 3, 1, 4), g.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
 
     def one(carry, xs):
-        qb, mb, gb, lb, db, need_i = xs  # [B, K, G, C, H], [B, C, S'], [B, K, G, C, H], [B, K, G, C] x 2, [nk]
+        qb, mb, gb, lb, db, need_i = xs  # [B, K, G, C, H], [B, S', C], [B, K, G, C, H], [B, K, G, C] x 2, [nk]
+        qt, gt = qb.transpose(0, 1, 4, 2, 3), gb.transpose(0, 1, 4, 2, 3)  # [B, K, H, G, C]
+        lb, db = lb[:, :, None], db[:, :, None]  # [B, K, 1, G, C]
 
         def visit(carry, j):
             def tile(carry):
-                dq, dk, dv = carry
-                kj, vj = _key_block(k, j, block), _key_block(v, j, block)
-                mj = _key_block(mb, j, block)
-                p = jnp.where(mj[:, None, None], jnp.exp(_block_scores(qb, kj, mj) - lb[..., None]), 0.0)
-                dv_j = jnp.einsum("bkgts,bkgth->bksh", p.astype(v.dtype), gb, preferred_element_type=jnp.float32)
-                dp = jnp.einsum("bkgth,bksh->bkgts", gb, vj, preferred_element_type=jnp.float32)
-                ds = (p * (dp - db[..., None]) * scale).astype(q.dtype)
-                dq = dq + jnp.einsum("bkgts,bksh->bkgth", ds, kj, preferred_element_type=jnp.float32)
-                dk_j = jnp.einsum("bkgts,bkgth->bksh", ds, qb, preferred_element_type=jnp.float32)
+                dqt, dk, dv = carry
+                kj, vj = _key_block(k, j, block), _key_block(v, j, block)  # [B, K, block, H]
+                mj = _key_block(mb, j, block, 1)[:, None, :, None, :]  # [B, 1, block, 1, C]
+                p = jnp.where(mj, jnp.exp(_mm("bksh,bkhgt->bksgt", kj, qt) * scale - lb), 0.0)  # [B, K, block, G, C]
+                dv_j = _mm("bksgt,bkgth->bksh", p.astype(v.dtype), gb)
+                ds = (p * (_mm("bksh,bkhgt->bksgt", vj, gt) - db) * scale).astype(q.dtype)
+                dk_j = _mm("bksgt,bkgth->bksh", ds, qb)
+                dqt = dqt + _mm("bkhs,bksgt->bkhgt", _key_block(kt, j, block, 3), ds)
                 add = lambda d, dj: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
                     d, _key_block(d, j, block) + dj, j * block, axis=2)
-                return dq, add(dk, dk_j), add(dv, dv_j)
+                return dqt, add(dk, dk_j), add(dv, dv_j)
 
             return jax.lax.cond(need_i[j], tile, lambda c: c, carry), None
 
         dk, dv = carry
-        (dq, dk, dv), _ = jax.lax.scan(visit, (jnp.zeros(qb.shape, jnp.float32), dk, dv), jnp.arange(need.shape[1]))
-        return (dk, dv), dq.astype(q.dtype)
+        (dqt, dk, dv), _ = jax.lax.scan(visit, (jnp.zeros(qt.shape, jnp.float32), dk, dv), jnp.arange(need.shape[1]))
+        return (dk, dv), dqt.transpose(0, 1, 3, 4, 2).astype(q.dtype)  # [B, K, G, C, H]
 
     zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    xs = (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask, block, False), _split_blocks(gh, block, 0, axis=3),
-          lse, _split_blocks(delta, block, 0, axis=3), need)
+    xs = (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask.transpose(0, 2, 1), block, False, axis=2),
+          _split_blocks(gh, block, 0, axis=3), lse, _split_blocks(delta, block, 0, axis=3), need)
     (dk, dv), dq = jax.lax.scan(one, zeros, xs)
     dq = _join_blocks(dq, T, axis=3).transpose(0, 3, 1, 2, 4)  # [B, T, K, G, H]
     back = lambda d, like: d[:, :, :S].transpose(0, 2, 1, 3).astype(like.dtype)  # noqa: E731 - [B, S, K, H]
