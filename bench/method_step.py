@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import report  # noqa: E402
 import train_step as ts  # noqa: E402
 import train_step_sides as sides  # noqa: E402
+from ttpa_jax.model import transformer  # noqa: E402
 from ttpa_jax.train.loader import collate  # noqa: E402
 from ttpa_jax.train.packing import efficiency  # noqa: E402
 
@@ -58,6 +59,11 @@ def parse_args():
     ap.add_argument("--steps", type=int, default=2, help="timed steps per side (median)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--logits-chunk", type=int, default=256)
+    ap.add_argument("--row-length", type=int, default=0,
+                    help="longest packed / shared-prefix row in tokens (train's --dataset.row-length; 0: 4096, "
+                         "the shape then chosen as train chooses it)")
+    ap.add_argument("--attention-block", type=int, default=0,
+                    help="attention tile size of our steps (0: the model's default, attention.DEFAULT_BLOCK)")
     ap.add_argument("--skip-sft", action="store_true")
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
@@ -171,6 +177,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         d = report.base_model_dir(args.model, args.layers, tmp)
         hf_cfg = json.load(open(os.path.join(d, "config.json")))
+        if args.attention_block:  # read by each attention layer as the model is built
+            transformer.DEFAULT_BLOCK = args.attention_block
         ours = sides.Ours(d, 8, "float32")
         ref = None if args.skip_torch else sides.Torch(d, 8, "float32", ours.lora_a())
     cfg = {k: hf_cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
@@ -189,13 +197,15 @@ def main():
     for k in [] if args.skip_dpo else args.pairs_per_prompt:
         exs = pairs(rng, args.pairs, args.prompt, cfg["vocab_size"], k)
         lengths = [len(e[s]) for e in exs for s in ("chosen_ids", "rejected_ids")]
-        runs.append(("DPO", collate(exs, pad, 64, 4096), collate(exs, pad, 64, 4096, layout="shared_prefix"), True,
+        fast = collate(exs, pad, 64, 4096, layout="shared_prefix", row_length=args.row_length)
+        runs.append(("DPO", collate(exs, pad, 64, 4096), fast, True,
                      lengths, f"{args.pairs} pairs, {k} per prompt, sequences of {min(lengths)}-{max(lengths)} tokens"))
     if not args.skip_sft:
         recs = (run_records(args.sft_data, args.records, rng) if args.sft_data
                 else records(rng, args.records, args.prompt, cfg["vocab_size"]))
         rlen = [len(r["input_ids"]) for r in recs]
-        runs.append(("SFT", collate(recs, pad, 64, 4096), collate(recs, pad, 64, 4096, layout="packed"), False, rlen,
+        fast = collate(recs, pad, 64, 4096, layout="packed", row_length=args.row_length)
+        runs.append(("SFT", collate(recs, pad, 64, 4096), fast, False, rlen,
                      f"{args.records} {'records of ' + args.sft_data if args.sft_data else 'records'}, "
                      f"{min(rlen)}-{max(rlen)} tokens"))
     for name, plain, fast, dpo, lens, what in runs:
