@@ -114,6 +114,7 @@ def _key_block(x, j, block, axis=2):
 
 
 def _mm(spec, a, b):
+    """A tile's einsum, accumulated in fp32."""
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
