@@ -26,11 +26,11 @@ def _inputs(B, T, S, segments, seed=0):
     return q, k, v, mask
 
 
-@pytest.mark.parametrize("block", [8, 16, 32])
+@pytest.mark.parametrize("block", [8, 16, 32, 64])
 @pytest.mark.parametrize("case", ["packed", "cache"])
 def test_tiles_equal_dense_in_values_and_gradients(block, case):
-    if case == "packed":  # two rows: two records + padding, one record + padding
-        q, k, v, mask = _inputs(2, 70, 70, [[30, 31], [50]])
+    if case == "packed":  # two rows: two records + padding, one record + padding (block 64: 2 tiles of 48)
+        q, k, v, mask = _inputs(2, 90, 90, [[30, 41], [50]])
     else:  # prefill of 45 queries into a 64-key cache (keys past the queries unseen)
         q, k, v, mask = _inputs(2, 45, 64, [[45], [40]])
     seen = np.asarray(mask).any(-1)  # [B, T] queries that see a key
@@ -41,8 +41,16 @@ def test_tiles_equal_dense_in_values_and_gradients(block, case):
 
     dense, tiled = (np.asarray(A.attend(q, k, v, mask, block=b)) for b in (0, block))
     np.testing.assert_allclose(tiled[seen], dense[seen], atol=1e-5, rtol=0)
+    assert not np.any(tiled[~seen])  # a query that sees no key: zero
     for g0, g1 in zip(jax.grad(loss, (0, 1, 2))(q, k, v, 0), jax.grad(loss, (0, 1, 2))(q, k, v, block)):
         np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("T, block, tile", [(1024, 256, 256), (896, 256, 224), (640, 256, 224), (1536, 256, 256),
+                                            (90, 64, 48), (70, 8, 8)])
+def test_tiles_are_sized_evenly(T, block, tile):
+    """At most ``block``, as few tiles as that allows, each rounded up to 16: no tile mostly padding."""
+    assert A._tile(T, block) == tile
 
 
 def test_skipped_tiles_are_the_unseen_ones():

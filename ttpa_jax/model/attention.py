@@ -5,7 +5,7 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
   key padding, and optionally segment ids (packed rows: no token sees another record) and branch ids
   (shared-prefix rows: a suffix sees the shared trunk and itself, never the other suffix).
 - ``attend``: on CPU (and for the decode cache) rows longer than ``block`` queries are computed in
-  ``block`` x ``block`` tiles: a ``lax.scan`` over query blocks, each an online softmax over key
+  tiles of at most ``block`` x ``block``, sized evenly (``_tile``): a ``lax.scan`` over query blocks, each an online softmax over key
   blocks, where a ``lax.cond`` skips every tile that no query of the batch sees (above the causal
   diagonal, across packed records, padding); the backward pass is a second scan recomputing one
   tile's scores at a time from saved log-sum-exps (a scan, so XLA cannot hoist the recomputation and
@@ -44,6 +44,14 @@ def attention_mask(q_cols, kv_mask, S: int, segment_ids=None, branch_ids=None):
         bk = branch_ids[:, None, :]
         mask = mask & ((bk == 0) | (bk == branch_ids[:, :, None]))
     return mask
+
+
+def even_chunks(T: int, chunk: int) -> tuple[int, int]:
+    """``(n, size)``: the fewest chunks of at most ``chunk`` positions that cover ``T``, sized as evenly
+    as they can be (``n * size - T < n`` padded positions, e.g. T = 384, chunk = 256 -> 2 x 192): the
+    LM head's chunks and the attention tiles."""
+    n = -(-T // chunk)
+    return n, -(-T // n)
 
 
 def _dense(q, k, v, mask):
@@ -118,10 +126,19 @@ def _mm(spec, a, b):
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
+def _scaled(q):
+    """Queries times the softmax scale 1 / sqrt(H), applied once per call instead of once per tile score."""
+    return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+
+
 def _scan_forward(q, k, v, mask, block):
     """Outputs [B, T, K, G, H] and row log-sum-exps [nq, B, K, G, C]: a scan over query blocks, each an
-    online softmax over the key blocks it needs (a ``lax.cond`` skips the others). A row that sees no
-    key (left padding) gets a zero output. Tiles run head-major ([B, K, G, C, H] queries)."""
+    online softmax over the key blocks it needs (a ``lax.cond`` skips the others). Masked scores are
+    set to ``NEG_INF`` once and not masked again after the exponential: while a row has seen no key its
+    running sum counts masked keys, and the first real key's correction factor ``exp(NEG_INF - m)`` = 0
+    wipes them. A row that sees no key at all (left padding) gets a zero output and a log-sum-exp of
+    ``-NEG_INF``, so that the backward pass gives it zero probabilities. Tiles run head-major
+    ([B, K, G, C, H] queries)."""
     kt, v, mask, need = _heads_major(k, v, mask, block)  # kt [B, K, H, S'], v [B, K, S', H]
     B, C, (K, G, H) = q.shape[0], block, q.shape[2:]
 
@@ -132,9 +149,9 @@ def _scan_forward(q, k, v, mask, block):
             def add(carry):
                 m, l, acc = carry  # running max and sum [B, K, G, C], output sum [B, K, G, C, H]
                 mj = _key_block(mb, j, block)[:, None, None]  # [B, 1, 1, C, block]
-                s = jnp.where(mj, _mm("bkgth,bkhs->bkgts", qb, _key_block(kt, j, block, 3)) * H**-0.5, NEG_INF)
+                s = jnp.where(mj, _mm("bkgth,bkhs->bkgts", qb, _key_block(kt, j, block, 3)), NEG_INF)
                 m_new = jnp.maximum(m, s.max(-1))
-                p = jnp.where(mj, jnp.exp(s - m_new[..., None]), 0.0)
+                p = jnp.exp(s - m_new[..., None])  # masked keys: 0 once the row has seen a key (see _finish)
                 corr = jnp.exp(m - m_new)
                 pv = _mm("bkgts,bksh->bkgth", p.astype(q.dtype), _key_block(v, j, block))
                 return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
@@ -143,10 +160,11 @@ def _scan_forward(q, k, v, mask, block):
         init = (jnp.full((B, K, G, C), NEG_INF, jnp.float32), jnp.zeros((B, K, G, C), jnp.float32),
                 jnp.zeros((B, K, G, C, H), jnp.float32))
         (m, l, acc), _ = jax.lax.scan(visit, init, jnp.arange(need.shape[1]))
-        safe = jnp.maximum(l, 1e-30)
-        return None, ((acc / safe[..., None]).astype(q.dtype), m + jnp.log(safe))
+        seen = m > NEG_INF / 2  # [B, K, G, C]: the row saw a key
+        out = jnp.where(seen[..., None], acc / l[..., None], 0.0)
+        return None, (out.astype(q.dtype), jnp.where(seen, m + jnp.log(l), -NEG_INF))
 
-    qh = q.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    qh = _scaled(q).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
     _, (out, lse) = jax.lax.scan(one, None, (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask, block, False),
                                              need))
     out = _join_blocks(out, q.shape[1], axis=3)  # [nq, B, K, G, C, H] -> [B, K, G, T, H]
@@ -178,7 +196,7 @@ def _blocked_bwd(block, res, g):
     kt, v, mask, need = _heads_major(k0, v0, mask0, block)  # kt [B, K, H, S'], v [B, K, S', H]
     k = kt.transpose(0, 1, 3, 2)  # [B, K, S', H]
     delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 3, 1)  # [B, K, G, T]
-    qh, gh = q.transpose(0, 2, 3, 1, 4), g.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    qh, gh = _scaled(q).transpose(0, 2, 3, 1, 4), g.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H], q scaled
 
     def one(carry, xs):
         qb, mb, gb, lb, db, need_i = xs  # [B, K, G, C, H], [B, S', C], [B, K, G, C, H], [B, K, G, C] x 2, [nk]
@@ -190,9 +208,9 @@ def _blocked_bwd(block, res, g):
                 dqt, dk, dv = carry
                 kj, vj = _key_block(k, j, block), _key_block(v, j, block)  # [B, K, block, H]
                 mj = _key_block(mb, j, block, 1)[:, None, :, None, :]  # [B, 1, block, 1, C]
-                p = jnp.where(mj, jnp.exp(_mm("bksh,bkhgt->bksgt", kj, qt) * scale - lb), 0.0)  # [B, K, block, G, C]
+                p = jnp.exp(jnp.where(mj, _mm("bksh,bkhgt->bksgt", kj, qt), NEG_INF) - lb)  # [B, K, block, G, C]
                 dv_j = _mm("bksgt,bkgth->bksh", p.astype(v.dtype), gb)
-                ds = (p * (_mm("bksh,bkhgt->bksgt", vj, gt) - db) * scale).astype(q.dtype)
+                ds = (p * (_mm("bksh,bkhgt->bksgt", vj, gt) - db)).astype(q.dtype)  # dS / scale
                 dk_j = _mm("bksgt,bkgth->bksh", ds, qb)
                 dqt = dqt + _mm("bkhs,bksgt->bkhgt", _key_block(kt, j, block, 3), ds)
                 add = lambda d, dj: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
@@ -203,7 +221,7 @@ def _blocked_bwd(block, res, g):
 
         dk, dv = carry
         (dqt, dk, dv), _ = jax.lax.scan(visit, (jnp.zeros(qt.shape, jnp.float32), dk, dv), jnp.arange(need.shape[1]))
-        return (dk, dv), dqt.transpose(0, 1, 3, 4, 2).astype(q.dtype)  # [B, K, G, C, H]
+        return (dk, dv), (dqt * scale).transpose(0, 1, 3, 4, 2).astype(q.dtype)  # [B, K, G, C, H]
 
     zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
     xs = (_split_blocks(qh, block, 0, axis=3), _split_blocks(mask.transpose(0, 2, 1), block, False, axis=2),
@@ -215,6 +233,12 @@ def _blocked_bwd(block, res, g):
 
 
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+def _tile(T: int, block: int) -> int:
+    """Tile size for T queries: at most ``block``, sized evenly and rounded up to 16 (a vector width),
+    e.g. T = 896 -> 224 (4 tiles, none mostly padding), T = 1024 -> 256."""
+    return min(block, -(-even_chunks(T, block)[1] // 16) * 16)
 
 
 def _use_cudnn(dtype) -> bool:
@@ -241,5 +265,5 @@ def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
     elif block <= 0 or T <= block:
         out = _dense(qg, k, v, mask)
     else:
-        out = _blocked(qg, k, v, mask, block)
+        out = _blocked(qg, k, v, mask, _tile(T, block))
     return out.reshape(B, T, N * H)

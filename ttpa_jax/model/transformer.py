@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ttpa_jax.model.attention import DEFAULT_BLOCK, NEG_INF, attend, attention_mask  # noqa: F401
+from ttpa_jax.model.attention import DEFAULT_BLOCK, NEG_INF, attend, attention_mask, even_chunks  # noqa: F401
 from ttpa_jax.model.config import ModelConfig, load_config
 from ttpa_jax.model.sharding import shard_activation
 
@@ -323,13 +323,6 @@ def project_to_vocab(h, w):
     """h [B, T, D] (or [B, D]) and the head w [V, D] -> float32 logits [B, T, V] (or [B, V])."""
     logits = jnp.einsum("...d,vd->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
     return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
-
-
-def even_chunks(T: int, chunk: int) -> tuple[int, int]:
-    """``(n, size)``: the fewest chunks of at most ``chunk`` positions that cover ``T``, sized as evenly
-    as they can be (``n * size - T < n`` padded positions, e.g. T = 384, chunk = 256 -> 2 x 192)."""
-    n = -(-T // chunk)
-    return n, -(-T // n)
 
 
 def next_token_scores(logits, nxt):

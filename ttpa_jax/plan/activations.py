@@ -20,7 +20,7 @@ and once per sequence position:
 - logits:     3 * 4 * V              fp32 logits [B, T, V], the softmax exponentials of the
                                      log-softmax and their gradient; with ``logits_chunk`` C only
                                      at most C positions of each sequence at a time (T replaced by
-                                     ``transformer.even_chunks``' chunk size)
+                                     ``attention.even_chunks``' chunk size)
 
 Without remat all layers' activations are alive when the backward pass starts (the peak). With
 remat (one checkpoint per layer) only each layer's input ``c * D`` is kept; the backward pass
@@ -35,9 +35,9 @@ from __future__ import annotations
 import dataclasses
 
 from ttpa_jax.model.attention import DEFAULT_BLOCK as ATTENTION_BLOCK
+from ttpa_jax.model.attention import even_chunks
 from ttpa_jax.model.config import ModelConfig
 from ttpa_jax.model.sharding import spec_for
-from ttpa_jax.model.transformer import even_chunks
 
 LOGIT_COPIES = 3  # fp32 logits, softmax exponentials, their gradient
 
