@@ -64,6 +64,9 @@ def parse_args():
                          "the shape then chosen as train chooses it)")
     ap.add_argument("--attention-block", type=int, default=0,
                     help="attention tile size of our steps (0: the model's default, attention.DEFAULT_BLOCK)")
+    ap.add_argument("--lengths-per-octave", type=int, default=2, choices=(1, 2, 4, 8),
+                    help="row lengths per doubling for the packed and shared-prefix layouts "
+                         "(--dataset.lengths-per-octave; one-sequence-per-row batches keep powers of two)")
     ap.add_argument("--skip-sft", action="store_true")
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
@@ -197,14 +200,16 @@ def main():
     for k in [] if args.skip_dpo else args.pairs_per_prompt:
         exs = pairs(rng, args.pairs, args.prompt, cfg["vocab_size"], k)
         lengths = [len(e[s]) for e in exs for s in ("chosen_ids", "rejected_ids")]
-        fast = collate(exs, pad, 64, 4096, layout="shared_prefix", row_length=args.row_length)
+        fast = collate(exs, pad, 64, 4096, layout="shared_prefix", row_length=args.row_length,
+                       lengths_per_octave=args.lengths_per_octave)
         runs.append(("DPO", collate(exs, pad, 64, 4096), fast, True,
                      lengths, f"{args.pairs} pairs, {k} per prompt, sequences of {min(lengths)}-{max(lengths)} tokens"))
     if not args.skip_sft:
         recs = (run_records(args.sft_data, args.records, rng) if args.sft_data
                 else records(rng, args.records, args.prompt, cfg["vocab_size"]))
         rlen = [len(r["input_ids"]) for r in recs]
-        fast = collate(recs, pad, 64, 4096, layout="packed", row_length=args.row_length)
+        fast = collate(recs, pad, 64, 4096, layout="packed", row_length=args.row_length,
+                       lengths_per_octave=args.lengths_per_octave)
         runs.append(("SFT", collate(recs, pad, 64, 4096), fast, False, rlen,
                      f"{args.records} {'records of ' + args.sft_data if args.sft_data else 'records'}, "
                      f"{min(rlen)}-{max(rlen)} tokens"))

@@ -77,3 +77,20 @@ def test_row_length_below_max_length_is_refused():
     assert DataConfig(max_length=1024, row_length=2048).row_length == 2048
     with pytest.raises(ConfigError, match="dataset.row_length 512 is below dataset.max_length 1024"):
         DataConfig(max_length=1024, row_length=512)
+
+
+def test_lengths_per_octave_sets_the_row_lengths_a_batch_may_take():
+    import pytest
+
+    from ttpa_jax.core.errors import ConfigError
+    from ttpa_jax.train.config import DataConfig
+    from ttpa_jax.train.packing import candidate_lengths
+
+    assert candidate_lengths(500, 64, 2048, 1) == [512, 1024, 2048]
+    assert candidate_lengths(500, 64, 2048) == [512, 768, 1024, 1536, 2048]
+    assert candidate_lengths(800, 64, 2048, 4) == [896, 1024, 1280, 1536, 1792, 2048]
+    exs = examples(100)  # records of 5-30 tokens: 4 per octave pads less
+    coarse, fine = (collate(exs, 0, 8, 32, layout="packed", row_length=256, lengths_per_octave=n) for n in (2, 4))
+    assert efficiency(fine) >= efficiency(coarse) and fine["attention_mask"].sum() == coarse["attention_mask"].sum()
+    with pytest.raises(ConfigError, match="dataset.lengths_per_octave must be one of 1, 2, 4, 8, got 3"):
+        DataConfig(lengths_per_octave=3)

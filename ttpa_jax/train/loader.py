@@ -25,7 +25,7 @@ SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
 
 def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int,
             layout: str = "rows", row_multiple: int = 1, varying_shapes: bool = True,
-            row_length: int = 0) -> dict[str, np.ndarray]:
+            row_length: int = 0, lengths_per_octave: int = 2) -> dict[str, np.ndarray]:
     """Right-pad a list of examples into a batch.
 
     Sequence features become ``[B, L]`` (ids int32 with a matching ``*_mask``; weights float32);
@@ -35,7 +35,8 @@ def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: in
     ``layout``: "rows" (one sequence per row, as above), "packed" (SFT: several records per row,
     ``packing.pack``; the row count a multiple of ``row_multiple``) or "shared_prefix" (DPO: what
     sequences share run once, ``shared_prefix.shared_prefix_batch``). A row holding several sequences
-    is at most ``row_length`` long (0: ``max_length``).
+    is at most ``row_length`` long (0: ``max_length``); its length is one of ``lengths_per_octave`` per
+    doubling (``packing.candidate_lengths``).
 
     ``varying_shapes`` (one process) lets the batch pick shapes from its content: SFT batches get
     ``score_cols`` and shared-prefix ones ``sp_cols`` [R, K] (``score_columns``: the columns the loss
@@ -43,11 +44,11 @@ def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: in
     shapes turn it off: one pair per row, every column scored.
     """
     if layout == "packed":
-        batch = pack(examples, pad_id, pad_multiple, row_length or max_length, row_multiple)
+        batch = pack(examples, pad_id, pad_multiple, row_length or max_length, row_multiple, lengths_per_octave)
     elif layout == "shared_prefix":
         rows = _rows(examples, pad_id, pad_multiple, max_length)
         batch = shared_prefix_batch(rows, pad_id, pad_multiple, row_length or max_length, row_multiple,
-                                    group=varying_shapes)
+                                    group=varying_shapes, per_octave=lengths_per_octave)
         if varying_shapes:
             batch["sp_cols"] = pair_columns(batch)
     elif layout == "rows":
@@ -85,12 +86,12 @@ class Loader:
     ``global_batch`` examples per step over all processes; this process yields
     ``global_batch // process_count`` of them: a disjoint, deterministic slice of the same shuffled
     order, so the global batch is identical however many processes share it. ``layout``,
-    ``row_multiple`` and ``row_length`` as ``collate``.
+    ``row_multiple``, ``row_length`` and ``lengths_per_octave`` as ``collate``.
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, *, global_batch: int, seed: int, shuffle: bool,
                  pad_id: int, pad_multiple: int, max_length: int, process_index: int = 0, process_count: int = 1,
-                 layout: str = "rows", row_multiple: int = 1, row_length: int = 0):
+                 layout: str = "rows", row_multiple: int = 1, row_length: int = 0, lengths_per_octave: int = 2):
         if global_batch % process_count:
             raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} processes")
         self.source = open_source(path, fmt)
@@ -112,7 +113,8 @@ class Loader:
         ds = ds.map(decode_example).batch(
             local, drop_remainder=True,
             batch_fn=lambda exs: collate(list(exs), pad_id, pad_multiple, max_length, layout, row_multiple,
-                                         varying_shapes=process_count == 1, row_length=row_length),
+                                         varying_shapes=process_count == 1, row_length=row_length,
+                                         lengths_per_octave=lengths_per_octave),
         )
         self._ds = ds.to_iter_dataset()
         self._it = iter(self._ds)

@@ -53,7 +53,7 @@ def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progr
         chunk = chunk + [chunk[-1]] * (per - len(chunk))  # fixed batch size; extra rows ignored
         host = collate(chunk, pad_id, cfg.dataset.pad_multiple, cfg.dataset.max_length, layout,
                        row_multiple=placement.batch_divisor, varying_shapes=jax.process_count() == 1,
-                       row_length=cfg.dataset.row_length)
+                       row_length=cfg.dataset.row_length, lengths_per_octave=cfg.dataset.lengths_per_octave)
         n_proc, p = jax.process_count(), jax.process_index()
         local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
         with jax.set_mesh(placement.mesh):

@@ -120,14 +120,15 @@ def _pow2(n: int) -> int:
 
 
 def shared_prefix_batch(batch: dict[str, np.ndarray], pad_id: int = 0, pad_multiple: int = 8,
-                        max_length: int = 0, row_multiple: int = 1, group: bool = True) -> dict[str, np.ndarray]:
+                        max_length: int = 0, row_multiple: int = 1, group: bool = True,
+                        per_octave: int = 2) -> dict[str, np.ndarray]:
     """A collated DPO batch (``chosen_ids``/``_mask``/``_weights``, the same for rejected, [B, L]; rows
     right-padded) -> the shared-prefix layout: ``ROW_KEYS`` [R, L], ``SLOT_KEYS`` [R, M, L] and
     ``sp_pair`` [R, M] (the pair in each slot, -1 for an empty one); per-pair values (precomputed
     reference log-probs, [B]) move to their slots, [R, M] (0 in empty ones).
 
     With ``group``, R and L come from ``packing.plan_rows`` over the groups (lengths ``pad_multiple``
-    times 2**k or 1.5 * 2**k, R a power of two times ``row_multiple``) and M is a power of two; without,
+    times 2**k or 1.5 * 2**k, finer with ``per_octave`` 4 or 8, R a power of two times ``row_multiple``) and M is a power of two; without,
     R = B, one slot per row, and L a ``packing.bucket_length``."""
     B = batch["chosen_ids"].shape[0]
     groups = group_pairs(batch, False, 0)  # one pair each
@@ -135,7 +136,7 @@ def shared_prefix_batch(batch: dict[str, np.ndarray], pad_id: int = 0, pad_multi
         groups = group_pairs(batch, True, max(max_length, max(g.length() for g in groups)))
     sizes = [g.length() for g in groups]
     if group:
-        R, L, bins = plan_rows(sizes, pad_multiple, max_length, row_multiple)
+        R, L, bins = plan_rows(sizes, pad_multiple, max_length, row_multiple, per_octave)
     else:
         R, L, bins = B, bucket_length(max(sizes), pad_multiple, max_length), [[g] for g in range(B)]
     M = _pow2(max(sum(len(groups[g].pairs) for g in members) for members in bins))

@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         pad_id=st.pad_id, pad_multiple=cfg.dataset.pad_multiple, max_length=cfg.dataset.max_length,
         process_index=jax.process_index(), process_count=jax.process_count(),
         layout=batch_layout(cfg), row_multiple=placement.batch_divisor * cfg.optim.grad_accum,
-        row_length=cfg.dataset.row_length,
+        row_length=cfg.dataset.row_length, lengths_per_octave=cfg.dataset.lengths_per_octave,
     )
     if start:
         st.trainable, st.opt_state, meta = ckpts.restore(start, st.trainable, st.opt_state)
