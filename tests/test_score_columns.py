@@ -1,5 +1,6 @@
-"""The LM head on the scored columns only (``train.score_columns``): the same SFT and DPO losses,
-metrics and gradients as scoring every column."""
+"""The LM head (and the last layer's queries, attention output and MLP) on the scored columns only
+(``train.score_columns``): the same hidden states, SFT and DPO losses, metrics and gradients as scoring
+every column."""
 
 import dataclasses
 
@@ -30,6 +31,20 @@ def test_columns_in_order_padded_to_a_fraction_of_the_row():
     assert score_columns(np.zeros((1, 8), bool)).tolist() == [[-1]]
     w = np.array([[0, 0, 1, 1, 0, 0, 0, 2]], np.float32)
     assert sft_columns(w).tolist() == [[1, 2, 6, -1]]  # column c predicts token c + 1
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_hidden_states_at_columns_equal_every_columns_hidden_states(remat):
+    cfg = load_config("tiny-llama3")
+    batch = collate(examples(cfg.vocab_size, seed=5), 0, 8, 64, layout="packed")
+    model = init_model(cfg, seed=1, remat=remat)
+    args = [jnp.asarray(batch[k]) for k in ("input_ids", "positions", "attention_mask")]
+    cols = jnp.asarray(sft_columns(batch["weights"]).clip(0))  # [R, C]
+    every, _ = model.hidden_states(*args, segment_ids=jnp.asarray(batch["segment_ids"]))
+    at, _ = model.hidden_states(*args, segment_ids=jnp.asarray(batch["segment_ids"]), columns=cols)
+    assert at.shape == (*cols.shape, cfg.hidden_size)
+    np.testing.assert_allclose(np.asarray(at), np.asarray(jnp.take_along_axis(every, cols[..., None], axis=1)),
+                               atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("layout,chunk", [("packed", 16), ("rows", 0)])

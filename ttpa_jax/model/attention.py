@@ -5,11 +5,12 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
   key padding, and optionally segment ids (packed rows: no token sees another record) and branch ids
   (shared-prefix rows: a suffix sees the shared trunk and itself, never the other suffix).
 - ``attend``: on CPU (and for the decode cache) rows longer than ``block`` queries are computed in
-  tiles of at most ``block`` x ``block``, sized evenly (``_tile``): a ``lax.scan`` over query blocks, each an online softmax over key
-  blocks, where a ``lax.cond`` skips every tile that no query of the batch sees (above the causal
-  diagonal, across packed records, padding); the backward pass is a second scan recomputing one
-  tile's scores at a time from saved log-sum-exps (a scan, so XLA cannot hoist the recomputation and
-  keep every block alive, as it does with ``jax.checkpoint`` on unrolled blocks). On GPU with a
+  tiles of at most ``block`` x ``block``, sized evenly (``_tile``): a ``lax.scan`` over query blocks,
+  each an online softmax over key blocks, where a ``lax.cond`` skips every tile that no query of the
+  batch sees (above the causal diagonal, across packed records, padding); the backward pass is a
+  second scan recomputing one tile's scores at a time from saved log-sum-exps (a scan, so XLA cannot
+  hoist the recomputation and keep every block alive, as it does with ``jax.checkpoint`` on unrolled
+  blocks). On GPU with a
   half-precision compute dtype, cuDNN's fused attention
   (``jax.nn.dot_product_attention(implementation="cudnn")``). A decode step's single query on CPU reads
   the cache in place as a broadcast product and two sums (``_one_query``).
@@ -151,7 +152,7 @@ def _scan_forward(q, k, v, mask, block):
                 mj = _key_block(mb, j, block)[:, None, None]  # [B, 1, 1, C, block]
                 s = jnp.where(mj, _mm("bkgth,bkhs->bkgts", qb, _key_block(kt, j, block, 3)), NEG_INF)
                 m_new = jnp.maximum(m, s.max(-1))
-                p = jnp.exp(s - m_new[..., None])  # masked keys: 0 once the row has seen a key (see _finish)
+                p = jnp.exp(s - m_new[..., None])  # masked keys: 0 once the row has seen a key (docstring)
                 corr = jnp.exp(m - m_new)
                 pv = _mm("bkgts,bksh->bkgth", p.astype(q.dtype), _key_block(v, j, block))
                 return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv

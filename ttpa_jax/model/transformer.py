@@ -149,11 +149,17 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv, self.head_dim = N, K, H
         self.block = DEFAULT_BLOCK  # query rows per attention block (<= 0: dense scores)
 
-    def __call__(self, x, positions, mask, inv_freq, ctx, cache: LayerCache | None, write_index):
-        """x [B, T, D]; mask [B, T, S] bool; cache rows are written at ``write_index[b] + t``."""
+    def __call__(self, x, positions, mask, inv_freq, ctx, cache: LayerCache | None, write_index, queries=None):
+        """x [B, T, D]; mask [B, T, S] bool; cache rows are written at ``write_index[b] + t``. ``queries``
+        [B, C] (no cache): keys and values from every column, queries and output only at these columns
+        -> [B, C, D]."""
         B, T, _ = x.shape
         N, K, H = self.n_heads, self.n_kv, self.head_dim
-        q = rope(self.q_proj(x, ctx).reshape(B, T, N, H), positions, inv_freq)
+        xq, q_pos = x, positions
+        if queries is not None:
+            xq, q_pos = _columns(x, queries), _columns(positions, queries)
+            mask = _columns(mask, queries)
+        q = rope(self.q_proj(xq, ctx).reshape(B, xq.shape[1], N, H), q_pos, inv_freq)
         k = rope(self.k_proj(x, ctx).reshape(B, T, K, H), positions, inv_freq)
         v = self.v_proj(x, ctx).reshape(B, T, K, H)
         q = shard_activation(q, ("batch", "seq", "act_heads", None))
@@ -171,6 +177,11 @@ class Attention(nnx.Module):
         S = k.shape[1]
         out = attend(q, k, v, mask[:, :, :S], block=self.block)
         return self.o_proj(out, ctx), new_cache
+
+
+def _columns(x, cols):
+    """x [B, T, ...] at the columns cols [B, C] -> [B, C, ...]."""
+    return jnp.take_along_axis(x, cols.reshape(*cols.shape, *(1,) * (x.ndim - 2)), axis=1)
 
 
 class MLP(nnx.Module):
@@ -194,9 +205,12 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
         self.mlp = MLP(cfg, dtype, param_dtype, layer, rngs)
 
-    def __call__(self, x, positions, mask, inv_freq, ctx, cache, write_index):
-        h, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, ctx, cache, write_index)
-        x = x + h
+    def __call__(self, x, positions, mask, inv_freq, ctx, cache, write_index, queries=None):
+        """x [B, T, D] -> [B, T, D] and the updated cache; with ``queries`` [B, C], [B, C, D]: the
+        layer's output at those columns only (``Attention``)."""
+        h, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, ctx, cache, write_index,
+                                      queries)
+        x = (x if queries is None else _columns(x, queries)) + h
         x = x + self.mlp(self.post_attention_layernorm(x), ctx)
         return shard_activation(x, ("batch", "seq", "act_embed")), new_cache
 
@@ -222,8 +236,10 @@ class Transformer(nnx.Module):
             )
 
     def hidden_states(self, input_ids, positions, kv_mask, *, ctx: Ctx = Ctx(), cache=None, write_index=None,
-                      segment_ids=None, branch_ids=None):
-        """Final-norm hidden states ``[B, T, D]`` and the updated cache.
+                      segment_ids=None, branch_ids=None, columns=None):
+        """Final-norm hidden states ``[B, T, D]`` and the updated cache; with ``columns`` [B, C] (no cache),
+        ``[B, C, D]`` at those columns, the last layer computing its queries, attention output and MLP
+        there only (its keys and values still from every column).
 
         input_ids, positions: [B, T]. kv_mask [B, S]: which key columns are real tokens (S = T without a
         cache, else the cache length). A query at column ``write_index[b] + t`` sees key columns up to
@@ -234,21 +250,26 @@ class Transformer(nnx.Module):
         B, T = input_ids.shape
         if write_index is None:
             write_index = jnp.zeros((B,), jnp.int32)
-        if cache is not None and (segment_ids is not None or branch_ids is not None):
-            raise ValueError("segment_ids / branch_ids apply to a whole row without a cache")
+        if cache is not None and (segment_ids is not None or branch_ids is not None or columns is not None):
+            raise ValueError("segment_ids / branch_ids / columns apply to a whole row without a cache")
         S = kv_mask.shape[1]
         q_cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
         mask = attention_mask(q_cols, kv_mask, S, segment_ids, branch_ids)  # [B, T, S]
         inv_freq = jnp.asarray(self.config.inv_freq())
         x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
         new_cache = []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            queries = columns if i == last else None
             if self.remat and cache is None:  # recompute the layer's activations in the backward pass
                 graphdef, state = nnx.split(layer)
-                run = lambda st, *a, g=graphdef: nnx.merge(g, st)(*a, ctx, None, write_index)[0]  # noqa: E731
-                x, c = jax.checkpoint(run)(state, x, positions, mask, inv_freq), None
+                def run(st, x, p, m, f, qc, g=graphdef):
+                    return nnx.merge(g, st)(x, p, m, f, ctx, None, write_index, qc)[0]
+
+                x, c = jax.checkpoint(run)(state, x, positions, mask, inv_freq, queries), None
             else:
-                x, c = layer(x, positions, mask, inv_freq, ctx, None if cache is None else cache[i], write_index)
+                x, c = layer(x, positions, mask, inv_freq, ctx, None if cache is None else cache[i], write_index,
+                             queries)
             new_cache.append(c)
         return self.norm(x), (None if cache is None else new_cache)
 
@@ -294,9 +315,8 @@ class Transformer(nnx.Module):
         ``token_logps_and_vocab_mean`` (``even_chunks``). ``columns`` [B, K] (valid column indices): the LM head runs on
         those columns only and the scores are [B, K] (``train.score_columns``)."""
         h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
-                                  branch_ids=branch_ids)
+                                  branch_ids=branch_ids, columns=columns)  # [B, K, D] with columns
         if columns is not None:
-            h = jnp.take_along_axis(h, columns[..., None], axis=1)  # [B, K, D]
             targets = jnp.take_along_axis(targets, columns, axis=1)
         w = self.head_weight()
         B, T, D = h.shape

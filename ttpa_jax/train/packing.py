@@ -3,9 +3,9 @@ at 0, so that no token attends across records (``model.attention.attention_mask`
 the one-record-per-row loss.
 
 The row shape is chosen per batch among a few lengths (``pad_multiple`` times 2**k or 1.5 * 2**k; with
-``per_octave`` 4 also 1.25 and 1.75 * 2**k) and row counts (powers of two times ``row_multiple``, at most one row per record), as the smallest
-``rows * length`` into which first-fit-decreasing places every record: few distinct shapes, so few
-recompiles. Pure numpy. Shapes: R rows, L row length.
+``per_octave`` 4 also 1.25 and 1.75 * 2**k) and row counts (powers of two times ``row_multiple``, at
+most one row per record), as the smallest ``rows * length`` into which first-fit-decreasing places
+every record: few distinct shapes, so few recompiles. Pure numpy. Shapes: R rows, L row length.
 """
 
 from __future__ import annotations

@@ -128,8 +128,8 @@ def shared_prefix_batch(batch: dict[str, np.ndarray], pad_id: int = 0, pad_multi
     reference log-probs, [B]) move to their slots, [R, M] (0 in empty ones).
 
     With ``group``, R and L come from ``packing.plan_rows`` over the groups (lengths ``pad_multiple``
-    times 2**k or 1.5 * 2**k, finer with ``per_octave`` 4 or 8, R a power of two times ``row_multiple``) and M is a power of two; without,
-    R = B, one slot per row, and L a ``packing.bucket_length``."""
+    times 2**k or 1.5 * 2**k, finer with ``per_octave`` 4 or 8; R a power of two times ``row_multiple``)
+    and M is a power of two; without, R = B, one slot per row, and L a ``packing.bucket_length``."""
     B = batch["chosen_ids"].shape[0]
     groups = group_pairs(batch, False, 0)  # one pair each
     if group:
