@@ -39,7 +39,7 @@ import train_step as ts  # noqa: E402
 import train_step_sides as sides  # noqa: E402
 from ttpa_jax.model import transformer  # noqa: E402
 from ttpa_jax.train.loader import collate  # noqa: E402
-from ttpa_jax.train.packing import efficiency  # noqa: E402
+from ttpa_jax.train.packing import LENGTHS_PER_OCTAVE, efficiency  # noqa: E402
 
 
 def parse_args():
@@ -64,7 +64,7 @@ def parse_args():
                          "the shape then chosen as train chooses it)")
     ap.add_argument("--attention-block", type=int, default=0,
                     help="attention tile size of our steps (0: the model's default, attention.DEFAULT_BLOCK)")
-    ap.add_argument("--lengths-per-octave", type=int, default=2, choices=(1, 2, 4, 8),
+    ap.add_argument("--lengths-per-octave", type=int, default=2, choices=LENGTHS_PER_OCTAVE,
                     help="row lengths per doubling for the packed and shared-prefix layouts "
                          "(--dataset.lengths-per-octave; one-sequence-per-row batches keep powers of two)")
     ap.add_argument("--skip-sft", action="store_true")
