@@ -3,16 +3,18 @@
 import json
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import ttpa_jax
 from ttpa_jax.model.config import ConfigError, list_presets, load_config
 from ttpa_jax.model.hf_io import CheckpointError
-from ttpa_jax.model.transformer import abstract_model, count_params
+from ttpa_jax.model.transformer import abstract_model, count_params, rotary
 
 from helpers import left_padded_batch, tiny_hf_model, torch_logits
 
@@ -116,6 +118,25 @@ def test_bf16_compute_and_remat_run(tmp_path):
     out = np.asarray(bf16(jnp.asarray(ids), jnp.asarray(mask)))
     assert out.dtype == np.float32 and np.isfinite(out).all()
     assert np.abs(out - torch_logits(hf, ids, mask)).max() < 0.1
+
+
+def test_rotary_table_equals_the_formula_and_compiles_to_no_trigonometry():
+    model = ttpa_jax.init_model("tiny-qwen2", seed=0)
+    inv_freq = model.config.inv_freq()
+    positions = jnp.asarray([[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 3]])
+    cos, sin = rotary(positions, inv_freq, 8, jnp.float32)
+    angles = np.asarray(positions, np.float32)[..., None] * inv_freq.astype(np.float32)
+    angles = np.concatenate([angles, angles], -1)[:, :, None, :]
+    np.testing.assert_allclose(np.asarray(cos), np.cos(angles), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sin), np.sin(angles), atol=1e-6)
+
+    graphdef, state = nnx.split(model)
+
+    def loss(st, ids):
+        return nnx.merge(graphdef, st)(ids).mean()
+
+    hlo = jax.jit(jax.grad(loss)).lower(state, jnp.ones((2, 16), jnp.int32)).compile().as_text()
+    assert "cosine(" not in hlo and "sine(" not in hlo  # read from the table, never recomputed per layer
 
 
 @pytest.mark.parametrize("preset", list_presets())

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ttpa_jax.model.attention import DEFAULT_BLOCK, NEG_INF, attend, attention_mask, even_chunks  # noqa: F401
@@ -128,11 +129,19 @@ class Embed(nnx.Module):
         return jnp.take(self.weight[...], ids, axis=0).astype(dtype)
 
 
-def rope(x, positions, inv_freq):
-    """Rotary embedding (HF's rotate-half convention). x [B, T, n, H], positions [B, T]."""
-    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, H]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+def rotary(positions, inv_freq, length, dtype):
+    """The rotary embedding's cos and sin, ``[B, T, 1, H]`` each, for positions [B, T] below ``length``:
+    looked up in a table built on the host (angles in float32 as HF computes them). Computed in the
+    graph, XLA recomputes both inside every fusion that reads them (each layer's queries and keys,
+    forward and backward, every head): on a CPU about 8% of a training step."""
+    angles = np.arange(length, dtype=np.float32)[:, None] * np.asarray(inv_freq, np.float32)  # [L, H/2]
+    angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # [L, H]
+    return tuple(jnp.asarray(f(angles), dtype)[positions][:, :, None, :] for f in (np.cos, np.sin))
+
+
+def rope(x, rot):
+    """Rotary embedding (HF's rotate-half convention). x [B, T, n, H]; rot: ``rotary``'s (cos, sin)."""
+    cos, sin = rot
     x1, x2 = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
@@ -149,18 +158,18 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv, self.head_dim = N, K, H
         self.block = DEFAULT_BLOCK  # query rows per attention block (<= 0: dense scores)
 
-    def __call__(self, x, positions, mask, inv_freq, ctx, cache: LayerCache | None, write_index, queries=None):
-        """x [B, T, D]; mask [B, T, S] bool; cache rows are written at ``write_index[b] + t``. ``queries``
-        [B, C] (no cache): keys and values from every column, queries and output only at these columns
-        -> [B, C, D]."""
+    def __call__(self, x, rot, mask, ctx, cache: LayerCache | None, write_index, queries=None):
+        """x [B, T, D]; rot: ``rotary`` at x's positions; mask [B, T, S] bool; cache rows are written at
+        ``write_index[b] + t``. ``queries`` [B, C] (no cache): keys and values from every column, queries
+        and output only at these columns -> [B, C, D]."""
         B, T, _ = x.shape
         N, K, H = self.n_heads, self.n_kv, self.head_dim
-        xq, q_pos = x, positions
+        xq, q_rot = x, rot
         if queries is not None:
-            xq, q_pos = _columns(x, queries), _columns(positions, queries)
+            xq, q_rot = _columns(x, queries), tuple(_columns(r, queries) for r in rot)
             mask = _columns(mask, queries)
-        q = rope(self.q_proj(xq, ctx).reshape(B, xq.shape[1], N, H), q_pos, inv_freq)
-        k = rope(self.k_proj(x, ctx).reshape(B, T, K, H), positions, inv_freq)
+        q = rope(self.q_proj(xq, ctx).reshape(B, xq.shape[1], N, H), q_rot)
+        k = rope(self.k_proj(x, ctx).reshape(B, T, K, H), rot)
         v = self.v_proj(x, ctx).reshape(B, T, K, H)
         q = shard_activation(q, ("batch", "seq", "act_heads", None))
         k = shard_activation(k, ("batch", "seq", "act_kv_heads", None))
@@ -205,11 +214,10 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype)
         self.mlp = MLP(cfg, dtype, param_dtype, layer, rngs)
 
-    def __call__(self, x, positions, mask, inv_freq, ctx, cache, write_index, queries=None):
+    def __call__(self, x, rot, mask, ctx, cache, write_index, queries=None):
         """x [B, T, D] -> [B, T, D] and the updated cache; with ``queries`` [B, C], [B, C, D]: the
         layer's output at those columns only (``Attention``)."""
-        h, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, ctx, cache, write_index,
-                                      queries)
+        h, new_cache = self.self_attn(self.input_layernorm(x), rot, mask, ctx, cache, write_index, queries)
         x = (x if queries is None else _columns(x, queries)) + h
         x = x + self.mlp(self.post_attention_layernorm(x), ctx)
         return shard_activation(x, ("batch", "seq", "act_embed")), new_cache
@@ -255,7 +263,7 @@ class Transformer(nnx.Module):
         S = kv_mask.shape[1]
         q_cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
         mask = attention_mask(q_cols, kv_mask, S, segment_ids, branch_ids)  # [B, T, S]
-        inv_freq = jnp.asarray(self.config.inv_freq())
+        rot = rotary(positions, self.config.inv_freq(), S, self.dtype)  # shared by every layer
         x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
         new_cache = []
         last = len(self.layers) - 1
@@ -263,13 +271,12 @@ class Transformer(nnx.Module):
             queries = columns if i == last else None
             if self.remat and cache is None:  # recompute the layer's activations in the backward pass
                 graphdef, state = nnx.split(layer)
-                def run(st, x, p, m, f, qc, g=graphdef):
-                    return nnx.merge(g, st)(x, p, m, f, ctx, None, write_index, qc)[0]
+                def run(st, x, r, m, qc, g=graphdef):
+                    return nnx.merge(g, st)(x, r, m, ctx, None, write_index, qc)[0]
 
-                x, c = jax.checkpoint(run)(state, x, positions, mask, inv_freq, queries), None
+                x, c = jax.checkpoint(run)(state, x, rot, mask, queries), None
             else:
-                x, c = layer(x, positions, mask, inv_freq, ctx, None if cache is None else cache[i], write_index,
-                             queries)
+                x, c = layer(x, rot, mask, ctx, None if cache is None else cache[i], write_index, queries)
             new_cache.append(c)
         return self.norm(x), (None if cache is None else new_cache)
 
