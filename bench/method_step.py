@@ -154,9 +154,10 @@ def flops(cfg, lengths, rank, dpo):
 
 def run_flops(cfg, batch, rank, dpo):
     """Model FLOPs of the tokens an SFT or shared-prefix DPO step runs (``train_step.step_flops``'s count):
-    the decoder's matmuls over its real tokens, the LM head over the columns it scores (``sp_cols`` /
-    ``score_cols``, else every real token), attention over the query-key pairs its mask keeps (per
-    segment, a causal trunk, then each branch over the trunk and causally over itself)."""
+    the decoder's matmuls over its real tokens (the last layer's, but for its keys and values, over the
+    scored columns only), the LM head over the columns it scores (``sp_cols`` / ``score_cols``, else
+    every real token), attention over the query-key pairs its mask keeps (per segment, a causal trunk,
+    then each branch over the trunk and causally over itself)."""
     seg = batch.get("sp_segment", batch.get("segment_ids", batch.get("attention_mask")))  # SFT rows: one segment each
     branch = batch.get("sp_branch", np.zeros_like(seg))
     tokens, pairs = 0, 0.0
@@ -167,10 +168,18 @@ def run_flops(cfg, batch, rank, dpo):
             tokens += len(b)
             pairs += t * t / 2 + float(sum(n * t + n * n / 2 for n in sizes))
     cols = batch.get("sp_cols", batch.get("score_cols"))
-    scored = tokens if cols is None else int((cols >= 0).sum())
     head = (6 if dpo else 4) * cfg["vocab_size"] * cfg["hidden_size"]  # per column: forward, input gradient, reference
-    body = ts.step_flops(cfg, 1, 1, rank, dpo)[1] - head
-    return body * tokens + head * scored + cfg["num_hidden_layers"] * 4 * cfg["hidden_size"] * pairs * (3 + dpo)
+    L = cfg["num_hidden_layers"]
+    layer = (ts.step_flops(cfg, 1, 1, rank, dpo)[1] - head) / L  # one layer's matmuls per token
+    attention = L * 4 * cfg["hidden_size"] * pairs * (3 + dpo)
+    if cols is None:
+        return layer * L * tokens + head * tokens + attention
+    # with scored columns the last layer runs its keys and values at every token, the rest at those columns
+    # (its attention is still counted at every query: under 1% of the step)
+    shapes = ts.projections(cfg)
+    kv = sum(i * o + rank * (i + o) for i, o in shapes[1:3]) / sum(i * o + rank * (i + o) for i, o in shapes)
+    scored = int((cols >= 0).sum())
+    return layer * ((L - 1 + kv) * tokens + (1 - kv) * scored) + head * scored + attention
 
 
 def main():

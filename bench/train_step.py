@@ -86,6 +86,13 @@ def model_config(args) -> dict:
     return cfg
 
 
+def projections(cfg: dict) -> list[tuple[int, int]]:
+    """(in, out) of a decoder layer's projections: q, k, v, o, gate, up, down."""
+    D, F = cfg["hidden_size"], cfg["intermediate_size"]
+    KH = cfg["num_key_value_heads"] * D // cfg["num_attention_heads"]
+    return [(D, D), (D, KH), (D, KH), (D, D), (D, F), (D, F), (F, D)]
+
+
 def step_flops(cfg: dict, n_seq: int, seq_len: int, rank: int, dpo: bool) -> tuple[float, float, float]:
     """Model FLOPs of one LoRA step: (total, matmul part, attention part).
 
@@ -95,10 +102,8 @@ def step_flops(cfg: dict, n_seq: int, seq_len: int, rank: int, dpo: bool) -> tup
     (1x its forward), the adapters activation and weight gradients (2x), attention 2x. The DPO
     reference pass is one more forward of the base. Norms, softmax and elementwise work are not counted.
     """
-    D, F, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    H = D // cfg["num_attention_heads"]
-    KH = cfg["num_key_value_heads"] * H
-    shapes = [(D, D), (D, KH), (D, KH), (D, D), (D, F), (D, F), (F, D)]  # (in, out) per projection
+    D, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    shapes = projections(cfg)
     base = L * sum(i * o for i, o in shapes) + V * D
     lora = L * sum(rank * (i + o) for i, o in shapes)
     tokens = n_seq * seq_len
