@@ -15,7 +15,8 @@
     python bench/method_step.py --layers 8            # its first 8 layers (real weights): less memory
     python bench/method_step.py --skip-dpo --records 3 --sft-data runs/demo/sft/data/sft.arrayrecord
 
-Timings are medians of alternating runs (the sides see the same machine load).
+Timings are medians of alternating runs (the sides see the same machine load); each ratio also prints
+its range over the rounds, how much the machine moved during the run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -231,7 +233,8 @@ def main():
         if ref is not None:
             fns.append(lambda: ref.step(torch_batch, dpo))
         first = [fn() for fn in fns]  # from equal adapters: the same loss
-        times = report.median_times(fns, args.steps, warmup=max(args.warmup - 1, 0))
+        rounds = report.alternating_times(fns, args.steps, warmup=max(args.warmup - 1, 0))
+        times = [statistics.median(ts) for ts in rounds]
         fl = flops(cfg, lens, 8, dpo)
         tokens = sum(lens)
         print(f"\n{name} step, {what} ({tokens} real tokens; median of {args.steps} after {args.warmup} warm-up); "
@@ -243,10 +246,10 @@ def main():
         report.rate(f"ours rows [{shape(plain)}]", tokens, times[1])
         if ref is not None:
             report.rate(f"transformers + peft [{shape(torch_batch)}]", tokens, times[2])
-        report.ratio(f"{fast_name} / ours rows", times[1] / times[0])
+        report.ratio(f"{fast_name} / ours rows", times[1] / times[0], report.round_ratios(rounds[1], rounds[0]))
         if ref is not None:
-            report.ratio(f"{fast_name} / transformers", times[2] / times[0])
-            report.ratio("ours rows / transformers", times[2] / times[1])
+            report.ratio(f"{fast_name} / transformers", times[2] / times[0], report.round_ratios(rounds[2], rounds[0]))
+            report.ratio("ours rows / transformers", times[2] / times[1], report.round_ratios(rounds[2], rounds[1]))
         report.value(f"{fast_name}: slot efficiency", 100 * efficiency(fast), "%", f"rows: {100 * efficiency(plain):.0f}%")
         fast_fl = run_flops(cfg, fast, 8, dpo)
         rows_fl = fl if dpo else run_flops(cfg, plain, 8, dpo)  # SFT rows score the assistant columns too

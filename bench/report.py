@@ -1,5 +1,5 @@
-"""The report format shared by the benchmark scripts: a machine line, medians of alternating runs,
-and result lines of one shape (a label column, a number, its unit)."""
+"""The report format shared by the benchmark scripts: a machine line, medians of alternating runs
+(and the range of their per-round ratios), and result lines of one shape (a label column, a number, its unit)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ def machine_line() -> str:
             f"jax {jax.__version__}, torch {torch.__version__}")
 
 
-def median_times(fns, runs: int, warmup: int = 1) -> list[float]:
-    """Median wall time of each function after ``warmup`` calls (the first also compiles). Runs
-    alternate between the functions, so a load change on the machine hits all of them alike."""
+def alternating_times(fns, runs: int, warmup: int = 1) -> list[list[float]]:
+    """Wall times of each function over ``runs`` rounds after ``warmup`` calls (the first also
+    compiles). Each round calls every function once, so a load change on the machine hits all of them
+    alike, and the per-round ratios show how much the machine moved (``round_ratios``)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -51,7 +52,18 @@ def median_times(fns, runs: int, warmup: int = 1) -> list[float]:
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
+    return times
+
+
+def median_times(fns, runs: int, warmup: int = 1) -> list[float]:
+    """Median wall time of each function over ``alternating_times``' rounds."""
+    return [statistics.median(ts) for ts in alternating_times(fns, runs, warmup)]
+
+
+def round_ratios(slow: list[float], fast: list[float]) -> tuple[float, float]:
+    """Lowest and highest ratio slow / fast within one round of ``alternating_times``."""
+    r = [s / f for s, f in zip(slow, fast)]
+    return min(r), max(r)
 
 
 def rate(label: str, n: float, seconds: float, unit: str = "tok/s") -> None:
@@ -63,8 +75,10 @@ def millis(label: str, seconds: float) -> None:
     print(f"  {label:<{LABEL}} {seconds * 1e3:8.0f} ms")
 
 
-def ratio(label: str, x: float) -> None:
-    print(f"  {label:<{LABEL}} {x:8.2f}x")
+def ratio(label: str, x: float, spread: tuple[float, float] | None = None) -> None:
+    """``label   1.23x``, with ``spread`` (``round_ratios``) the range over the rounds after it."""
+    note = f"  (rounds {spread[0]:.2f}-{spread[1]:.2f}x)" if spread else ""
+    print(f"  {label:<{LABEL}} {x:8.2f}x{note}")
 
 
 def value(label: str, x: float, unit: str, note: str = "") -> None:
