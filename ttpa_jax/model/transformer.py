@@ -130,17 +130,12 @@ class Embed(nnx.Module):
 
 
 def rotary(positions, inv_freq, length, dtype):
-    """The rotary embedding's cos and sin, ``[B, T, 1, H]`` each, for positions [B, T] below ``length``:
-    looked up in a ``[length, H/2]`` table built on the host (angles in float32 as HF computes them).
-    Computed in the graph, XLA recomputes both inside every fusion that reads them (each layer's queries
-    and keys, forward and backward, every head)."""
+    """The rotary embedding's cos and sin, ``[B, T, 1, H]`` each, for positions [B, T] below ``length``,
+    looked up in ``[length, H/2]`` tables built on the host (angles in float32 as HF computes them):
+    computed in the graph, XLA recomputes them inside every fusion that reads them (every layer and head)."""
     angles = (np.arange(length, dtype=np.float32)[:, None] * np.asarray(inv_freq, np.float32)).astype(np.float64)
-
-    def look_up(table):  # [length, H/2] -> [B, T, 1, H]
-        half = jnp.asarray(table, dtype)[positions]
-        return jnp.concatenate([half, half], axis=-1)[:, :, None, :]
-
-    return look_up(np.cos(angles)), look_up(np.sin(angles))
+    halves = [jnp.asarray(f(angles), dtype)[positions] for f in (np.cos, np.sin)]  # [B, T, H/2] each
+    return tuple(jnp.concatenate([h, h], axis=-1)[:, :, None, :] for h in halves)
 
 
 def rope(x, rot):
