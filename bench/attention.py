@@ -5,6 +5,12 @@ training layouts of four tool records (673-844 tokens): packed into 2 rows of 15
 per row (4 x 1024). Each tile size in ``--blocks``; medians of ``--runs`` alternating runs after a
 warm-up (which compiles).
 
+Then one layer's attention as a DPO step of ``bench/method_step.py`` runs it (the policy's forward and
+backward plus the reference's forward), on its two one-pair-per-prompt pairs: ours on their
+shared-prefix rows at each ``--lengths-per-octave`` grid, against PyTorch's
+``scaled_dot_product_attention`` (what transformers calls, a boolean mask, grouped heads) on the
+PyTorch reference's four padded rows, each per million query-key pairs the mask keeps.
+
 Then a decode step's attention: one query per row against a KV cache of ``--cache`` columns (a tool
 prompt plus the tokens generated so far), ``--batch`` rows, over ``--layers`` layers' caches (so that
 they are read from memory, as in decoding): ``attend`` (on CPU ``_one_query``, the cache read in
@@ -12,6 +18,7 @@ place) against the dense einsums, and each as a fraction of the measured memory 
 
     python bench/attention.py                      # about a minute on 2 CPU cores
     python bench/attention.py --blocks 64 128 256
+    python bench/attention.py --skip-torch          # no PyTorch side in the DPO comparison
 """
 
 from __future__ import annotations
@@ -65,6 +72,54 @@ def timed(fn, q, k, v, g, mask):
     return lambda: jax.block_until_ready(grad(q, k, v, mask))
 
 
+def dpo_pairs():
+    """``bench/method_step.py``'s first DPO batch (2 pairs, one per prompt): its shared-prefix rows at
+    each grid and its one-sequence-per-row batch cut to the longest row, as the PyTorch step gets it."""
+    from method_step import pairs, to_longest
+
+    from ttpa_jax.train.loader import collate
+
+    exs = pairs(np.random.default_rng(0), 2, 700, 49152, 1)
+    shared = {lpo: collate(exs, 0, 64, 4096, layout="shared_prefix", lengths_per_octave=lpo) for lpo in (2, 4, 8)}
+    rows = to_longest(collate(exs, 0, 64, 4096))
+    return shared, np.concatenate([rows["chosen_mask"], rows["rejected_mask"]])
+
+
+def dpo_layer_ours(batch, seed=0):
+    """A call running one layer's attention on shared-prefix rows as the DPO step does (forward and
+    backward, then a forward) -> (call, query-key pairs its mask keeps)."""
+    R, T = batch["sp_ids"].shape
+    mask = attention_mask(jnp.broadcast_to(jnp.arange(T)[None], (R, T)), jnp.asarray(batch["sp_mask"]), T,
+                          jnp.asarray(batch["sp_segment"]), jnp.asarray(batch["sp_branch"]))
+    rng = np.random.default_rng(seed)
+    arr = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
+    q, k, v = arr(R, T, N, H), arr(R, T, K, H), arr(R, T, K, H)
+    g = arr(R, T, N * H) * mask.any(-1)[..., None]
+    grad = jax.jit(jax.grad(lambda q, k, v, m: jnp.sum(attend(q, k, v, m) * g), argnums=(0, 1, 2)))
+    fwd = jax.jit(attend)
+    return lambda: jax.block_until_ready((grad(q, k, v, mask), fwd(q, k, v, mask))), int(mask.sum())
+
+
+def dpo_layer_torch(real):
+    """The same for PyTorch's ``scaled_dot_product_attention`` on padded rows (``real`` [B, T] bool):
+    causal over each row's real keys, the reference's forward without gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(report.cores())
+    B, T = real.shape
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, n, T, H, generator=gen, requires_grad=True) for n in (N, K, K))
+    g = torch.randn(B, N, T, H, generator=gen)
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None] & torch.from_numpy(real.astype(bool))[:, None, None]
+
+    def run():
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).backward(g)
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return run, int(mask[:, 0].logical_and(torch.from_numpy(real.astype(bool))[:, :, None]).sum())
+
+
 def decode_steps(B, S, layers, seed=0):
     """Calls that run one decode step's attention through ``layers`` layers' caches [B, S, K, H] (10% of
     the columns masked: left padding and unwritten steps): ``attend``, and the dense einsums."""
@@ -93,6 +148,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8, help="decode: rows per step")
     ap.add_argument("--cache", type=int, default=832, help="decode: KV cache columns (prompt bucket + new tokens)")
     ap.add_argument("--layers", type=int, default=30, help="decode: layers' caches read per step (SmolLM2: 30)")
+    ap.add_argument("--skip-torch", action="store_true", help="leave PyTorch out of the DPO comparison")
     args = ap.parse_args()
     print(report.machine_line())
     for layout, (records, T, packed) in LAYOUTS.items():
@@ -105,6 +161,18 @@ def main():
         for b, t in zip(args.blocks, times[1:]):
             report.millis(f"tiles of {b}", t)
             report.ratio(f"tiles of {b} / dense", times[0] / t)
+
+    shared, real = dpo_pairs()
+    sides = {f"ours {'x'.join(map(str, b['sp_ids'].shape))} ({lpo} per octave)":
+             dpo_layer_ours(b) for lpo, b in shared.items()}
+    if not args.skip_torch:
+        sides[f"PyTorch SDPA {real.shape[0]}x{real.shape[1]}"] = dpo_layer_torch(real)
+    times = report.median_times([fn for fn, _ in sides.values()], args.runs)
+    print(f"\nDPO step's attention, one layer: policy forward + backward, reference forward; 2 pairs, one per "
+          f"prompt; ours on shared-prefix rows, PyTorch on padded rows (median of {args.runs})")
+    for (label, (_, kept)), t in zip(sides.items(), times):
+        report.millis(label, t)
+        report.value("  per million pairs kept", t * 1e3 / (kept / 1e6), "ms", f"{kept / 1e6:.2f} M query-key pairs")
 
     ours, dense = decode_steps(args.batch, args.cache, args.layers)
     t_ours, t_dense = report.median_times([ours, dense], args.runs)
