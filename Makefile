@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench gpu-wheels clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) bench/train_step.py
 	$(PY) bench/decode.py
+
+# Wheels a lent GPU machine's image lacks (it holds jax with CUDA, torch, transformers and peft on Python
+# 3.12, and reaches no registry): downloaded here into .whl/, carried there, installed by bench/gpu.sh.
+# flax 0.12.12 is the release matching that image's jax 0.11.2.
+GPU_WHEELS := flax==0.12.12 grain==0.2.18 array-record==0.8.6 gguf jsonschema jsonschema-specifications \
+	referencing rpds-py tyro docstring-parser typeguard shtab dill portpicker sniffio
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean-venv:
 	rm -rf $(VENV)
