@@ -4,13 +4,17 @@
 #
 #   make gpu-wheels            # here, with the registries: the missing wheels into .whl/ (6 MB)
 #   bash bench/gpu.sh          # there, from the repository root, with .whl/ carried along
+#   bash bench/gpu.sh shared   # only some parts: decode, dpo, shared (default: decode dpo; all three
+#                              # take more than one 10-minute call)
 #
 # It installs the carried wheels (no dependencies resolved, nothing of the image replaced) into
 # /tmp/site, then runs, each with a time limit (LIMIT seconds, default 240) and its output kept in
 # $OUT (default gpu-out/): greedy decoding of a random Qwen2.5-0.5B in bf16 at batch 1 and 8 against
 # transformers' generate (HBM bandwidth fraction), and the bf16 DPO step of Qwen2.5-0.5B and 1.5B
-# against transformers + peft (MFU). The datasheet peaks are taken from the card's name (H100 SXM:
-# 989 TFLOP/s dense bf16, 3350 GB/s; H200: 989, 4800); PEAK_TFLOPS / PEAK_GBPS override them.
+# against transformers + peft (MFU); "shared": the shared-prefix DPO step of bench/method_step.py on
+# Qwen2.5-0.5B in bf16 (8 pairs, one per prompt) against our concatenated step and PyTorch's. The
+# datasheet peaks are taken from the card's name (H100 SXM: 989 TFLOP/s dense bf16, 3350 GB/s; H200:
+# 989, 4800); PEAK_TFLOPS / PEAK_GBPS override them.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 LIMIT=${LIMIT:-240}
@@ -40,9 +44,13 @@ run() {  # run NAME ARGS...: one benchmark, its output in $OUT/NAME.log
   timeout "$LIMIT" python3 "$@" 2>&1 | tee "$OUT/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]}"
 }
-run decode bench/decode.py --preset qwen2.5-0.5b --dtype bfloat16 --batch 1 8 --prompt-len 650 750 \
+parts=" ${*:-decode dpo} "
+[[ $parts == *" decode "* ]] && run decode bench/decode.py --preset qwen2.5-0.5b --dtype bfloat16 --batch 1 8 --prompt-len 650 750 \
   --peak-tflops "$PEAK_TFLOPS" --peak-gbps "$PEAK_GBPS" --runs 3
-for preset in qwen2.5-0.5b qwen2.5-1.5b; do
+[[ $parts == *" dpo "* ]] && for preset in qwen2.5-0.5b qwen2.5-1.5b; do
   run "dpo-$preset" bench/train_step.py --preset "$preset" --dtype bfloat16 --peak-tflops "$PEAK_TFLOPS" \
     --batch 4 --seq-len 1024 --steps 4 --warmup 1 --skip-sft --logits-chunk 256
 done
+[[ $parts == *" shared "* ]] && run shared-prefix bench/method_step.py --preset qwen2.5-0.5b --dtype bfloat16 \
+  --peak-tflops "$PEAK_TFLOPS" --pairs 8 --pairs-per-prompt 1 --steps 4 --warmup 1 --skip-sft
+true

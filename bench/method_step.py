@@ -14,6 +14,7 @@
     python bench/method_step.py                       # SmolLM2-135M-Instruct, all 30 layers
     python bench/method_step.py --layers 8            # its first 8 layers (real weights): less memory
     python bench/method_step.py --skip-dpo --records 3 --sft-data runs/demo/sft/data/sft.arrayrecord
+    python bench/method_step.py --preset qwen2.5-0.5b --dtype bfloat16 --peak-tflops 989 --pairs 8   # a GPU
 
 Timings are medians of alternating runs (the sides see the same machine load); each ratio also prints
 its range over the rounds, how much the machine moved during the run.
@@ -47,7 +48,12 @@ from ttpa_jax.train.packing import LENGTHS_PER_OCTAVE, efficiency  # noqa: E402
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="base model name, GGUF or HF directory")
+    ap.add_argument("--preset", choices=sorted(ts.PRESETS), default=None,
+                    help="a random model of this shape instead of --model (the GPU figures: qwen2.5-0.5b / 1.5b)")
     ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype and dtype of the frozen base, both sides (adapters stay float32)")
+    ap.add_argument("--peak-tflops", type=float, help="device peak for the fractions (default: measured matmul)")
     ap.add_argument("--pairs", type=int, default=2,
                     help="preference pairs per DPO step (the rows step of 2 pairs holds 8 GiB at 30 layers)")
     ap.add_argument("--pairs-per-prompt", type=int, nargs="+", default=[1, 2],
@@ -125,7 +131,7 @@ def our_step(ours, batch, dpo, chunk):
     compile_s = ours.compile(batch, dpo, chunk)
     st = {"c": ours.compiled, "t": ours.trainable, "o": ours.opt_state, "b": ours.batch}
     temp = ours.compiled.memory_analysis().temp_size_in_bytes / 2**20
-    free = available_mib()
+    free = available_mib() if jax.default_backend() == "cpu" else None  # host memory holds a CPU step
     if free is not None and temp > free:
         print(f"method_step: a {'DPO' if dpo else 'SFT'} step of this batch needs {temp / 1024:.1f} GiB of "
               f"temporaries and this machine has {free / 1024:.1f} GiB available: use fewer --pairs / --records, "
@@ -189,22 +195,28 @@ def main():
     torch.set_num_threads(report.cores())
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        d = report.base_model_dir(args.model, args.layers, tmp)
+        if args.preset:
+            d = tmp
+            sides.make_checkpoint(d, dict(ts.PRESETS[args.preset], **(
+                {"num_hidden_layers": args.layers} if args.layers else {})))
+        else:
+            d = report.base_model_dir(args.model, args.layers, tmp)
         hf_cfg = json.load(open(os.path.join(d, "config.json")))
         if args.attention_block:  # read by each attention layer as the model is built
             transformer.DEFAULT_BLOCK = args.attention_block
-        ours = sides.Ours(d, 8, "float32")
-        ref = None if args.skip_torch else sides.Torch(d, 8, "float32", ours.lora_a())
+        ours = sides.Ours(d, 8, args.dtype)
+        ref = None if args.skip_torch else sides.Torch(d, 8, args.dtype, ours.lora_a())
     cfg = {k: hf_cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
                                   "num_attention_heads", "num_key_value_heads")}
     pad = hf_cfg.get("pad_token_id") or 0
     print(report.machine_line())
-    print(f"model: {args.model}" + (f", first {args.layers} layers" if args.layers else "") +
-          f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), fp32; "
+    print(f"model: {'random ' + args.preset if args.preset else args.model}" +
+          (f", first {args.layers} layers" if args.layers else "") +
+          f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), {args.dtype}; "
           f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (core/malloc.py)")
-    peak, peak_note = ts.measured_peak("float32")
+    peak, peak_note = ts.device_peak(args.peak_tflops, args.dtype)
     bw = report.bandwidth()
-    report.value("matmul peak (measured)", peak / 1e9, "GFLOP/s", peak_note)
+    report.value("matmul peak", peak / 1e9, "GFLOP/s", peak_note)
     report.value("memory bandwidth (measured)", bw / 1e9, "GB/s", "jitted a * c over 256 MiB, read + write")
 
     runs = []
