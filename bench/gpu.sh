@@ -19,7 +19,9 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}
 LIMIT=${LIMIT:-240}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
+# bench/decode.py runs on the CPU unless told otherwise; JAX takes at most half the card, PyTorch the rest
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda} PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "gpu.sh: installing .whl/*.whl failed" >&2; exit 1; }
