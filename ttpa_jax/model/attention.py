@@ -4,7 +4,8 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
 - ``attention_mask``: which key each query sees ``[B, T, S]`` (bool), from the causal order, the
   key padding, and optionally segment ids (packed rows: no token sees another record) and branch ids
   (shared-prefix rows: a suffix sees the shared trunk and itself, never the other suffix).
-- ``attend``: on CPU (and for the decode cache) rows longer than ``block`` queries are computed in
+- ``attend``: on CPU in fp32, the fused kernel of ``cpu_kernel`` (C++ through XLA's FFI, built on first
+  use); where it does not apply or is not built, rows longer than ``block`` queries are computed in
   tiles of at most ``block`` x ``block``, sized evenly (``_tile``): a ``lax.scan`` over query blocks,
   each an online softmax over key blocks, where a ``lax.cond`` skips every tile that no query of the
   batch sees (above the causal diagonal, across packed records, padding); the backward pass is a
@@ -27,6 +28,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from ttpa_jax.model import cpu_kernel
 
 NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaN
 DEFAULT_BLOCK = 256  # tile rows and columns: the fastest of 128-512 on SmolLM2 shapes (docs/benchmarks.md)
@@ -249,8 +252,10 @@ def _use_cudnn(dtype) -> bool:
 def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
     """Masked softmax attention. q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] bool -> [B, T, N * H].
 
-    ``block`` <= 0 gives the dense computation (the ``[B, K, G, T, S]`` scores at once), as do rows of
-    at most ``block`` queries, except a single query (a decode step) on CPU: ``_one_query``.
+    On CPU, fp32 rows of more than one query go to the fused kernel (``cpu_kernel``) where it is built.
+    Otherwise ``block`` <= 0 gives the dense computation (the ``[B, K, G, T, S]`` scores at once), as do
+    rows of at most ``block`` queries, except a single query (a decode step) on CPU: ``_one_query``;
+    longer rows the tiles of ``_blocked``.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -263,6 +268,8 @@ def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
     qg = q.reshape(B, T, K, N // K, H)
     if T == 1 and block > 0 and jax.default_backend() == "cpu":
         out = _one_query(qg, k, v, mask)
+    elif block > 0 and cpu_kernel.applies(qg, k, v):
+        out = cpu_kernel.fused(_scaled(qg), k, v, mask.astype(bool))
     elif block <= 0 or T <= block:
         out = _dense(qg, k, v, mask)
     else:

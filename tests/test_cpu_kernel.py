@@ -1,0 +1,100 @@
+"""The fused CPU attention kernel (``model.cpu_kernel``) against the dense computation: causal rows with
+left padding, packed records, shared-prefix branches, a cache longer than the queries, grouped heads of
+64 and 128; values and gradients to 1e-5, on one device and on a mesh of 8; where ``attend`` uses it,
+and what happens without a compiler."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ttpa_jax.model import attention as A
+from ttpa_jax.model import cpu_kernel
+
+
+def _case(name, seed=0):
+    """q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] for one of the masks the model builds."""
+    rng = np.random.default_rng(seed)
+    B, T, S, N, K, H = {"causal": (2, 150, 150, 9, 3, 64), "packed": (2, 200, 200, 6, 2, 64),
+                        "branches": (1, 170, 170, 9, 3, 64), "cache": (2, 70, 96, 9, 3, 64),
+                        "wide": (2, 100, 100, 14, 2, 128)}[name]
+    q = jnp.asarray(rng.standard_normal((B, T, N, H)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((B, S, K, H)), jnp.float32) for _ in range(2))
+    cols = jnp.broadcast_to(jnp.arange(T), (B, T))
+    kv = np.ones((B, S), bool)
+    seg = branch = None
+    if name in ("causal", "wide"):
+        kv[0, :7] = False  # left padding: the first queries see no key
+    elif name == "packed":
+        seg = np.zeros((B, S), np.int32)
+        seg[0, :60], seg[0, 60:170], seg[1, :130] = 1, 2, 1
+        kv = seg > 0
+        seg = jnp.asarray(seg)
+    elif name == "branches":  # a 100-token trunk, then two suffixes of 40 and 30
+        branch = jnp.asarray(np.r_[np.zeros(100), np.ones(40), np.full(30, 2)][None].astype(np.int32))
+    else:  # a prefill of 70 queries into a 96-key cache, the second row 10 tokens shorter
+        kv[:, 70:] = False
+        kv[1, 60:] = False
+    mask = A.attention_mask(cols, jnp.asarray(kv), S, segment_ids=seg, branch_ids=branch)
+    return q, k, v, mask
+
+
+def _dense(q, k, v, mask):
+    B, T, N, H = q.shape
+    return A._dense(q.reshape(B, T, k.shape[2], -1, H), k, v, mask).reshape(B, T, N * H)
+
+
+def _kernel(q, k, v, mask):
+    B, T, N, H = q.shape
+    return cpu_kernel.fused(A._scaled(q.reshape(B, T, k.shape[2], -1, H)), k, v, mask).reshape(B, T, N * H)
+
+
+@pytest.mark.parametrize("name", ["causal", "packed", "branches", "cache", "wide"])
+def test_kernel_equals_dense_in_values_and_gradients(name):
+    q, k, v, mask = _case(name)
+    seen = np.asarray(mask).any(-1)  # [B, T] queries that see a key
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((*q.shape[:2], q.shape[2] * q.shape[3])),
+                    jnp.float32) * seen[..., None]
+    dense, fused = np.asarray(_dense(q, k, v, mask)), np.asarray(jax.jit(_kernel)(q, k, v, mask))
+    np.testing.assert_allclose(fused[seen], dense[seen], atol=1e-5, rtol=0)
+    assert not np.any(fused[~seen])  # a query that sees no key: zero
+    grads = [jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v, mask) * w).sum(), (0, 1, 2)))(q, k, v)
+             for f in (_dense, _kernel)]
+    for g0, g1 in zip(*grads):
+        np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_uses_the_kernel_where_it_applies():
+    """fp32 with head dim 64 goes through the FFI call; head dim 16 and bf16 take the tiles."""
+    q, k, v, mask = _case("causal")
+
+    def calls(*args):
+        return "ffi_call" in str(jax.make_jaxpr(lambda *a: A.attend(*a, mask))(*args))
+
+    assert calls(q, k, v)
+    assert not calls(q[..., :16], k[..., :16], v[..., :16])
+    assert not calls(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+
+
+def test_kernel_on_a_mesh_equals_one_device():
+    """Rows sharded over 8 devices (the kernel is batch-partitionable) and over 4 x 2 (batch x heads): the
+    single-device values and gradients."""
+    q, k, v, mask = _case("packed")
+    q, k, v, mask = (jnp.concatenate([x] * 4) for x in (q, k, v, mask))  # 8 rows
+    loss = jax.jit(jax.value_and_grad(lambda q, k, v: (_kernel(q, k, v, mask) ** 2).sum(), (0, 1, 2)))
+    ref = loss(q, k, v)
+    for shape, spec in (((8,), P("data")), ((4, 2), P("data", None, "model"))):
+        mesh = jax.make_mesh(shape, ("data", "model")[:len(shape)])
+        put = lambda x: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+        sharded = loss(put(q), put(k), put(v))
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(sharded)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4, rtol=1e-6)
+
+
+def test_no_compiler_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("TTPA_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        cpu_kernel._build()
