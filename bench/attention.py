@@ -1,13 +1,14 @@
-"""Attention benchmark: one layer's tiled attention (``model.attention.attend``), forward and backward,
-against the dense computation (``jax.nn.dot_product_attention``, XLA's implementation: the whole
-``[B, N, T, S]`` scores at once), on SmolLM2-135M's heads (9 query, 3 key/value, 64 wide) and the
-training layouts of four tool records (673-844 tokens): packed into 2 rows of 1536, and one record
-per row (4 x 1024). Each tile size in ``--blocks``; medians of ``--runs`` alternating runs after a
-warm-up (which compiles).
+"""Attention benchmark: one layer's attention (``model.attention.attend``: on this CPU the fused kernel of
+``model.cpu_kernel``; and the ``jnp`` tiles it falls back to), forward and backward, against the dense
+computation (``jax.nn.dot_product_attention``, XLA's implementation: the whole ``[B, N, T, S]`` scores
+at once), on SmolLM2-135M's heads (9 query, 3 key/value, 64 wide) and the training layouts of four
+tool records (673-844 tokens): packed into 2 rows of 1536, and one record per row (4 x 1024). The
+tiles at each size in ``--blocks``; medians of ``--runs`` alternating runs after a warm-up (which
+compiles).
 
 Then one layer's attention as a DPO step of ``bench/method_step.py`` runs it (the policy's forward and
-backward plus the reference's forward), on its two one-pair-per-prompt pairs: ours on their
-shared-prefix rows at each ``--lengths-per-octave`` grid, against PyTorch's
+backward plus the reference's forward), on its two one-pair-per-prompt pairs: ours (kernel at each
+``--lengths-per-octave`` grid, tiles at the default grid) on their shared-prefix rows, against PyTorch's
 ``scaled_dot_product_attention`` (what transformers calls, a boolean mask, grouped heads) on the
 PyTorch reference's four padded rows, each per million query-key pairs the mask keeps.
 
@@ -36,7 +37,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttpa_jax.model.attention import DEFAULT_BLOCK, _dense, attend, attention_mask  # noqa: E402
+from ttpa_jax.model.attention import DEFAULT_BLOCK, _blocked, _dense, _tile, attend, attention_mask  # noqa: E402
+from ttpa_jax.model.cpu_kernel import applies  # noqa: E402
 
 import report  # noqa: E402
 
@@ -66,6 +68,12 @@ def dense_reference(q, k, v, mask):
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla").reshape(B, T, -1)
 
 
+def tiles(q, k, v, mask, block=DEFAULT_BLOCK):
+    """``attend`` without the kernel: the ``jnp`` tiles of at most ``block``."""
+    B, T = q.shape[:2]
+    return _blocked(q.reshape(B, T, K, N // K, H), k, v, mask, _tile(T, block)).reshape(B, T, -1)
+
+
 def timed(fn, q, k, v, g, mask):
     """A jitted forward + backward (gradients of <fn(q, k, v), g>) -> a call that waits for it."""
     grad = jax.jit(jax.grad(lambda q, k, v, m: jnp.sum(fn(q, k, v, m) * g), argnums=(0, 1, 2)))
@@ -85,9 +93,9 @@ def dpo_pairs():
     return shared, np.concatenate([rows["chosen_mask"], rows["rejected_mask"]])
 
 
-def dpo_layer_ours(batch, seed=0):
-    """A call running one layer's attention on shared-prefix rows as the DPO step does (forward and
-    backward, then a forward) -> (call, query-key pairs its mask keeps)."""
+def dpo_layer_ours(batch, fn=attend, seed=0):
+    """A call running one layer's attention (``fn``) on shared-prefix rows as the DPO step does (forward
+    and backward, then a forward) -> (call, query-key pairs its mask keeps)."""
     R, T = batch["sp_ids"].shape
     mask = attention_mask(jnp.broadcast_to(jnp.arange(T)[None], (R, T)), jnp.asarray(batch["sp_mask"]), T,
                           jnp.asarray(batch["sp_segment"]), jnp.asarray(batch["sp_branch"]))
@@ -95,7 +103,7 @@ def dpo_layer_ours(batch, seed=0):
     arr = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
     q, k, v = arr(R, T, N, H), arr(R, T, K, H), arr(R, T, K, H)
     g = arr(R, T, N * H) * mask.any(-1)[..., None]
-    backward, fwd = timed(attend, q, k, v, g, mask), jax.jit(attend)
+    backward, fwd = timed(fn, q, k, v, g, mask), jax.jit(fn)
     return lambda: (backward(), jax.block_until_ready(fwd(q, k, v, mask))), int(mask.sum())
 
 
@@ -141,8 +149,8 @@ def decode_steps(B, S, layers, seed=0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--blocks", type=int, nargs="+", default=[64, DEFAULT_BLOCK, 256],
-                    help=f"tile sizes to time (the model's default: {DEFAULT_BLOCK})")
+    ap.add_argument("--blocks", type=int, nargs="+", default=[128, DEFAULT_BLOCK],
+                    help=f"tile sizes to time for the jnp tiles (the default: {DEFAULT_BLOCK})")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per variant (median)")
     ap.add_argument("--batch", type=int, default=8, help="decode: rows per step")
     ap.add_argument("--cache", type=int, default=832, help="decode: KV cache columns (prompt bucket + new tokens)")
@@ -150,20 +158,24 @@ def main():
     ap.add_argument("--skip-torch", action="store_true", help="leave PyTorch out of the DPO comparison")
     args = ap.parse_args()
     print(report.machine_line())
+    kernel = "kernel" if applies(*inputs([[8]], 8, False)[:3]) else "attend (no kernel built: tiles)"
     for layout, (records, T, packed) in LAYOUTS.items():
         q, k, v, g, mask = inputs(records, T, packed)
-        fns = [timed(dense_reference, q, k, v, g, mask)]
-        fns += [timed(lambda q, k, v, m, b=b: attend(q, k, v, m, block=b), q, k, v, g, mask) for b in args.blocks]
+        fns = [timed(dense_reference, q, k, v, g, mask), timed(attend, q, k, v, g, mask)]
+        fns += [timed(lambda q, k, v, m, b=b: tiles(q, k, v, m, b), q, k, v, g, mask) for b in args.blocks]
         times = report.median_times(fns, args.runs)
         print(f"\n{layout}: one layer's attention, forward and backward (median of {args.runs})")
         report.millis("dense (xla)", times[0])
-        for b, t in zip(args.blocks, times[1:]):
+        report.millis(kernel, times[1])
+        report.ratio(f"{kernel} / dense", times[0] / times[1])
+        for b, t in zip(args.blocks, times[2:]):
             report.millis(f"tiles of {b}", t)
-            report.ratio(f"tiles of {b} / dense", times[0] / t)
+            report.ratio(f"{kernel} / tiles of {b}", t / times[1])
 
     shared, real = dpo_pairs()
-    sides = {f"ours {'x'.join(map(str, b['sp_ids'].shape))} ({lpo} per octave)":
-             dpo_layer_ours(b) for lpo, b in shared.items()}
+    shape = lambda b: "x".join(map(str, b["sp_ids"].shape))  # noqa: E731
+    sides = {f"ours, {kernel}, {shape(b)} ({lpo} per octave)": dpo_layer_ours(b) for lpo, b in shared.items()}
+    sides[f"ours, tiles, {shape(shared[2])} (2 per octave)"] = dpo_layer_ours(shared[2], tiles)
     if not args.skip_torch:
         sides[f"PyTorch SDPA {real.shape[0]}x{real.shape[1]}"] = dpo_layer_torch(real)
     times = report.median_times([fn for fn, _ in sides.values()], args.runs)
