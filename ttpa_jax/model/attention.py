@@ -17,7 +17,7 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
   the cache in place as a broadcast product and two sums (``_one_query``).
 
 Results agree with the dense path to rounding on every query that sees a key; a query that sees
-none (left padding) gets an output that nothing reads (dense: the mean value, tiled: zero).
+none (left padding) gets an output that nothing reads (dense: the mean value, tiled and kernel: zero).
 
 Shapes: B batch, T queries, S keys, N query heads, K key/value heads, G = N // K, H head dim.
 """
