@@ -3,6 +3,10 @@ left padding, packed records, shared-prefix branches, a cache longer than the qu
 64 and 128; values and gradients to 1e-5, on one device and on a mesh of 8; where ``attend`` uses it,
 and what happens without a compiler."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,3 +102,25 @@ def test_no_compiler_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TTPA_CACHE", str(tmp_path))
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         cpu_kernel._build()
+
+
+@pytest.mark.parametrize("env, warned", [({"TTPA_JAX_CPU_KERNEL": "0"}, False), ({"CXX": "no-such-compiler"}, True)])
+def test_without_the_kernel_attend_takes_the_tiles(env, warned, tmp_path):
+    """Turned off, or no compiler (one warning): the same attention through the tiles, no FFI call."""
+    code = ("import warnings, jax, jax.numpy as jnp\n"
+            "from ttpa_jax.model.attention import attend, attention_mask\n"
+            "q, k = jnp.ones((1, 300, 3, 64)), jnp.ones((1, 300, 1, 64))\n"
+            "mask = attention_mask(jnp.arange(300)[None], jnp.ones((1, 300), bool), 300)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    jaxpr = str(jax.make_jaxpr(lambda q, k: attend(q, k, k, mask))(q, k))\n"
+            "print('ffi_call' in jaxpr, [str(x.message) for x in w])")
+    env = {**os.environ, "TTPA_CACHE": str(tmp_path), **env}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ffi, messages = out.stdout.strip().split(" ", 1)
+    assert ffi == "False"
+    if warned:
+        assert "CPU attention kernel unavailable" in messages and "no C++ compiler (no-such-compiler)" in messages
+    else:
+        assert messages == "[]"

@@ -8,9 +8,9 @@ otherwise.
 
 The first call compiles the source with the system's C++ compiler (``$CXX``, else ``g++``; a few
 seconds) into ``<cache>/kernels`` (``core.cache.cache_root``), named by a hash of the source, the
-flags and jaxlib's version, so an edit or an upgrade rebuilds it. No compiler, or a failed build:
-one warning, and the tiled path. ``TTPA_JAX_CPU_KERNEL=0`` turns the kernel off;
-``TTPA_JAX_KERNEL_THREADS`` caps its threads (default: every core).
+flags, jaxlib's version and the CPU, so an edit, an upgrade or another machine rebuilds it. No
+compiler, or a failed build: one warning, and the tiled path. ``TTPA_JAX_CPU_KERNEL=0`` turns the
+kernel off; ``TTPA_JAX_KERNEL_THREADS`` sets its threads (default: the cores this process may run on).
 
 Registered as batch-partitionable: on a mesh each device runs the kernel on its own rows.
 """
@@ -21,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -39,12 +40,24 @@ HEAD_MULTIPLE = 64  # the kernel's column block
 _FWD, _BWD = "ttpa_attention_fwd", "ttpa_attention_bwd"
 
 
+def _cpu() -> str:
+    """This CPU's model and instruction sets (``-march=native`` builds for them): a cache shared by
+    different machines keeps one library per kind of CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    return "\n".join(next((x for x in lines if x.startswith(k)), "") for k in ("model name", "flags"))
+
+
 def _build() -> Path:
-    """The compiled library's path, compiling it if this source, these flags and this jaxlib have none."""
+    """The compiled library's path, compiling it if this source, these flags, this jaxlib and this CPU
+    have none."""
     cxx = os.environ.get("CXX") or "g++"
     if shutil.which(cxx) is None:
         raise RuntimeError(f"no C++ compiler ({cxx}) on PATH")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cxx, *FLAGS, jaxlib.__version__]).encode()).hexdigest()
+    identity = " ".join([cxx, *FLAGS, jaxlib.__version__, _cpu()]).encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + identity).hexdigest()
     lib = cache_root() / "kernels" / f"attention_cpu-{key[:16]}.so"
     if lib.exists():
         return lib

@@ -10,6 +10,8 @@
 // of its keys to any of the item's queries. Scores, probabilities and their gradients stay in one
 // [QB * G, KB] tile in cache; the five matmuls are one register-blocked kernel (`mm`). Items are shared
 // out to the threads by an atomic counter; the backward pass sums each thread's dK and dV at the end.
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -132,7 +134,7 @@ struct Packed {
   }
 };
 
-// Runs fn(item, thread) for item in [0, n) on up to TTPA_JAX_KERNEL_THREADS (default: every core) threads.
+// Runs fn(item, thread) for item in [0, n) on `threads` threads, the caller's one of them.
 template <class F>
 void parallel(int64_t n, int threads, F fn) {
   std::atomic<int64_t> next{0};
@@ -145,8 +147,14 @@ void parallel(int64_t n, int threads, F fn) {
   for (auto& th : pool) th.join();
 }
 
+// Threads for `items` work items: the cores this process may run on (its affinity mask, as `taskset`
+// sets it), or TTPA_JAX_KERNEL_THREADS.
 int thread_count(int64_t items) {
   int n = (int)std::thread::hardware_concurrency();
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
+#endif
   if (const char* e = std::getenv("TTPA_JAX_KERNEL_THREADS")) n = std::atoi(e);
   return (int)std::max<int64_t>(1, std::min<int64_t>(std::max(n, 1), items));
 }
