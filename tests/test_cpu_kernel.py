@@ -1,7 +1,7 @@
 """The fused CPU attention kernel (``model.cpu_kernel``) against the dense computation: causal rows with
 left padding, packed records, shared-prefix branches, a cache longer than the queries, grouped heads of
-64 and 128; values and gradients to 1e-5, on one device and on a mesh of 8; where ``attend`` uses it,
-and what happens without a compiler."""
+64 and 128, and random masks; values and gradients to 1e-5, on one device and on meshes of 8; where
+``attend`` uses it, and what happens without it."""
 
 import os
 import subprocess
@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -66,6 +68,27 @@ def test_kernel_equals_dense_in_values_and_gradients(name):
     assert not np.any(fused[~seen])  # a query that sees no key: zero
     grads = [jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v, mask) * w).sum(), (0, 1, 2)))(q, k, v)
              for f in (_dense, _kernel)]
+    for g0, g1 in zip(*grads):
+        np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(2, 140), extra=st.integers(0, 70), K=st.integers(1, 3),
+       G=st.integers(1, 4), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_kernel_equals_dense_on_any_mask(B, T, extra, K, G, density, seed):
+    """Any boolean mask, not only the model's (blocks partly, wholly or never seen, rows that see
+    nothing), any length that is no multiple of the kernel's blocks, any grouping of heads."""
+    rng = np.random.default_rng(seed)
+    S = T + extra
+    q = jnp.asarray(rng.standard_normal((B, T, K * G, 64)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((B, S, K, 64)), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(rng.random((B, T, S)) < density)
+    seen = np.asarray(mask).any(-1)
+    w = jnp.asarray(rng.standard_normal((B, T, K * G * 64)), jnp.float32) * seen[..., None]
+    values = [f(q, k, v, mask) for f in (_dense, _kernel)]
+    np.testing.assert_allclose(np.asarray(values[1])[seen], np.asarray(values[0])[seen], atol=1e-5, rtol=0)
+    assert not np.any(np.asarray(values[1])[~seen])
+    grads = [jax.grad(lambda q, k, v, f=f: (f(q, k, v, mask) * w).sum(), (0, 1, 2))(q, k, v) for f in (_dense, _kernel)]
     for g0, g1 in zip(*grads):
         np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-5, rtol=1e-5)
 
