@@ -106,31 +106,46 @@ struct Dims {
   int64_t B, T, S, K, G, H, Sp;  // Sp: S rounded up to KB
 };
 
-// Keys and values of every (b, key head), copied contiguous and zero-padded to Sp: kr and vr [Sp, H], and
-// transposed per tile, kt (and vt when `with_vt`) [Sp / KB, H, KB], so that a tile's H x KB block is
-// contiguous.
+// Keys and values of every (b, key head), copied contiguous and zero-padded to Sp: vr [Sp, H] and the keys
+// transposed per tile, kt [Sp / KB, H, KB] (a tile's H x KB block contiguous), what the forward pass
+// reads; for the backward pass also kr [Sp, H] and vt [Sp / KB, H, KB].
 struct Packed {
   std::vector<float> kt, kr, vr, vt;
-  Packed(const Dims& d, const float* k, const float* v, bool with_vt) {
+  Packed(const Dims& d, const float* k, const float* v, bool backward) {
     size_t per = (size_t)d.Sp * d.H, n = (size_t)d.B * d.K;
     kt.assign(n * per, 0.f);
-    kr.assign(n * per, 0.f);
     vr.assign(n * per, 0.f);
-    if (with_vt) vt.assign(n * per, 0.f);
+    if (backward) {
+      kr.assign(n * per, 0.f);
+      vt.assign(n * per, 0.f);
+    }
     for (int64_t b = 0; b < d.B; ++b)
       for (int64_t s = 0; s < d.S; ++s)
         for (int64_t h0 = 0; h0 < d.K; ++h0) {
           const float* ks = k + ((b * d.S + s) * d.K + h0) * d.H;
           const float* vs = v + ((b * d.S + s) * d.K + h0) * d.H;
           size_t base = (size_t)(b * d.K + h0) * per;
-          std::memcpy(&kr[base + s * d.H], ks, d.H * sizeof(float));
           std::memcpy(&vr[base + s * d.H], vs, d.H * sizeof(float));
+          if (backward) std::memcpy(&kr[base + s * d.H], ks, d.H * sizeof(float));
           for (int64_t h = 0; h < d.H; ++h) {
             size_t at = base + (s / KB) * d.H * KB + h * KB + s % KB;
             kt[at] = ks[h];
-            if (with_vt) vt[at] = vs[h];
+            if (backward) vt[at] = vs[h];
           }
         }
+  }
+};
+
+// Work item `i` of B x K x (T / QB rounded up): row b, key head kh, queries t0..t0+nt, nt * G query rows.
+struct Item {
+  int64_t b, kh, t0, nt, rows;
+  Item(const Dims& d, int64_t i) {
+    int64_t nqb = (d.T + QB - 1) / QB, qb = i % nqb;
+    kh = (i / nqb) % d.K;
+    b = i / (nqb * d.K);
+    t0 = qb * QB;
+    nt = std::min<int64_t>(QB, d.T - t0);
+    rows = nt * d.G;
   }
 };
 
@@ -227,12 +242,11 @@ ffi::Error forward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer
   const bool* m = mask.typed_data();
   const float* qd = q.typed_data();
   float *od = out->typed_data(), *ld = lse->typed_data();
-  int64_t nqb = (d.T + QB - 1) / QB, items = d.B * d.K * nqb, R = QB * d.G;
+  int64_t items = d.B * d.K * ((d.T + QB - 1) / QB), R = QB * d.G;
   int threads = thread_count(items);
   std::vector<std::vector<float>> scratch(threads, std::vector<float>(R * (2 * d.H + KB + 2)));
   parallel(items, threads, [&](int64_t item, int th) {
-    int64_t qb = item % nqb, kh = (item / nqb) % d.K, b = item / (nqb * d.K);
-    int64_t t0 = qb * QB, nt = std::min<int64_t>(QB, d.T - t0), rows = nt * d.G;
+    auto [b, kh, t0, nt, rows] = Item(d, item);
     float *qs = scratch[th].data(), *acc = qs + R * d.H, *st = acc + R * d.H, *mx = st + R * KB, *sum = mx + R;
     gather_rows(d, qd, b, kh, t0, nt, qs);
     std::fill(acc, acc + rows * d.H, 0.f);
@@ -289,14 +303,13 @@ ffi::Error backward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffe
   Packed p(d, k.typed_data(), v.typed_data(), true);
   const bool* m = mask.typed_data();
   const float *qd = q.typed_data(), *od = out.typed_data(), *ld = lse.typed_data(), *gd = g.typed_data();
-  int64_t nqb = (d.T + QB - 1) / QB, items = d.B * d.K * nqb, R = QB * d.G;
+  int64_t items = d.B * d.K * ((d.T + QB - 1) / QB), R = QB * d.G;
   size_t kv = (size_t)d.B * d.K * d.Sp * d.H;
   int threads = thread_count(items);
   std::vector<std::vector<float>> scratch(threads, std::vector<float>(R * (4 * d.H + 2 * KB + 2)));
   std::vector<std::vector<float>> dks(threads, std::vector<float>(kv, 0.f)), dvs(threads, std::vector<float>(kv, 0.f));
   parallel(items, threads, [&](int64_t item, int th) {
-    int64_t qb = item % nqb, kh = (item / nqb) % d.K, b = item / (nqb * d.K);
-    int64_t t0 = qb * QB, nt = std::min<int64_t>(QB, d.T - t0), rows = nt * d.G;
+    auto [b, kh, t0, nt, rows] = Item(d, item);
     float *qs = scratch[th].data(), *gs = qs + R * d.H, *os = gs + R * d.H, *dqs = os + R * d.H;
     float *pt = dqs + R * d.H, *dpt = pt + R * KB, *lr = dpt + R * KB, *delta = lr + R;
     gather_rows(d, qd, b, kh, t0, nt, qs);
