@@ -1,9 +1,12 @@
-"""``python -m ttpa_jax.export --run RUN_DIR --out DIR [--peft] [--step N]``
+"""``python -m ttpa_jax.export --run RUN_DIR --out DIR [--format hf|peft|gguf] [--step N]``
 
 Turns a training run into something Hugging Face loads: merged weights as a model directory
-(tokenizer included), or with ``--peft`` a PEFT LoRA adapter directory (``adapter_config.json`` +
-``adapter_model.safetensors``) for the run's base model directory. The settings are in
-``export.settings``, the JAX work in ``export.weights``; importing this module loads no JAX.
+(tokenizer included), or with ``--format peft`` a PEFT LoRA adapter directory (``adapter_config.json`` +
+``adapter_model.safetensors``) for the run's base model directory; or into what llama.cpp and Ollama
+load: ``--format gguf --out FILE.gguf [--gguf-type f32|f16|bf16|q8_0]``, from a run or from a merged
+model directory (``--model DIR``). The settings are in ``export.settings``, the JAX work in
+``export.weights``, the GGUF file in ``export.to_gguf``; importing this module loads no JAX, and
+``--model DIR --format gguf`` runs without it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from ttpa_jax.export.settings import Args
 @stage_main(user_errors=(ValueError,))
 def main(argv: Sequence[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv, prog="python -m ttpa_jax.export")
+    if args.model is not None:
+        from ttpa_jax.export.to_gguf import write_gguf  # numpy + gguf only: loaded once the command line is good
+        from ttpa_jax.model.base_models import resolve_model
+
+        out = write_gguf(resolve_model(args.model), args.out, args.gguf_type)
+        print(f"exported {args.model} to {out} (GGUF, {args.gguf_type})")
+        return 0
     from ttpa_jax.export.weights import export  # JAX: loaded once the command line is good
 
     export(args)

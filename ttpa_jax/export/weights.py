@@ -1,11 +1,13 @@
 """The JAX side of export: a run's trained model rebuilt from its base and checkpoint, written as
-merged Hugging Face weights or as a PEFT LoRA adapter (``adapter_config.json`` +
-``adapter_model.safetensors`` in PEFT's tensor names).
+merged Hugging Face weights, as a PEFT LoRA adapter (``adapter_config.json`` +
+``adapter_model.safetensors`` in PEFT's tensor names), or as GGUF (the merged float32 weights in a
+temporary directory, written by ``export.to_gguf``).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import jax
@@ -15,6 +17,8 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from ttpa_jax.export.settings import Args, run_config
+from ttpa_jax.export.to_gguf import write_gguf
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.hf_io import save_pretrained
 from ttpa_jax.model.lora import iter_linears
 from ttpa_jax.train.checkpoint import Checkpoints
@@ -73,7 +77,19 @@ def export(args: Args) -> Path:
     """Write the export ``args`` describe; return the output directory."""
     model, cfg, step = load_run(args.run, args.step)
     tokenizer_dir = cfg.tokenizer or (cfg.model if Path(cfg.model).is_dir() else None)
-    if args.peft:
+    if args.format == "gguf":
+        tokenizer_dir = tokenizer_dir or resolve_model(cfg.model)  # a base model name -> its directory
+        if not Path(tokenizer_dir).is_dir():
+            raise ValueError(f"--format gguf needs the run's tokenizer; the run started from preset {cfg.model!r} "
+                             "without --tokenizer")
+        Path(args.out).absolute().parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="ttpa-gguf-", dir=Path(args.out).absolute().parent) as tmp:
+            merged = save_pretrained(model, tmp, tokenizer_dir=tokenizer_dir, dtype=jnp.float32)  # LoRA merged
+            if jax.process_index() == 0:
+                write_gguf(merged, args.out, args.gguf_type, name=Path(args.run).name)
+                print(f"exported step {step} of {args.run} to {args.out} (GGUF, {args.gguf_type})")
+        return Path(args.out)
+    if args.format == "peft":
         if not Path(cfg.model).is_dir():
             raise ValueError(f"--peft needs a base model directory; the run started from preset {cfg.model!r}")
         out = save_peft_adapter(model, args.out, cfg.model, cfg)
@@ -84,5 +100,5 @@ def export(args: Args) -> Path:
             dtype = jnp.dtype(hf.get("dtype") or hf.get("torch_dtype") or "float32")
         out = save_pretrained(model, args.out, tokenizer_dir=tokenizer_dir, dtype=dtype)
     if jax.process_index() == 0:
-        print(f"exported step {step} of {args.run} to {out}" + (" (PEFT adapter)" if args.peft else ""))
+        print(f"exported step {step} of {args.run} to {out}" + (" (PEFT adapter)" if args.format == "peft" else ""))
     return out
