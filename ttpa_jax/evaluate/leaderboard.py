@@ -25,7 +25,7 @@ from typing import Any
 
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.evaluate import bfcl, bfcl_checker
-from ttpa_jax.evaluate.evaluator import evaluate_items, format_table, read_predictions
+from ttpa_jax.evaluate.metrics import evaluate_items, format_table, read_predictions
 from ttpa_jax.tools.calls import Format
 from ttpa_jax.model.config import load_config
 from ttpa_jax.text.prompts import encode_prompt, load_tokenizer

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ttpa_jax.evaluate.evaluator import format_table
+from ttpa_jax.evaluate.metrics import format_table
 
 # Metrics plotted side by side (higher is better for all of them).
 COMPARED = ("tool_selection_accuracy", "param_name_accuracy", "param_value_accuracy", "return_value_accuracy",

@@ -33,7 +33,7 @@ from ttpa_jax.export.settings import Args
 from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.sample.audit import audit_path
 from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
-from ttpa_jax.evaluate.evaluator import evaluate_items, items_from_records, read_records
+from ttpa_jax.evaluate.metrics import evaluate_items, items_from_records, read_records
 
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
 _VERBOSE_KEYS = ("description", "pattern", "format", "maxLength", "minLength", "minimum", "maximum",

@@ -36,7 +36,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from ttpa_jax.core.errors import UserError
-from ttpa_jax.model.config import ModelConfig
+from ttpa_jax.model.architecture import ModelConfig
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 MAX_SHARD_BYTES = 2 * 1024**3

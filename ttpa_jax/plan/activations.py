@@ -36,7 +36,7 @@ import dataclasses
 
 from ttpa_jax.model.attention import DEFAULT_BLOCK as ATTENTION_BLOCK
 from ttpa_jax.model.attention import even_chunks
-from ttpa_jax.model.config import ModelConfig
+from ttpa_jax.model.architecture import ModelConfig
 from ttpa_jax.model.sharding import spec_for
 
 LOGIT_COPIES = 3  # fp32 logits, softmax exponentials, their gradient

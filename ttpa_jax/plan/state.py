@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
-from ttpa_jax.model.config import ModelConfig
+from ttpa_jax.model.architecture import ModelConfig
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import Transformer
 from ttpa_jax.train.optim import make_optimizer
