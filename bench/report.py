@@ -29,14 +29,18 @@ def cores() -> int:
 
 
 def machine_line() -> str:
+    """The CPU (with its widest vector instruction set: a figure from an AVX-512 machine says nothing of an
+    AVX2-only one), cores, accelerator, load and versions."""
     import jax
     import torch
+
+    from ttpa_jax.model.cpu_kernel import isa
 
     dev = jax.devices()[0]
     acc = "" if dev.platform == "cpu" else f", {dev.device_kind}"
     n = cores()
-    return (f"machine: {cpu_name()}, {n} core{'s' * (n != 1)}{acc}, load average {os.getloadavg()[0]:.1f}; "
-            f"jax {jax.__version__}, torch {torch.__version__}")
+    return (f"machine: {cpu_name()} ({isa()}), {n} core{'s' * (n != 1)}{acc}, load average "
+            f"{os.getloadavg()[0]:.1f}; jax {jax.__version__}, torch {torch.__version__}")
 
 
 def alternating_times(fns, runs: int, warmup: int = 1) -> list[list[float]]:

@@ -3,9 +3,11 @@ left padding, packed records, shared-prefix branches, a cache longer than the qu
 64 and 128, and random masks; values and gradients to 1e-5, on one device and on meshes of 8; where
 ``attend`` uses it, and what happens without it."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -89,8 +91,20 @@ def test_kernel_equals_dense_on_any_mask(B, T, extra, K, G, density, seed):
     _assert_kernel_equals_dense(q, k, v, jnp.asarray(rng.random((B, T, S)) < density), rng)
 
 
-def test_attend_uses_the_kernel_where_it_applies():
+@pytest.fixture
+def kernel_mode(monkeypatch):
+    """Sets ``TTPA_JAX_CPU_KERNEL`` for one test, the per-process decisions forgotten before and after."""
+    def set_mode(mode):
+        monkeypatch.setenv("TTPA_JAX_CPU_KERNEL", mode)
+        cpu_kernel.enabled.cache_clear()
+    yield set_mode
+    monkeypatch.undo()
+    cpu_kernel.enabled.cache_clear()
+
+
+def test_attend_uses_the_kernel_where_it_applies(kernel_mode):
     """fp32 with head dim 64 goes through the FFI call; head dim 16 and bf16 take the tiles."""
+    kernel_mode("1")
     q, k, v, mask = _case("causal")
 
     def calls(*args):
@@ -143,3 +157,73 @@ def test_without_the_kernel_attend_takes_the_tiles(env, warned, tmp_path):
         assert "CPU attention kernel unavailable" in messages and "no C++ compiler (no-such-compiler)" in messages
     else:
         assert messages == "[]"
+
+
+@pytest.fixture
+def fake_library(monkeypatch, tmp_path):
+    """The kernel as built (``available``) with its library at a fresh path, so that the calibration
+    beside it starts empty; returns the path where the calibration is stored."""
+    monkeypatch.setattr(cpu_kernel, "available", lambda: True)
+    monkeypatch.setattr(cpu_kernel, "_build", lambda: tmp_path / "attention_cpu-test.so")
+    return tmp_path / "attention_cpu-test.json"
+
+
+@pytest.mark.parametrize("kernel_s, tiles_s, used", [(0.5, 1.0, True), (1.0, 1.0, True), (3.0, 1.0, False)])
+def test_auto_mode_uses_the_kernel_only_where_it_measured_no_slower(kernel_mode, fake_library, capsys,
+                                                                    kernel_s, tiles_s, used):
+    fake_library.write_text(json.dumps({"kernel_s": kernel_s, "tiles_s": tiles_s, "isa": "avx2"}))
+    kernel_mode("auto")
+    assert cpu_kernel.enabled() is used
+    q, k, v, _ = _case("causal")
+    assert cpu_kernel.applies(q.reshape(2, 150, 3, 3, 64), k, v) is used
+    err = capsys.readouterr().err
+    assert ("attention uses the tiles" in err and "3.00x" in err and "avx2" in err) is not used
+    assert len(err.strip().splitlines()) == (0 if used else 1)  # one line, once per process
+    kernel_mode("1")
+    assert cpu_kernel.enabled()  # forced: no calibration read
+    kernel_mode("0")
+    assert not cpu_kernel.enabled()
+
+
+def test_calibration_runs_once_per_library_and_is_kept(kernel_mode, fake_library, monkeypatch):
+    """No stored calibration: the calibration module runs (in a subprocess), its answer is stored beside
+    the library with the ISA, and read back after that without running again."""
+    runs = []
+
+    def fake_run(cmd, **kwargs):
+        runs.append(cmd)
+        assert cmd[1:3] == ["-m", "ttpa_jax.model.kernel_calibration"]
+        Path(cmd[-1]).write_text(json.dumps({"kernel_s": 2.0, "tiles_s": 1.0}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(cpu_kernel.subprocess, "run", fake_run)
+    kernel_mode("auto")
+    assert not cpu_kernel.enabled()
+    stored = json.loads(fake_library.read_text())
+    assert stored == {"kernel_s": 2.0, "tiles_s": 1.0, "isa": cpu_kernel.isa()}
+    cpu_kernel.enabled.cache_clear()
+    assert not cpu_kernel.enabled() and len(runs) == 1
+
+
+def test_a_failed_calibration_warns_once_and_takes_the_tiles(kernel_mode, fake_library, monkeypatch):
+    monkeypatch.setattr(cpu_kernel.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nMemoryError"))
+    kernel_mode("auto")
+    with pytest.warns(UserWarning, match=r"not calibrated, using the tiled attention: calibration failed \(exit 1\): MemoryError$"):
+        assert not cpu_kernel.enabled()
+    assert not fake_library.exists()  # nothing stored: the next process tries again
+
+
+def test_a_bad_mode_is_a_clear_error(kernel_mode):
+    kernel_mode("yes")
+    with pytest.raises(ValueError, match="TTPA_JAX_CPU_KERNEL='yes': expected auto, 1 or 0"):
+        cpu_kernel.enabled()
+
+
+def test_the_calibration_measures_both_paths(monkeypatch):
+    """The calibration module itself, on a shorter row: both medians, positive."""
+    from ttpa_jax.model import kernel_calibration as cal
+
+    monkeypatch.setattr(cal, "T", 256)
+    timing = cal.measure()
+    assert set(timing) == {"kernel_s", "tiles_s"} and min(timing.values()) > 0

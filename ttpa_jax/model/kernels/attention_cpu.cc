@@ -27,14 +27,28 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));    // 16 floats, unaligned access
-typedef int32_t vi __attribute__((vector_size(64), aligned(4)));  // 16 int32
-constexpr int W = 16;        // floats per vector
-constexpr int NC = 4;        // vectors per kernel column block: 64 columns
+// The vector width and the matmul kernel's register block follow the instruction set the library is
+// built for (-march=native): MR x NC vector accumulators plus NC vectors of B must fit the register
+// file, or every multiply-add spills to memory (a 6 x 4 block of 16-float vectors, right for the 32
+// registers of AVX-512, needs 48 of AVX2's 16 and ran 10x slower there).
+#if defined(__AVX512F__)
+constexpr int W = 16;  // floats per vector: one zmm register
+constexpr int NC = 4;  // 6 x 4 accumulators + 4 of B = 28 of 32 registers; 64 columns per kernel call
+#elif defined(__AVX__)
+constexpr int W = 8;   // one ymm register (AVX, AVX2 + FMA)
+constexpr int NC = 2;  // 6 x 2 accumulators + 2 of B = 14 of 16 registers; 16 columns per kernel call
+#else
+constexpr int W = 4;   // one 128-bit register (SSE, NEON)
+constexpr int NC = 2;  // 6 x 2 accumulators + 2 of B = 14 of 16 (SSE) or 32 (NEON) registers
+#endif
+typedef float vf __attribute__((vector_size(4 * W), aligned(4)));    // W floats, unaligned access
+typedef int32_t vi __attribute__((vector_size(4 * W), aligned(4)));  // W int32
 constexpr int MR = 6;        // rows per kernel call
 constexpr int QB = 32;       // queries per work item
-constexpr int KB = NC * W;   // keys per tile
+constexpr int KB = 64;       // keys per tile
+constexpr int VT = KB / W;   // vectors per tile row
 constexpr float NEG = -1e30f;
+static_assert(KB % (NC * W) == 0, "a tile's columns are a whole number of kernel column blocks");
 
 inline vf splat(float x) { return vf{} + x; }
 
@@ -79,7 +93,7 @@ inline void mm_rows(const float* A, int lda, const float* B, int ldb, float* C, 
     for (int j = 0; j < NC; ++j) *(vf*)(C + i * ldc + j * W) = c[i][j];
 }
 
-// C[rows][cols] (+)= A * B as above, cols a multiple of NC * W.
+// C[rows][cols] (+)= A * B as above, cols a multiple of NC * W (KB and the head dims are).
 template <bool AT>
 void mm(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int rows, int inner, int cols,
         bool add) {
@@ -211,7 +225,7 @@ void masked_scores(const Dims& d, const bool* mask, const float* qs, const float
     std::memcpy(m, mask + (b * d.T + t0 + t) * d.S + s0, ns);
     for (int64_t g = 0; g < d.G; ++g) {
       vf* s = (vf*)(st + (t * d.G + g) * KB);
-      for (int j = 0; j < NC; ++j) {
+      for (int j = 0; j < VT; ++j) {
         vi shown = __builtin_convertvector(*(const vb*)(m + j * W), vi) != 0;
         s[j] = shown ? s[j] : splat(NEG);
       }
@@ -260,16 +274,16 @@ ffi::Error forward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer
       for (int64_t r = 0; r < rows; ++r) {
         vf* s = (vf*)(st + r * KB);
         vf mv = s[0];
-        for (int j = 1; j < NC; ++j) mv = mv > s[j] ? mv : s[j];
+        for (int j = 1; j < VT; ++j) mv = mv > s[j] ? mv : s[j];
         float tile_max = mv[0];
         for (int i = 1; i < W; ++i) tile_max = std::max(tile_max, mv[i]);
         if (tile_max <= NEG / 2) {  // the row sees no key here: it adds nothing
-          for (int j = 0; j < NC; ++j) s[j] = vf{};
+          for (int j = 0; j < VT; ++j) s[j] = vf{};
           continue;
         }
         float m_new = std::max(mx[r], tile_max), corr = std::exp(mx[r] - m_new);
         vf tot{};
-        for (int j = 0; j < NC; ++j) {
+        for (int j = 0; j < VT; ++j) {
           s[j] = vexp(s[j] - m_new);
           tot += s[j];
         }
@@ -331,13 +345,13 @@ ffi::Error backward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffe
       masked_scores(d, m, qs, p.kt.data() + base, b, t0, nt, s0, seen, pt);
       for (int64_t r = 0; r < rows; ++r) {
         vf* s = (vf*)(pt + r * KB);
-        for (int j = 0; j < NC; ++j) s[j] = vexp(s[j] - lr[r]);  // masked or unseen rows: exactly 0
+        for (int j = 0; j < VT; ++j) s[j] = vexp(s[j] - lr[r]);  // masked or unseen rows: exactly 0
       }
       mm<true>(pt, KB, gs, d.H, dv_t + s0 * d.H, d.H, KB, rows, d.H, true);        // dV += P^T dO
       mm<false>(gs, d.H, p.vt.data() + base + s0 * d.H, KB, dpt, KB, rows, d.H, KB, false);  // dP = dO V^T
       for (int64_t r = 0; r < rows; ++r) {
         vf *s = (vf*)(pt + r * KB), *dp = (vf*)(dpt + r * KB);
-        for (int j = 0; j < NC; ++j) dp[j] = s[j] * (dp[j] - delta[r]);  // dS
+        for (int j = 0; j < VT; ++j) dp[j] = s[j] * (dp[j] - delta[r]);  // dS
       }
       mm<false>(dpt, KB, p.kr.data() + base + s0 * d.H, d.H, dqs, d.H, rows, KB, d.H, true);  // dQ += dS K
       mm<true>(dpt, KB, qs, d.H, dk_t + s0 * d.H, d.H, KB, rows, d.H, true);                // dK += dS^T Q
