@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.core.jsonl import DataError, iter_jsonl
 
 
@@ -44,6 +45,14 @@ def drop_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def write_synced(fd: int, data: bytes) -> None:
+    """Append ``data`` (whole lines) to the file open as ``fd`` with one write, then fsync it."""
+    written = os.write(fd, data)
+    while written < len(data):  # regular files take the whole buffer; loop for safety
+        written += os.write(fd, data[written:])
+    os.fsync(fd)
+
+
 class RecordLog:
     """Append records to ``path``; ``records`` maps the ids already there to their ``meta``."""
 
@@ -69,11 +78,7 @@ class RecordLog:
         """Write one record as one line, then flush it to disk."""
         if record["id"] in self.records:
             raise ValueError(f"record {record['id']!r} is already in {self.path}")
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self._fd, data)
-        while written < len(data):  # regular files take the whole buffer; loop for safety
-            written += os.write(self._fd, data[written:])
-        os.fsync(self._fd)
+        write_synced(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self.records[record["id"]] = record.get("meta") or {}
 
     def close(self) -> None:
@@ -86,3 +91,24 @@ class RecordLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two (nested) dicts of JSON values."""
+    diff = []
+    for key in sorted({*old, *new}):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diff.append(prefix + key)
+    return diff
+
+
+def refuse_other_settings(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` when ``path`` was written with settings other than ``new``: a rerun
+    continues a file only with the command that started it."""
+    diff = changed_settings(old, json.loads(json.dumps(new, default=str)))
+    if diff:
+        raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); rerun with the same "
+                          "settings to continue it, or write to another --out")

@@ -7,7 +7,9 @@ conversation ``conv[b]`` (``PromptBatch``; ``decode.loop.generate`` prefills the
 once). Families go into batches by length, and every batch of a run holds ``batch_size`` rows and
 the same number of conversations (``conversation_slots``), so a run compiles few shapes; the last
 batch is padded by repeating its last prompt to the smallest power of two that holds it. Results
-come back in input order. No JAX here: the caller's ``decode_batch`` does the decoding.
+come back in input order (``decode_in_batches``), or batch by batch as they are decoded
+(``iter_batches``: what a resumable stage writes as it goes). No JAX here: the caller's
+``decode_batch`` does the decoding.
 
 Shapes: B rows, U conversations, T the longest conversation's tokens.
 """
@@ -15,7 +17,7 @@ Shapes: B rows, U conversations, T the longest conversation's tokens.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -107,24 +109,43 @@ def make_batch(prompt_ids: Sequence[Sequence[int]], rows: list[int], roots: list
                        np.array([len(prompt_ids[i]) for i in rows], np.int32))
 
 
+def iter_batches(prompt_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+                 decode_batch: Callable[[PromptBatch], Sequence[R]],
+                 skip: Callable[[int], bool] | None = None) -> Iterator[tuple[list[int], list[R] | None]]:
+    """Per batch of the plan, in plan order: (its prompts' input indices, their results).
+
+    ``decode_batch(batch)`` decodes one ``PromptBatch`` and returns at least the results of its first
+    ``len(set(batch.rows))`` rows in row order. A batch whose every prompt is ``skip``-ped (done by
+    an earlier run) is not decoded: its results are None. The plan depends only on the prompts and
+    ``batch_size``, so a resumed run decodes the batches it still needs exactly as a whole run would.
+    """
+    for rows, roots, slots in plan_batches(prompt_ids, batch_size):
+        idx = list(dict.fromkeys(rows))
+        if skip is not None and all(skip(i) for i in idx):
+            yield idx, None
+            continue
+        results = decode_batch(make_batch(prompt_ids, rows, roots, slots, pad_id))
+        yield idx, list(results[: len(idx)])
+
+
+def collect(batches: Iterator[tuple[list[int], list[R] | None]], n: int,
+            progress: Callable[[int], object] | None = None) -> list[R]:
+    """The results of ``iter_batches`` in input order; ``progress(k)`` after each batch of k prompts."""
+    out: list = [None] * n
+    for idx, results in batches:
+        for i, r in zip(idx, results or [None] * len(idx)):
+            out[i] = r
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
 def decode_in_batches(prompt_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int,
                       decode_batch: Callable[[PromptBatch], Sequence[R]],
                       progress: Callable[[int], object] | None = None) -> list[R]:
-    """One result per prompt, in input order.
-
-    ``decode_batch(batch)`` decodes one ``PromptBatch`` and returns at least the results of its first
-    ``len(set(batch.rows))`` rows in row order. ``progress(n)`` is called with the number of prompts
-    finished after each batch.
-    """
-    out: list = [None] * len(prompt_ids)
-    for rows, roots, slots in plan_batches(prompt_ids, batch_size):
-        results = decode_batch(make_batch(prompt_ids, rows, roots, slots, pad_id))
-        n = len(dict.fromkeys(rows))
-        for r, i in enumerate(rows[:n]):
-            out[i] = results[r]
-        if progress is not None:
-            progress(n)
-    return out
+    """One result per prompt, in input order (``iter_batches`` collected). ``progress(n)`` is called
+    with the number of prompts finished after each batch."""
+    return collect(iter_batches(prompt_ids, batch_size, pad_id, decode_batch), len(prompt_ids), progress)
 
 
 def last_batch_rows(n: int, batch_size: int) -> int:

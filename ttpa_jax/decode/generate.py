@@ -29,7 +29,7 @@ from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
 from ttpa_jax.core.jsonl import iter_jsonl, where, write_jsonl
 from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, load_tokenizer
-from ttpa_jax.decode.batching import decode_in_batches, pad_token_id
+from ttpa_jax.decode.batching import collect, iter_batches, pad_token_id
 from ttpa_jax.decode.settings import DEFAULT_BUCKET, Decoding
 from ttpa_jax.decode.rules import GREEDY, Sampling
 from ttpa_jax.model.config import load_config
@@ -57,10 +57,18 @@ def load_model(model_dir: str | os.PathLike, dtype: str = "auto"):
     return ttpa_jax.load_pretrained(model_dir, dtype=None if dtype == "auto" else dtype)
 
 
-def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, batch_size: int = 8,
-             sampling: Sampling = GREEDY, seed: int = 0, stop: Sequence[str] = (), eos_ids=None,
-             bucket: int = DEFAULT_BUCKET, progress: bool = False) -> list[Completion]:
-    """Completions for tokenized prompts, in input order (batched by ``decode_in_batches``).
+def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, progress: bool = False,
+             **settings) -> list[Completion]:
+    """Completions for tokenized prompts, in input order; ``settings``: those of ``iter_complete``."""
+    with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", disable=not progress) as bar:
+        return collect(iter_complete(model, tokenizer, prompt_ids, **settings), len(prompt_ids), bar.update)
+
+
+def iter_complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+                  batch_size: int = 8, sampling: Sampling = GREEDY, seed: int = 0, stop: Sequence[str] = (),
+                  eos_ids=None, bucket: int = DEFAULT_BUCKET, skip=None):
+    """Completions batch by batch (``batching.iter_batches``): (input indices, their ``Completion``s,
+    or None for a batch whose prompts are all ``skip``-ped).
 
     Prompt ``i`` samples with key ``fold_in(key(seed), i)``, so its output does not depend on the
     batch it lands in. Stop strings end a completion right after the first one.
@@ -77,16 +85,19 @@ def complete(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_t
                        max_new_tokens=max_new_tokens, sampling=sampling, key=keys, eos_ids=eos, stop_token_seqs=stop_seqs, bucket=bucket)
         return [finish(tokenizer, seq, eos, stop) for seq in res.sequences()]
 
-    with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", disable=not progress) as bar:
-        return decode_in_batches(prompt_ids, batch_size, pad_token_id(model.config), decode_batch, bar.update)
+    return iter_batches(prompt_ids, batch_size, pad_token_id(model.config), decode_batch, skip)
 
 
 def complete_with(model, tokenizer, prompt_ids: Sequence[Sequence[int]], decoding: Decoding, eos_ids=None,
                   progress: bool = False) -> list[Completion]:
     """``complete`` with the settings of a ``Decoding``."""
-    return complete(model, tokenizer, prompt_ids, max_new_tokens=decoding.max_new_tokens,
-                    batch_size=decoding.batch_size, sampling=decoding.sampling(), seed=decoding.seed,
-                    stop=decoding.stop, eos_ids=eos_ids, bucket=decoding.bucket, progress=progress)
+    return complete(model, tokenizer, prompt_ids, eos_ids=eos_ids, progress=progress, **decoding_settings(decoding))
+
+
+def decoding_settings(decoding: Decoding) -> dict:
+    """The keyword arguments of ``complete`` / ``iter_complete`` that a ``Decoding`` sets."""
+    return dict(max_new_tokens=decoding.max_new_tokens, batch_size=decoding.batch_size, sampling=decoding.sampling(),
+                seed=decoding.seed, stop=decoding.stop, bucket=decoding.bucket)
 
 
 def encode_prompts(tokenizer, records: Sequence[dict], sources: Sequence[str], max_new_tokens: int,

@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ttpa_jax.decode.batching import decode_in_batches, pad_token_id
+from ttpa_jax.decode.batching import collect, iter_batches, pad_token_id
 from ttpa_jax.decode.settings import DEFAULT_BUCKET, TPSConfig
 
 __all__ = ["TPSConfig", "Branch", "TPSResult", "probability_gaps", "select_branch_points", "alternatives",
-           "row_bucket", "tps"]
+           "row_bucket", "tps", "iter_tps"]
 
 
 @dataclasses.dataclass
@@ -118,14 +118,21 @@ def plan_branches(greedy: np.ndarray, top_ids: np.ndarray, top_probs: np.ndarray
 Eligible = Callable[[int, list[int]], np.ndarray]
 
 
-def tps(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, config: TPSConfig = TPSConfig(),
-        batch_size: int = 8, eos_ids=None, stop_token_seqs=(), bucket: int = DEFAULT_BUCKET, progress=None,
-        eligible: Eligible | None = None) -> list[TPSResult]:
-    """TPS for tokenized prompts; one ``TPSResult`` per prompt, in input order.
+def tps(model, prompt_ids: Sequence[Sequence[int]], *, progress=None, **settings) -> list[TPSResult]:
+    """TPS for tokenized prompts; one ``TPSResult`` per prompt, in input order. ``settings``: those
+    of ``iter_tps``; ``progress``: an optional callable called with the number of prompts finished
+    per batch."""
+    return collect(iter_tps(model, prompt_ids, **settings), len(prompt_ids), progress)
+
+
+def iter_tps(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, config: TPSConfig = TPSConfig(),
+             batch_size: int = 8, eos_ids=None, stop_token_seqs=(), bucket: int = DEFAULT_BUCKET,
+             eligible: Eligible | None = None, skip: Callable[[int], bool] | None = None):
+    """TPS batch by batch (``batching.iter_batches``): (input indices, their ``TPSResult``s, or None
+    for a batch whose prompts are all ``skip``-ped).
 
     ``eligible(prompt_index, greedy_ids) -> [N] bool``: the steps where that prompt may branch
-    (None: every step). ``progress``: an optional callable called with the number of prompts
-    finished per batch.
+    (None: every step).
     """
     from ttpa_jax.decode.loop import continue_decoding, generate  # JAX is loaded only to decode
 
@@ -155,4 +162,4 @@ def tps(model, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, conf
                 results[r].branches.append(Branch(s, gap, tok, rank, p, br.tokens[j, : br.lengths[j]].tolist()))
         return results
 
-    return decode_in_batches(prompt_ids, batch_size, pad_token_id(model.config), decode_batch, progress)
+    return iter_batches(prompt_ids, batch_size, pad_token_id(model.config), decode_batch, skip)

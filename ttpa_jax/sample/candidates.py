@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,14 @@ def branch_locations(tokenizer, prompt: Prompt, greedy: list[int]) -> list[str]:
     return token_locations(tokenizer.decode(list(greedy), skip_special_tokens=False), token_offsets(tokenizer, greedy))
 
 
+Finished = list[tuple[int, list[Candidate], int]]  # (prompt index, its candidates, its branch points)
+
+
 def tps_candidates(model, tokenizer, prompts: list[Prompt], decoding: Decoding, tps_cfg: TPSConfig, eos,
-                   progress) -> tuple[list[list[Candidate]], list[int]]:
-    """Greedy + branch candidates per prompt, and each prompt's number of branch points."""
-    from ttpa_jax.decode.tps import tps  # JAX is loaded only to decode
+                   skip: Callable[[int], bool] | None = None) -> Iterator[Finished]:
+    """Per decoded batch, its prompts' greedy + branch candidates and branch points (prompts that
+    ``skip`` names are neither decoded again nor yielded)."""
+    from ttpa_jax.decode.tps import iter_tps  # JAX is loaded only to decode
 
     stop_seqs = stop_token_sequences(tokenizer, decoding.stop)
 
@@ -119,30 +124,45 @@ def tps_candidates(model, tokenizer, prompts: list[Prompt], decoding: Decoding, 
             return np.ones(len(greedy), bool)
         return call_steps(tokenizer, greedy)
 
-    results = tps(model, [p.ids for p in prompts], max_new_tokens=decoding.max_new_tokens, config=tps_cfg,
-                  batch_size=decoding.batch_size, eos_ids=eos, stop_token_seqs=stop_seqs, bucket=decoding.bucket,
-                  progress=progress, eligible=eligible)
-    out, n_points = [], []
-    for prompt, res in zip(prompts, results, strict=True):
-        n_points.append(len(res.branch_points))
-        g = finish(tokenizer, res.greedy, eos, decoding.stop)
-        cands = [Candidate(g.text, g.token_ids, "greedy")]
-        locations = branch_locations(tokenizer, prompt, res.greedy) if res.branches else []
-        for b in res.branches:
-            c = finish(tokenizer, b.tokens, eos, decoding.stop)
-            info = {"position": b.position, "gap": b.gap, "token_id": b.token_id, "rank": b.rank, "prob": b.prob,
-                    "location": locations[b.position]}
-            cands.append(Candidate(c.text, c.token_ids, "branch", info))
-        out.append(cands)
-    return out, n_points
+    batches = iter_tps(model, [p.ids for p in prompts], max_new_tokens=decoding.max_new_tokens, config=tps_cfg,
+                       batch_size=decoding.batch_size, eos_ids=eos, stop_token_seqs=stop_seqs, bucket=decoding.bucket,
+                       eligible=eligible, skip=skip)
+    for idx, results in batches:
+        yield [(i, _tps_candidates(tokenizer, prompts[i], res, eos, decoding.stop), len(res.branch_points))
+               for i, res in zip(idx, results or []) if skip is None or not skip(i)]
+
+
+def _tps_candidates(tokenizer, prompt: Prompt, res, eos, stop) -> list[Candidate]:
+    g = finish(tokenizer, res.greedy, eos, stop)
+    cands = [Candidate(g.text, g.token_ids, "greedy")]
+    locations = branch_locations(tokenizer, prompt, res.greedy) if res.branches else []
+    for b in res.branches:
+        c = finish(tokenizer, b.tokens, eos, stop)
+        info = {"position": b.position, "gap": b.gap, "token_id": b.token_id, "rank": b.rank, "prob": b.prob,
+                "location": locations[b.position]}
+        cands.append(Candidate(c.text, c.token_ids, "branch", info))
+    return cands
 
 
 def trajectory_candidates(model, tokenizer, prompts: list[Prompt], decoding: Decoding, num_samples: int, eos,
-                          progress) -> list[list[Candidate]]:
-    """``num_samples`` independent samples per prompt (``decoding.temperature`` must be > 0)."""
-    from ttpa_jax.decode.generate import complete_with  # JAX is loaded only to decode
+                          skip: Callable[[int], bool] | None = None) -> Iterator[Finished]:
+    """``num_samples`` independent samples per prompt (``decoding.temperature`` must be > 0), yielded
+    per decoded batch for the prompts whose samples are all in (``skip`` as in ``tps_candidates``)."""
+    from ttpa_jax.decode.generate import decoding_settings, iter_complete  # JAX is loaded only to decode
 
     n = num_samples
-    done = complete_with(model, tokenizer, [p.ids for p in prompts for _ in range(n)], decoding, eos)
-    progress(len(prompts))
-    return [[Candidate(c.text, c.token_ids, "sample") for c in done[i * n:(i + 1) * n]] for i in range(len(prompts))]
+    done = (lambda r: False) if skip is None else (lambda r: skip(r // n))
+    pending: dict[int, dict[int, Candidate]] = {}
+    batches = iter_complete(model, tokenizer, [p.ids for p in prompts for _ in range(n)], eos_ids=eos, skip=done,
+                            **decoding_settings(decoding))
+    for idx, completions in batches:
+        finished: Finished = []
+        for r, c in zip(idx, completions or []):
+            if done(r):
+                continue
+            got = pending.setdefault(r // n, {})
+            got[r % n] = Candidate(c.text, c.token_ids, "sample")
+            if len(got) == n:
+                finished.append((r // n, [got[j] for j in range(n)], 0))
+                del pending[r // n]
+        yield finished

@@ -6,7 +6,9 @@ scored (ESM against the turn's gold calls; the return-value metric for answers),
 selected on token ids (``pairs.select_pairs``): chosen = the best candidate, error-free or not; the
 gold completion when the best scores below ``--gold-below``; rejected = candidates scoring at least
 ``--margin`` lower. Output: TRL conversational preference records with the token ids DPO trains on
-(``records``), and the pair audit next to them (``<out>.audit.json``, also printed).
+(``records``), and the pair audit next to them (``<out>.audit.json``, also printed). Pairs are
+written as each prompt finishes, and the same command run again continues an interrupted run
+(``output``): a killed run loses at most the batch it was decoding.
 
 Modes:
   ``tps``         token-level preference sampling (``ttpa_jax.decode.tps``): the greedy decode plus forced
@@ -19,6 +21,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +30,14 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from ttpa_jax.core.cli import require_paths, run, stage_main
-from ttpa_jax.core.jsonl import DataError, write_jsonl
+from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.sample.audit import audit_path, build_audit, format_audit, write_audit
 from ttpa_jax.sample.candidates import (Candidate, Prompt, read_prompts, score_candidate, tps_candidates,
                                         trajectory_candidates)
 from ttpa_jax.sample.pairs import no_pair_reason
+from ttpa_jax.sample.output import PairOutput
 from ttpa_jax.sample.records import pair_records
 from ttpa_jax.text.prompts import eos_token_ids, load_tokenizer
 from ttpa_jax.tools import esm
@@ -54,7 +58,9 @@ class SampleConfig:
     --tps.answer-turns, every final answer after tool results)."""
     out: Path
     """Output JSONL of preference records {"prompt", "chosen", "rejected", "tools", "prompt_ids",
-    "chosen_ids", "rejected_ids", "chosen_source", "meta"}; the audit goes to <out>.audit.json."""
+    "chosen_ids", "rejected_ids", "chosen_source", "meta"}, written as prompts finish (their outcomes in
+    <out>.prompts.jsonl); the audit goes to <out>.audit.json. Rerunning the same command continues an
+    interrupted run; other settings against an existing file are refused."""
     mode: Literal["tps", "trajectory"] = "tps"
     """tps: greedy + token-level branches; trajectory: independent samples at --decoding.temperature."""
     decoding: Decoding = Decoding()
@@ -89,9 +95,18 @@ def _check(config: SampleConfig) -> esm.ErrorWeights:
     return esm.ErrorWeights(**config.weights)
 
 
-def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any]:
-    """Run sampling as configured; write ``config.out`` and its audit; returns the summary.
+def run_settings(config: SampleConfig) -> dict[str, Any]:
+    """What the pairs depend on: every setting but ``out`` and ``progress``, as JSON values. A run
+    continues an existing ``--out`` only with these unchanged."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress")}
+    return json.loads(json.dumps(fields, default=str))
 
+
+def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any]:
+    """Run sampling as configured; write ``config.out`` as it goes, then its audit; returns the summary.
+
+    Rerun with the same settings, it continues an interrupted run (``sample.output``): the pairs of
+    the prompts already done are kept, the rest are made, and the file ends as a whole run's would.
     ``model`` / ``tokenizer``: already-loaded ones to use instead of loading ``config.model``.
     """
     from ttpa_jax.decode.generate import load_model  # deferred: keeps this module JAX-free
@@ -104,45 +119,57 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
     answer_turns = config.mode == "tps" and config.tps.answer_turns
     n_records, prompts = read_prompts(config.data, tokenizer, config.decoding.max_new_tokens,
                                       cfg_model.max_position_embeddings, answer_turns, skipped)
-    model = load_model(config.model, config.dtype) if model is None else model
-    eos = eos_token_ids(model.config, tokenizer, config.model)
-    with tqdm(total=len(prompts), desc=f"sample ({config.mode})", unit="prompt", disable=not config.progress) as bar:
-        if config.mode == "tps":
-            all_cands, n_points = tps_candidates(model, tokenizer, prompts, config.decoding, config.tps, eos, bar.update)
-        else:
-            all_cands = trajectory_candidates(model, tokenizer, prompts, config.decoding, config.num_samples, eos,
-                                              bar.update)
-            n_points = [0] * len(prompts)
-    errors, exact, records, outcomes = Counter(), 0, [], []
-    for prompt, cands, points in zip(prompts, all_cands, n_points, strict=True):
-        scores = [score_candidate(c.text, prompt, weights, config.format) for c in cands]
-        for s in scores:
-            errors.update({k: v for k, v in s.errors.items() if v})
-            exact += s.exact
-        made = pair_records(prompt, cands, scores, tokenizer=tokenizer, mode=config.mode, margin=config.margin,
-                            gold_below=config.gold_below)
-        records.extend(made)
-        distinct = len({tuple(c.tokens) for c in cands})
-        outcomes.append({"id": prompt.record_id, "turn": prompt.turn, "kind": prompt.kind, "candidates": len(cands),
-                         "distinct": distinct, "branch_points": points,
-                         "branch_locations": sorted({(c.branch["position"], c.branch["location"])
-                                                     for c in cands if c.branch}),
-                         "pairs": len(made),
-                         "reason": None if made else no_pair_reason(len(cands), distinct, points, config.mode)})
-    for o in outcomes:
-        o["branch_locations"] = [loc for _, loc in o["branch_locations"]]
-    write_jsonl(config.out, records)
+    with PairOutput(config.out, run_settings(config)) as output:
+        todo = [p for p in prompts if not output.done(p)]
+        if todo:
+            model = load_model(config.model, config.dtype) if model is None else model
+            eos = eos_token_ids(model.config, tokenizer, config.model)
+            done = [output.done(p) for p in prompts]
+            with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"sample ({config.mode})",
+                      unit="prompt", disable=not config.progress) as bar:
+                if config.mode == "tps":
+                    batches = tps_candidates(model, tokenizer, prompts, config.decoding, config.tps, eos, done.__getitem__)
+                else:
+                    batches = trajectory_candidates(model, tokenizer, prompts, config.decoding, config.num_samples,
+                                                    eos, done.__getitem__)
+                for finished in batches:
+                    for i, cands, points in finished:
+                        output.write(prompts[i], *_pairs_of(prompts[i], cands, points, weights, tokenizer, config))
+                    bar.update(len(finished))
+        outcomes, records = output.outcomes(), output.records()
     audit = build_audit(records, outcomes, dict(skipped))
     write_audit(audit_path(config.out), audit)
+    errors = Counter()
+    for o in outcomes:
+        errors.update(o["errors"])
     return {
         "records": n_records, "prompts": len(prompts),
         "tool_call_prompts": sum(p.kind == "tool_call" for p in prompts),
-        "answer_prompts": sum(p.kind == "answer" for p in prompts), "branch_points": sum(n_points),
-        "branches": sum(c.source == "branch" for cs in all_cands for c in cs),
-        "candidates": sum(len(c) for c in all_cands), "pairs": len(records), "exact_candidates": exact,
+        "answer_prompts": sum(p.kind == "answer" for p in prompts),
+        "branch_points": sum(o["branch_points"] for o in outcomes),
+        "branches": sum(o["branches"] for o in outcomes), "candidates": sum(o["candidates"] for o in outcomes),
+        "pairs": len(records), "exact_candidates": sum(o["exact"] for o in outcomes),
         "errors": dict(sorted(errors.items())), "out": str(config.out), "audit": audit,
         "audit_path": str(audit_path(config.out)),
     }
+
+
+def _pairs_of(prompt: Prompt, cands: list[Candidate], points: int, weights: esm.ErrorWeights, tokenizer,
+              config: SampleConfig) -> tuple[list[dict], dict[str, Any]]:
+    """One prompt's preference records and its outcome (what the audit and the summary count)."""
+    scores = [score_candidate(c.text, prompt, weights, config.format) for c in cands]
+    errors: Counter = Counter()
+    for s in scores:
+        errors.update({k: v for k, v in s.errors.items() if v})
+    made = pair_records(prompt, cands, scores, tokenizer=tokenizer, mode=config.mode, margin=config.margin,
+                        gold_below=config.gold_below)
+    distinct = len({tuple(c.tokens) for c in cands})
+    locations = sorted({(c.branch["position"], c.branch["location"]) for c in cands if c.branch})
+    return made, {"id": prompt.record_id, "turn": prompt.turn, "kind": prompt.kind, "candidates": len(cands),
+                  "distinct": distinct, "branch_points": points, "branch_locations": [loc for _, loc in locations],
+                  "pairs": len(made), "reason": None if made else no_pair_reason(len(cands), distinct, points, config.mode),
+                  "branches": sum(c.source == "branch" for c in cands), "exact": sum(s.exact for s in scores),
+                  "errors": dict(sorted(errors.items()))}
 
 
 def format_summary(s: dict[str, Any]) -> str:
