@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 from ttpa_jax.model.attention import DEFAULT_BLOCK, _blocked, _dense, _tile, attend, attention_mask  # noqa: E402
 from ttpa_jax.model.cpu_kernel import applies  # noqa: E402
 
-import report  # noqa: E402
+from ttpa_bench import report  # noqa: E402
+from ttpa_bench.workloads import pairs, to_longest  # noqa: E402
 
 N, K, H = 9, 3, 64
 LAYOUTS = {"packed 2 x 1536": ([[673, 844], [760, 764]], 1536, True),
@@ -84,8 +85,6 @@ def timed(fn, q, k, v, g, mask):
 def dpo_pairs():
     """``bench/method_step.py``'s first DPO batch (2 pairs, one per prompt): its shared-prefix rows at
     each grid and its one-sequence-per-row batch cut to the longest row, as the PyTorch step gets it."""
-    from method_step import pairs, to_longest
-
     from ttpa_jax.train.loader import collate
 
     exs = pairs(np.random.default_rng(0), 2, 700, 49152, 1)

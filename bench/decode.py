@@ -1,7 +1,7 @@
 """Decoding benchmark: our jitted greedy decode against transformers' ``generate``, and TPS branching
 from a forked KV cache against branching by re-prefilling every branched prefix.
 
-By default a random checkpoint of ``--preset``'s shape made with transformers (``train_step.PRESETS``:
+By default a random checkpoint of ``--preset``'s shape made with transformers (``ttpa_bench.workloads.PRESETS``:
 llama-22m, a ~22M Llama 3; qwen2.5-0.5b / 1.5b for a GPU), saved to a temp dir; ``--model`` takes a
 real one (a base model name, FILE.gguf or HF directory), with tool-shaped prompts (``--prompt-len``,
 ~700 tokens: a system prompt with tool schemas). Both sides decode the same left-padded batch with no
@@ -39,10 +39,10 @@ from ttpa_jax.model.transformer import count_params  # noqa: E402
 from ttpa_jax.text.prompts import left_pad  # noqa: E402
 from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps  # noqa: E402
 
-import report  # noqa: E402
-from train_step import PRESETS, device_peak  # noqa: E402
-from train_step_sides import make_checkpoint  # noqa: E402
-from report import median_times  # noqa: E402
+from ttpa_bench import report  # noqa: E402
+from ttpa_bench.report import median_times  # noqa: E402
+from ttpa_bench.sides import make_checkpoint  # noqa: E402
+from ttpa_bench.workloads import PRESETS, device_peak  # noqa: E402
 
 
 def prompts(n: int, lo: int, hi: int, seed: int = 0, vocab: int = 32000) -> list[list[int]]:

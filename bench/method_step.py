@@ -37,9 +37,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import report  # noqa: E402
-import train_step as ts  # noqa: E402
-import train_step_sides as sides  # noqa: E402
+from ttpa_bench import report, sides  # noqa: E402
+from ttpa_bench import workloads as wl  # noqa: E402
 from ttpa_jax.model import transformer  # noqa: E402
 from ttpa_jax.train.loader import collate  # noqa: E402
 from ttpa_jax.train.packing import LENGTHS_PER_OCTAVE, efficiency  # noqa: E402
@@ -48,7 +47,7 @@ from ttpa_jax.train.packing import LENGTHS_PER_OCTAVE, efficiency  # noqa: E402
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="base model name, GGUF or HF directory")
-    ap.add_argument("--preset", choices=sorted(ts.PRESETS), default=None,
+    ap.add_argument("--preset", choices=sorted(wl.PRESETS), default=None,
                     help="a random model of this shape instead of --model (the GPU figures: qwen2.5-0.5b / 1.5b)")
     ap.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -79,51 +78,6 @@ def parse_args():
     ap.add_argument("--skip-dpo", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
     return ap.parse_args()
-
-
-def pairs(rng, n, prompt, vocab, per_prompt=1):
-    """Tool-shaped preference examples as TPS makes them: ``per_prompt`` pairs per prompt (the last
-    prompt may have fewer), each the prompt's gold completion (20-80 tokens) as the chosen side and, as
-    the rejected side, the gold completion up to a branch point 4-16 tokens in, then a sampled tail of
-    its own; weights 1 on completion tokens."""
-    out = []
-    for g in range(-(-n // per_prompt)):
-        p = prompt + int(rng.integers(-40, 40))
-        gold = rng.integers(3, vocab, p + int(rng.integers(20, 80))).astype(np.int32)
-        for _ in range(min(per_prompt, n - g * per_prompt)):
-            fork = p + int(rng.integers(4, 16))
-            tail = rng.integers(3, vocab, int(rng.integers(12, 64))).astype(np.int32)
-            tail[0] = 3 + (gold[fork] - 2) % (vocab - 3)  # differs from the gold token at the branch point
-            ex = {}
-            for side, ids in (("chosen", gold), ("rejected", np.concatenate([gold[:fork], tail]))):
-                ex[f"{side}_ids"], ex[f"{side}_weights"] = ids, (np.arange(len(ids)) >= p).astype(np.float32)
-            out.append(ex)
-    return out
-
-
-def records(rng, n, prompt, vocab):
-    out = []
-    for _ in range(n):
-        p, c = prompt + int(rng.integers(-120, 120)), int(rng.integers(20, 80))
-        ids = rng.integers(3, vocab, p + c).astype(np.int32)
-        out.append({"input_ids": ids, "weights": (np.arange(p + c) >= p).astype(np.float32)})
-    return out
-
-
-def run_records(path, n, rng):
-    """``n`` records drawn from a run's tokenized SFT file (ids and loss weights as ``train`` wrote them)."""
-    from ttpa_jax.train.example_proto import decode_example
-    from ttpa_jax.train.recordio import open_source
-
-    src = open_source(path, "tfrecord" if str(path).endswith(".tfrecord") else "arrayrecord")
-    picks = rng.choice(len(src), size=min(n, len(src)), replace=False)
-    return [{k: decode_example(src[int(i)])[k] for k in ("input_ids", "weights")} for i in sorted(picks)]
-
-
-def to_longest(batch):
-    """A rows batch cut to its longest real row (TRL's collator pads to the longest, no buckets)."""
-    n = max(int(v.sum(-1).max()) for k, v in batch.items() if k.endswith("mask"))
-    return {k: (v[:, :n] if v.ndim == 2 else v) for k, v in batch.items()}
 
 
 def our_step(ours, batch, dpo, chunk):
@@ -157,11 +111,11 @@ def available_mib() -> float | None:
 
 
 def flops(cfg, lengths, rank, dpo):
-    return sum(ts.step_flops(cfg, 1, n, rank, dpo)[0] for n in lengths)
+    return sum(wl.step_flops(cfg, 1, n, rank, dpo)[0] for n in lengths)
 
 
 def run_flops(cfg, batch, rank, dpo):
-    """Model FLOPs of the tokens an SFT or shared-prefix DPO step runs (``train_step.step_flops``'s count):
+    """Model FLOPs of the tokens an SFT or shared-prefix DPO step runs (``workloads.step_flops``'s count):
     the decoder's matmuls over its real tokens (the last layer's, but for its keys and values, over the
     scored columns only), the LM head over the columns it scores (``sp_cols`` / ``score_cols``, else
     every real token), attention over the query-key pairs its mask keeps (per segment, a causal trunk,
@@ -178,13 +132,13 @@ def run_flops(cfg, batch, rank, dpo):
     cols = batch.get("sp_cols", batch.get("score_cols"))
     head = (6 if dpo else 4) * cfg["vocab_size"] * cfg["hidden_size"]  # per column: forward, input gradient, reference
     L = cfg["num_hidden_layers"]
-    layer = (ts.step_flops(cfg, 1, 1, rank, dpo)[1] - head) / L  # one layer's matmuls per token
+    layer = (wl.step_flops(cfg, 1, 1, rank, dpo)[1] - head) / L  # one layer's matmuls per token
     attention = L * 4 * cfg["hidden_size"] * pairs * (3 + dpo)
     if cols is None:
         return layer * L * tokens + head * tokens + attention
     # with scored columns the last layer runs its keys and values at every token, the rest at those columns
     # (its attention is still counted at every query: under 1% of the step)
-    shapes = ts.projections(cfg)
+    shapes = wl.projections(cfg)
     kv = sum(i * o + rank * (i + o) for i, o in shapes[1:3]) / sum(i * o + rank * (i + o) for i, o in shapes)
     scored = int((cols >= 0).sum())
     return layer * ((L - 1 + kv) * tokens + (1 - kv) * scored) + head * scored + attention
@@ -197,7 +151,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         if args.preset:
             d = tmp
-            sides.make_checkpoint(d, dict(ts.PRESETS[args.preset], **(
+            sides.make_checkpoint(d, dict(wl.PRESETS[args.preset], **(
                 {"num_hidden_layers": args.layers} if args.layers else {})))
         else:
             d = report.base_model_dir(args.model, args.layers, tmp)
@@ -214,22 +168,22 @@ def main():
           (f", first {args.layers} layers" if args.layers else "") +
           f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), {args.dtype}; "
           f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (core/malloc.py)")
-    peak, peak_note = ts.device_peak(args.peak_tflops, args.dtype)
+    peak, peak_note = wl.device_peak(args.peak_tflops, args.dtype)
     bw = report.bandwidth()
     report.value("matmul peak", peak / 1e9, "GFLOP/s", peak_note)
     report.value("memory bandwidth (measured)", bw / 1e9, "GB/s", "jitted a * c over 256 MiB, read + write")
 
     runs = []
     for k in [] if args.skip_dpo else args.pairs_per_prompt:
-        exs = pairs(rng, args.pairs, args.prompt, cfg["vocab_size"], k)
+        exs = wl.pairs(rng, args.pairs, args.prompt, cfg["vocab_size"], k)
         lengths = [len(e[s]) for e in exs for s in ("chosen_ids", "rejected_ids")]
         fast = collate(exs, pad, 64, 4096, layout="shared_prefix", row_length=args.row_length,
                        lengths_per_octave=args.lengths_per_octave)
         runs.append(("DPO", collate(exs, pad, 64, 4096), fast, True,
                      lengths, f"{args.pairs} pairs, {k} per prompt, sequences of {min(lengths)}-{max(lengths)} tokens"))
     if not args.skip_sft:
-        recs = (run_records(args.sft_data, args.records, rng) if args.sft_data
-                else records(rng, args.records, args.prompt, cfg["vocab_size"]))
+        recs = (wl.run_records(args.sft_data, args.records, rng) if args.sft_data
+                else wl.records(rng, args.records, args.prompt, cfg["vocab_size"]))
         rlen = [len(r["input_ids"]) for r in recs]
         fast = collate(recs, pad, 64, 4096, layout="packed", row_length=args.row_length,
                        lengths_per_octave=args.lengths_per_octave)
@@ -241,7 +195,7 @@ def main():
         f_step, f_comp, f_temp = our_step(ours, fast, dpo, args.logits_chunk)
         p_step, p_comp, p_temp = our_step(ours, plain, dpo, args.logits_chunk)
         fns = [f_step, p_step]
-        torch_batch = to_longest(plain)
+        torch_batch = wl.to_longest(plain)
         if ref is not None:
             fns.append(lambda: ref.step(torch_batch, dpo))
         first = [fn() for fn in fns]  # from equal adapters: the same loss

@@ -1,5 +1,6 @@
-"""The two sides of ``bench/train_step.py``: our jitted step and the PyTorch (transformers + peft)
-step as TRL computes it, plus the checkpoint and the batches they share."""
+"""The two sides of a training-step benchmark (``bench/train_step.py``, ``bench/method_step.py``): our
+jitted step and the PyTorch (transformers + peft) step as TRL computes it, plus the checkpoint and the
+batches they share."""
 
 from __future__ import annotations
 
