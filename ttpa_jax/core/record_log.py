@@ -54,32 +54,49 @@ def write_synced(fd: int, data: bytes) -> None:
 
 
 class RecordLog:
-    """Append records to ``path``; ``records`` maps the ids already there to their ``meta``."""
+    """Append records to ``path``; ``records`` maps the keys already there to their ``meta`` (or,
+    with ``whole=True``, to the records themselves).
 
-    def __init__(self, path: str | os.PathLike):
+    A record's key is its ``"id"`` (a string), or with ``key=("id", "turn")`` the tuple of those
+    fields (e.g. a prediction per assistant turn); ``in`` and ``records`` take keys of that form.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: tuple[str, ...] = ("id",), whole: bool = False):
         self.path = Path(path)
+        self.key_fields, self.whole = key, whole
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.torn_bytes = drop_torn_tail(self.path)
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[Any, Any] = {}
         if self.path.is_file():
             for lineno, obj in iter_jsonl(self.path):
-                rid = obj.get("id")
-                if not isinstance(rid, str):
-                    raise DataError(f"{self.path}:{lineno}: record without a string \"id\"")
+                rid = self.key_of(obj)
+                if rid is None:
+                    raise DataError(f"{self.path}:{lineno}: record without its key ({', '.join(key)}; \"id\" a string)")
                 if rid in self.records:
-                    raise DataError(f"{self.path}:{lineno}: duplicate id {rid!r}")
-                self.records[rid] = obj.get("meta") or {}
+                    raise DataError(f"{self.path}:{lineno}: duplicate key {rid!r}")
+                self.records[rid] = self._kept(obj)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def __contains__(self, record_id: str) -> bool:
-        return record_id in self.records
+    def key_of(self, record: dict[str, Any]) -> Any:
+        """The record's key, or None when a key field is missing (or its ``"id"`` is no string)."""
+        values = tuple(record.get(f) for f in self.key_fields)
+        if any(v is None for v in values) or not isinstance(record.get("id", ""), str):
+            return None
+        return values[0] if len(values) == 1 else values
+
+    def _kept(self, record: dict[str, Any]) -> Any:
+        return record if self.whole else record.get("meta") or {}
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.records
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line, then flush it to disk."""
-        if record["id"] in self.records:
-            raise ValueError(f"record {record['id']!r} is already in {self.path}")
+        rid = self.key_of(record)
+        if rid is None or rid in self.records:
+            raise ValueError(f"record {rid!r} has no key or is already in {self.path}")
         write_synced(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.records[record["id"]] = record.get("meta") or {}
+        self.records[rid] = self._kept(record)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -112,9 +112,19 @@ def encode_prompts(tokenizer, records: Sequence[dict], sources: Sequence[str], m
 
 
 def generate_completions(model_dir: str | os.PathLike | None, prompts: list[dict], max_new_tokens: int = 256,
-                         batch_size: int = 8, *, model=None, tokenizer=None, stop: Sequence[str] = (),
-                         sampling: Sampling = GREEDY, seed: int = 0, progress: bool = False) -> list[str]:
-    """Completion texts (greedy by default) for ``{"messages", "tools"}`` / ``{"text"}`` prompts.
+                         batch_size: int = 8, *, progress: bool = False, **kwargs) -> list[str]:
+    """Completion texts (greedy by default) for ``{"messages", "tools"}`` / ``{"text"}`` prompts, in
+    input order; the arguments are those of ``iter_completions``."""
+    with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+        return collect(iter_completions(model_dir, prompts, max_new_tokens, batch_size, **kwargs), len(prompts),
+                       bar.update)
+
+
+def iter_completions(model_dir: str | os.PathLike | None, prompts: list[dict], max_new_tokens: int = 256,
+                     batch_size: int = 8, *, model=None, tokenizer=None, stop: Sequence[str] = (),
+                     sampling: Sampling = GREEDY, seed: int = 0, skip=None):
+    """Completion texts batch by batch (``batching.iter_batches``): (input indices, their texts, or
+    None for a batch whose prompts are all ``skip``-ped: what a resumable stage has already).
 
     Give ``model_dir``, or an already-loaded ``model`` and ``tokenizer`` (``model_dir`` may then
     be None; when given too, it is only read for generation_config.json's EOS ids).
@@ -131,9 +141,9 @@ def generate_completions(model_dir: str | os.PathLike | None, prompts: list[dict
     sources = [f"prompts[{i}]" for i in range(len(prompts))]
     ids = encode_prompts(tokenizer, prompts, sources, max_new_tokens, model.config.max_position_embeddings)
     eos = eos_token_ids(model.config, tokenizer, model_dir)
-    done = complete(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, sampling=sampling,
-                    seed=seed, stop=stop, eos_ids=eos, progress=progress)
-    return [c.text for c in done]
+    batches = iter_complete(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            sampling=sampling, seed=seed, stop=stop, eos_ids=eos, skip=skip)
+    return ((idx, None if done is None else [c.text for c in done]) for idx, done in batches)
 
 
 def run(args: GenerateArgs) -> list[dict]:
