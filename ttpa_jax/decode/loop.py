@@ -128,14 +128,16 @@ def stop_hits(tokens, step, stop_seqs) -> jax.Array:
     return hit
 
 
-def _decode_loop(model, init: _Loop, kv_mask, prompt_lengths, keys, P: int, spec: LoopSpec) -> _Loop:
+def _decode_loop(model, init: _Loop, kv_mask, prompt_lengths, keys, P: int, spec: LoopSpec, until=None) -> _Loop:
+    """Decode steps until every row is done, ``M`` iterations ran, or (``until``, traced) that many."""
     B, S = kv_mask.shape
     M = spec.max_new_tokens
     rows = jnp.arange(B)
     eos = jnp.asarray(spec.eos_ids or (-1,), jnp.int32)
+    until = M if until is None else until
 
     def cond(c: _Loop):
-        return (c.it < M) & ~jnp.all(c.done)
+        return (c.it < M) & (c.it < until) & ~jnp.all(c.done)
 
     def body(c: _Loop) -> _Loop:
         active = ~c.done
@@ -168,6 +170,13 @@ def _prefill_and_decode(graphdef, params, conv_ids, conv_mask, row_conv, row_len
     prompt lengths. The U conversations are prefilled once; each row takes its conversation's cache
     with the columns after its prompt masked, and its first logits from its prompt's last column."""
     model = nnx.merge(graphdef, params)
+    init, kv_mask = _prefilled(model, conv_ids, conv_mask, row_conv, row_lengths, spec)
+    out = _decode_loop(model, init, kv_mask, row_lengths, keys, conv_ids.shape[1], spec)
+    return out, kv_mask, row_lengths
+
+
+def _prefilled(model, conv_ids, conv_mask, row_conv, row_lengths, spec: LoopSpec) -> tuple[_Loop, jax.Array]:
+    """The loop state before the first decode step, and kv_mask [B, S] (see ``_prefill_and_decode``)."""
     cfg = model.config
     conv_ids, conv_mask = (shard_activation(a, ("batch", "seq")) for a in (conv_ids, conv_mask))
     U, P = conv_ids.shape
@@ -192,8 +201,7 @@ def _prefill_and_decode(graphdef, params, conv_ids, conv_mask, row_conv, row_len
         top_probs=jnp.zeros((B, M, spec.record_k), jnp.float32),
         top_ids=jnp.zeros((B, M, spec.record_k), jnp.int32),
     )
-    out = _decode_loop(model, init, kv_mask, row_lengths, keys, P, spec)
-    return out, kv_mask, row_lengths
+    return init, kv_mask
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
@@ -265,6 +273,17 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, sampling: S
     arguments are U = B conversations and row b decodes after the first ``lengths[b]`` tokens of
     conversation ``conv[b]``; the result has B' rows (``key``: B' keys or one).
     """
+    spec = _spec(model, max_new_tokens, sampling, eos_ids, stop_token_seqs, record_k)
+    ids, mask, conv, lengths = bucketed_inputs(prompt_ids, prompt_mask, conv, lengths, bucket, spec.pad_id)
+    keys = row_keys(key, len(conv))
+    graphdef, params = nnx.split(model)
+    out, kv_mask, plen = _prefill_and_decode(graphdef, params, ids, mask, conv, lengths, keys, spec)
+    return _result(out, DecodeState(out.cache, kv_mask, plen, keys) if keep_cache else None)
+
+
+def bucketed_inputs(prompt_ids, prompt_mask, conv, lengths, bucket: int, pad_id: int):
+    """``generate``'s arguments checked and left padded to the bucketed width P: device arrays
+    ids, mask [U, P], conv [B], lengths [B]."""
     prompt_ids = np.asarray(prompt_ids, np.int32)
     prompt_mask = np.asarray(prompt_mask).astype(bool)
     U, T = prompt_ids.shape
@@ -276,15 +295,10 @@ def generate(model, prompt_ids, prompt_mask, *, max_new_tokens: int, sampling: S
     if np.any(lengths < 1) or np.any(lengths > prompt_mask.sum(axis=1)[conv]):
         raise ValueError("each row's prompt length must be between 1 and its conversation's length")
     P = prompt_bucket(T, bucket)
-    spec = _spec(model, max_new_tokens, sampling, eos_ids, stop_token_seqs, record_k)
-    ids = np.full((U, P), spec.pad_id, np.int32)
+    ids = np.full((U, P), pad_id, np.int32)
     mask = np.zeros((U, P), bool)
     ids[:, P - T:], mask[:, P - T:] = prompt_ids, prompt_mask
-    keys = row_keys(key, len(conv))
-    graphdef, params = nnx.split(model)
-    out, kv_mask, plen = _prefill_and_decode(graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(conv),
-                                             jnp.asarray(lengths), keys, spec)
-    return _result(out, DecodeState(out.cache, kv_mask, plen, keys) if keep_cache else None)
+    return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(conv), jnp.asarray(lengths)
 
 
 def continue_decoding(model, base: DecodeResult, rows, steps, forced_tokens, *, sampling: Sampling = GREEDY,

@@ -1,7 +1,8 @@
 """Fine-grained evaluation of tool use: ``python -m ttpa_jax.evaluate``.
 
 Reads a test set (SFT JSONL via ``--data``, or BFCL categories via ``--bfcl``), gets one prediction
-per assistant turn (``--predictions FILE`` made elsewhere, or ``--model DIR`` decoded here), and
+per assistant turn (``--predictions FILE`` made elsewhere, ``--model DIR`` decoded here, or
+``--endpoint URL``: any OpenAI-compatible server, ``evaluate.endpoint``), and
 reports, as a markdown table on stdout and JSON with ``--out``:
 
 tool_selection_accuracy  tool_call turns with the right tools and number of calls (no format,
@@ -74,6 +75,12 @@ class EvalConfig:
     """JSONL of {"id", "turn", "prediction"} per assistant turn, made elsewhere (docs/formats.md)."""
     model: Path | None = None
     """Local HF checkpoint directory to decode the predictions with (instead of --predictions)."""
+    endpoint: str | None = None
+    """Base URL of an OpenAI-compatible chat endpoint to get the predictions from instead, e.g.
+    http://127.0.0.1:8000/v1 (python -m ttpa_jax.serve, vLLM, ...): greedy, tools sent, the answer's
+    tool_calls scored (key from OPENAI_API_KEY)."""
+    endpoint_model: str | None = None
+    """Model name sent to --endpoint (default: the first one it lists)."""
     out: Path | None = None
     """Where to write the metrics as JSON (with per-turn details)."""
     name: str = "model"
@@ -81,9 +88,9 @@ class EvalConfig:
     format: Literal["auto", "qwen", "llama"] = "auto"
     """Tool-call format to parse predictions with."""
     max_new_tokens: int = 512
-    """Decoding budget per turn (--model only)."""
+    """Decoding budget per turn (--model and --endpoint)."""
     batch_size: int = 8
-    """Prompts decoded together (--model only)."""
+    """Prompts decoded together (--model only; with --endpoint, requests in flight)."""
     progress: bool = True
     """Show a progress bar while decoding (--model only)."""
 
@@ -93,13 +100,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     of ``leaderboard.run_bfcl`` (verdicts, columns, and ESM's columns under ``esm``)."""
     if (cfg.data is None) == (cfg.bfcl is None):
         raise DataError("give exactly one test set: --data FILE or --bfcl CATEGORIES")
-    if (cfg.predictions is None) == (cfg.model is None):
-        raise DataError("give exactly one source of predictions: --predictions FILE or --model DIR")
+    if sum(x is not None for x in (cfg.predictions, cfg.model, cfg.endpoint)) != 1:
+        raise DataError("give exactly one source of predictions: --predictions FILE, --model DIR or --endpoint URL")
     if cfg.bfcl is not None:
         return run_bfcl([c.strip() for c in cfg.bfcl.split(",") if c.strip()], name=cfg.name,
                         predictions=cfg.predictions, model=cfg.model, mode=cfg.bfcl_mode, limit=cfg.limit,
                         format=cfg.format, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        progress=cfg.progress)
+                        progress=cfg.progress, endpoint=cfg.endpoint, endpoint_model=cfg.endpoint_model)
     records = read_records(cfg.data)
     items = items_from_records(records)
     failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
@@ -107,6 +114,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         print(f"{cfg.data}: {failed} failed tool calls (answered by an error) not scored", file=sys.stderr)
     if cfg.predictions is not None:
         preds = read_predictions(cfg.predictions, items)
+    elif cfg.endpoint is not None:
+        from ttpa_jax.evaluate.endpoint import endpoint_predictions  # the openai client, only for this mode
+
+        got = endpoint_predictions([(i.prompt, i.tools) for i in items], cfg.endpoint, cfg.endpoint_model,
+                                   cfg.max_new_tokens, cfg.batch_size, cfg.progress)
+        preds = {(i.id, i.turn): p for i, p in zip(items, got, strict=True)}
     else:
         preds = generate_predictions(items, str(cfg.model), cfg.max_new_tokens, cfg.batch_size, cfg.progress)
     return {cfg.name: evaluate_items(items, preds, cfg.format)}

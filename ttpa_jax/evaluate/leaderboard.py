@@ -117,18 +117,25 @@ def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max
 
 def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Path | None = None,
              model: Path | None = None, mode: str = "auto", limit: int | None = None, format: Format = "auto",
-             max_new_tokens: int = 512, batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+             max_new_tokens: int = 512, batch_size: int = 8, progress: bool = True, endpoint: str | None = None,
+             endpoint_model: str | None = None) -> dict[str, Any]:
     """The BFCL result: ``mode``, ``categories`` (accuracy per category), ``leaderboard`` (its
     columns), ``entries`` (verdict, error, prediction and decoded calls per entry), ``esm``
     (``{column: fine-grained metrics}``, all and per category), ``missing_predictions`` and
     ``prompts_too_long`` (ids not decoded, see ``generate``)."""
-    if (predictions is None) == (model is None):
-        raise DataError("give exactly one source of predictions: --predictions FILE or --model DIR")
+    if sum(x is not None for x in (predictions, model, endpoint)) != 1:
+        raise DataError("give exactly one source of predictions: --predictions FILE, --model DIR or --endpoint URL")
     chosen = bfcl.load_entries(list(categories), limit)
     resolved = resolve_mode(mode, model)
     if predictions is not None:
         # keyed against every BFCL entry, so one file made for all of BFCL serves any subset and --limit
         preds, too_long = read_predictions(predictions, bfcl.to_items(bfcl.load_entries(["all"]))), []
+    elif endpoint is not None:  # what the endpoint's client receives (its tool_calls, else its text)
+        from ttpa_jax.evaluate.endpoint import endpoint_predictions  # the openai client, only for this mode
+
+        got = endpoint_predictions([bfcl.prompt_of(e, resolved) for e in chosen], endpoint, endpoint_model,
+                                   max_new_tokens, batch_size, progress)
+        preds, too_long = {(e.id, len(e.question)): p for e, p in zip(chosen, got, strict=True)}, []
     else:
         preds, too_long = generate(chosen, resolved, str(model), max_new_tokens, batch_size, progress)
     rows, for_esm = judge_all(chosen, preds, resolved, format)

@@ -1,0 +1,1 @@
+"""Stage 6, ``python -m ttpa_jax.serve``: an OpenAI-compatible chat-completions server on our decoder."""
