@@ -276,3 +276,34 @@ def test_bad_command_lines_exit_2(tmp_path):
         main(["--model", "x", "--batch-size", "0"])
     assert e.value.code == 2
     assert main(["--model", str(tmp_path / "missing.gguf")]) == 2
+
+
+def test_request_checks_and_the_queue_limit_without_a_model():
+    from types import SimpleNamespace
+
+    from ttpa_jax.serve.engine import Engine, Job, sampling_of
+    from ttpa_jax.serve.protocol import RequestError, parse_chat_request
+
+    body = {"model": "m", "messages": QUESTION, "tools": TOOLS}
+    req = parse_chat_request(body, ("m",))
+    assert (req.tool_choice, req.temperature, req.n, req.stop) == ("auto", 1.0, 1, ())
+    for bad, param in (({"temperature": 3}, "temperature"), ({"n": 0}, "n"), ({"stop": ["a"] * 5}, "stop"),
+                       ({"response_format": {"type": "json_object"}}, "response_format"), ({"foo": 1}, "foo"),
+                       ({"tool_choice": "required", "tools": []}, "tool_choice"), ({"stream": "yes"}, "stream"),
+                       ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content")):
+        with pytest.raises(RequestError) as e:
+            parse_chat_request({**body, **bad}, ("m",))
+        assert e.value.status == 400 and e.value.param == param, bad
+    with pytest.raises(RequestError) as e:
+        parse_chat_request({**body, "model": "other"}, ("m",))
+    assert e.value.status == 404 and e.value.code == "model_not_found"
+    engine = Engine(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64)), None, eos_ids=(1,),
+                    max_queue=1)
+    job = lambda: Job([1, 2], "", req, 8, sampling_of(req), 0)  # noqa: E731
+    with pytest.raises(RequestError, match="shutting down"):
+        engine.submit(job())
+    engine._running = True  # accepting requests, no decoding thread
+    engine.submit(job())
+    with pytest.raises(RequestError) as e:
+        engine.submit(job())
+    assert e.value.status == 429 and e.value.code == "queue_full"

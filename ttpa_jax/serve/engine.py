@@ -223,6 +223,8 @@ class Engine:
                 for r, i in enumerate(live):
                     job, c = rows[i]
                     self._progress(job, c, tokens[r, : lengths[r]].tolist(), bool(done[r]) or seg.finished, stop)
+                if all(rows[i][0].ended[rows[i][1]] is not None for i in live):
+                    break  # every row reached its own request's budget: the rest of the loop's is not needed
             return [None] * len(batch.rows)
 
         decode_in_batches([j.ids for j, _ in rows], self.batch_size, self.model.config.pad_id, decode_batch)
