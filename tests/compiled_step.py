@@ -1,5 +1,5 @@
-"""Compile the real train step (``trainer.Trainer.create``: the model built, split, placed and
-jitted as ``trainer.train`` does) and return XLA's memory analysis of it, for ``ttpa_jax.plan.memory``."""
+"""Compile the real train step (``RecordUnit.trainer``: the model built, split, placed and
+jitted as ``loop.train`` does) and return XLA's memory analysis of it, for ``ttpa_jax.plan.memory``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import numpy as np
 
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.model.sharding import Placement, make_mesh
-from ttpa_jax.train.config import MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.train.trainer import Trainer
+from ttpa_jax.train.batches import PairRows, TokenRows
+from ttpa_jax.train.config import MeshConfig, OptimConfig
+from ttpa_jax.train.methods import load_unit, method_config
 
 
-def host_batch(objective: str, batch: int, seq_len: int) -> dict[str, np.ndarray]:
+def host_batch(objective: str, batch: int, seq_len: int) -> TokenRows | PairRows:
     prefixes = ("",) if objective == "sft" else ("chosen_", "rejected_")
     out = {}
     for p in prefixes:
@@ -21,17 +22,17 @@ def host_batch(objective: str, batch: int, seq_len: int) -> dict[str, np.ndarray
         out[ids] = np.ones((batch, seq_len), np.int32)
         out[mask] = np.ones((batch, seq_len), np.int32)
         out[weights] = np.ones((batch, seq_len), np.float32)
-    return out
+    return TokenRows(**out) if objective == "sft" else PairRows(**out)
 
 
 def compiled_memory(model: str, mesh: tuple[int, int, int], *, objective: str = "sft", lora_rank: int = 8,
                     batch_size: int = 8, seq_len: int = 128, dtype: str = "float32", grad_accum: int = 1,
                     logits_chunk: int = 0):
     """``compiled.memory_analysis()`` of the train step for this run on the first devices."""
-    cfg = TrainConfig(objective=objective, model=model, data="", out="", lora=LoraConfig(rank=lora_rank), mesh=MeshConfig(*mesh),
-                      dtype=dtype, optim=OptimConfig(grad_accum=grad_accum), logits_chunk=logits_chunk)
+    cfg = method_config(objective, model=model, data="", out="", lora=LoraConfig(rank=lora_rank), mesh=MeshConfig(*mesh),
+                        dtype=dtype, optim=OptimConfig(grad_accum=grad_accum), logits_chunk=logits_chunk)
     placement = Placement(make_mesh(*mesh))
-    st = Trainer.create(cfg, placement, steps=10)
+    st = load_unit(cfg).trainer(cfg, placement, steps=10)
     batch = placement.batch(host_batch(objective, batch_size, seq_len))
     with jax.set_mesh(placement.mesh):
         lowered = st.step_fn.lower(st.trainable, st.frozen, st.ref_params, st.opt_state, batch, jax.random.key(0))

@@ -16,11 +16,13 @@ import ttpa_jax
 from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.export.weights import load_run
 from ttpa_jax.model.lora import LoraConfig
-from ttpa_jax.model.transformer import Ctx, token_scores
-from ttpa_jax.train.objectives import make_dpo
+from ttpa_jax.model.transformer import Ctx
+from ttpa_jax.train.dpo.unit import make_dpo
 from ttpa_jax.train.recordio import open_source
-from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.train.trainer import train
+from ttpa_jax.train.batches import PairRows
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
+from ttpa_jax.train.dpo.config import DpoArgs, DpoConfig
+from ttpa_jax.train.loop import train
 
 from helpers import metrics, preference_records, write_jsonl
 
@@ -28,13 +30,13 @@ METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "
            "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
 
 
-def dpo_config(model_dir, data, out, **kw) -> TrainConfig:
-    base = dict(objective="dpo", model=str(model_dir), data=str(data), out=str(out),
+def dpo_config(model_dir, data, out, **kw) -> DpoArgs:
+    base = dict(model=str(model_dir), data=str(data), out=str(out),
                 mesh=MeshConfig(data=1, fsdp=1, tensor=1), lora=LoraConfig(rank=8, alpha=16),
                 dataset=DataConfig(batch_size=4, max_length=512, shuffle=False),
                 optim=OptimConfig(lr=2e-2, warmup_steps=0), save_every=100)
     base.update(kw)
-    return TrainConfig(**base)
+    return DpoArgs(**base)
 
 
 
@@ -85,13 +87,17 @@ def numpy_dpo(pol_logits, ref_logits, batch, beta, loss_type, ls, sft_weight):
 
 
 class FixedLogits:
-    """A stand-in model with given logits, so the objective is tested on known numbers."""
+    """A stand-in model with given logits, so the objective is tested on known numbers: its hidden
+    states are the logits and its LM head the identity."""
 
     def __init__(self, logits):
         self.logits = jnp.asarray(logits)
 
-    def token_logps_and_vocab_mean(self, ids, mask, ctx=Ctx(), chunk=0):
-        return token_scores(self.logits, ids)
+    def hidden_states(self, ids, positions, kv_mask, **kw):
+        return self.logits, None
+
+    def head_weight(self):
+        return jnp.eye(self.logits.shape[-1], dtype=self.logits.dtype)
 
 
 @pytest.mark.parametrize("loss_type,ls,sft_weight", [
@@ -112,7 +118,7 @@ def test_dpo_losses_and_metrics_match_numpy(loss_type, ls, sft_weight):
     ref = rng.normal(size=(2 * B, L, V)).astype(np.float32) * 2
     beta = 0.3
     obj = make_dpo(beta, loss_type, ls, sft_weight)
-    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    jb = PairRows(**{k: jnp.asarray(v) for k, v in batch.items()})
     _, sums = obj.loss(FixedLogits(pol), FixedLogits(ref), jb, Ctx(), obj.normalizers(jb))
     ours = {k: float(v) for k, v in obj.finalize(sums).items()}
     expected = numpy_dpo(pol, ref, batch, beta, loss_type, ls, sft_weight)

@@ -16,7 +16,7 @@ PACKAGE = Path(ttpa_jax.__file__).parent
 JAX_FREE_PACKAGES = ("ttpa_jax.core", "ttpa_jax.tools", "ttpa_jax.construct")
 # Settings and metrics modules that stages and --help import: JAX is loaded only when a model runs.
 JAX_FREE_MODULES = ("ttpa_jax", "ttpa_jax.model.settings", "ttpa_jax.model.config", "ttpa_jax.train.config",
-                    "ttpa_jax.train.cli", "ttpa_jax.plan.memory", "ttpa_jax.export.exporter",
+                    "ttpa_jax.train.cli", "ttpa_jax.train.methods", "ttpa_jax.plan.memory", "ttpa_jax.export.exporter",
                     "ttpa_jax.export.settings", "ttpa_jax.experiments.pipeline", "ttpa_jax.evaluate.evaluator",
                     "ttpa_jax.evaluate.bfcl", "ttpa_jax.evaluate.report", "ttpa_jax.decode.settings")
 HEAVY = ("jax", "flax", "optax", "orbax")

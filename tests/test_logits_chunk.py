@@ -12,7 +12,9 @@ import pytest
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import even_chunks, init_model
-from ttpa_jax.train.objectives import make_dpo, make_sft
+from ttpa_jax.train.dpo.unit import make_dpo
+from ttpa_jax.train.sft.unit import make_sft
+from ttpa_jax.train.batches import PairRows, TokenRows
 from ttpa_jax.train.trainer import make_train_step, split_model
 
 from compiled_step import compiled_memory
@@ -33,7 +35,7 @@ def batches(vocab: int):
         dpo[f"{side}_mask"] = mask
         dpo[f"{side}_weights"] = (weights > 0).astype(np.float32)
     as_jax = lambda b: {k: jnp.asarray(v, jnp.int32 if v.dtype.kind == "i" else v.dtype) for k, v in b.items()}  # noqa: E731
-    return as_jax(sft), as_jax(dpo)
+    return TokenRows(**as_jax(sft)), PairRows(**as_jax(dpo))
 
 
 @pytest.mark.parametrize("T, chunk, expected", [(23, 5, (5, 5)), (23, 10, (3, 8)), (384, 256, (2, 192)),

@@ -9,7 +9,7 @@ import optax
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.loader import collate
-from ttpa_jax.train.objectives import make_sft
+from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.packing import efficiency, pack, plan_rows
 from ttpa_jax.train.trainer import make_train_step, split_model
 
@@ -50,7 +50,7 @@ def test_packed_sft_step_equals_one_record_per_row():
         graphdef, trainable, frozen = split_model(init_model(cfg, seed=2), lora=False)
         tx = optax.sgd(1.0)
         step = make_train_step(graphdef, make_sft(logits_chunk=16), tx, 1, lora=False)
-        out[name] = step(trainable, frozen, None, tx.init(trainable), {k: jnp.asarray(v) for k, v in batch.items()},
+        out[name] = step(trainable, frozen, None, tx.init(trainable), jax.tree.map(jnp.asarray, batch),
                          jax.random.key(0))
     (p0, _, m0), (p1, _, m1) = out["rows"], out["packed"]
     for k in m0:

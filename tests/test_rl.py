@@ -17,9 +17,12 @@ from ttpa_jax.model.transformer import Ctx, init_model, positions_from_mask
 from ttpa_jax.sample.sampler import Prompt
 from ttpa_jax.text.prompts import encode_chat, load_tokenizer
 from ttpa_jax.tools.rewards import parse_reward_spec
-from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, RlConfig, TrainConfig
+from ttpa_jax.train.batches import GroupEpisodes, ValuedEpisodes
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
+from ttpa_jax.train.loop import train
+from ttpa_jax.train.methods import method_config
+from ttpa_jax.train.rl.config import RlArgs, RlConfig
 from ttpa_jax.train.rl.grpo import make_grpo
-from ttpa_jax.train.rl.loop import train_rl
 from ttpa_jax.train.rl.policy import ValueHead
 from ttpa_jax.train.rl.ppo import make_ppo
 from ttpa_jax.train.rl.rewards import Episode, EpisodeReward
@@ -120,8 +123,8 @@ def test_grpo_loss_matches_numpy(two_models, scale, temperature, chunk):
                      logits_chunk=chunk)
     host, extra = algo.host_inputs(rewards, G)
     assert extra["zero_std_groups"] == 1 and np.all(host["advantages"][2:] == 0)
-    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(attn), "loss_mask": jnp.asarray(mask),
-             "advantages": jnp.asarray(host["advantages"])}
+    batch = GroupEpisodes(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(attn), loss_mask=jnp.asarray(mask),
+                          advantages=jnp.asarray(host["advantages"]))
     prepared = algo.prepare(policy, reference, None, batch)
     logits = np.asarray(policy(jnp.asarray(ids), jnp.asarray(attn))) / temperature  # the sampling distribution
     logp, ent = _np_logp_entropy(logits, ids)
@@ -130,7 +133,7 @@ def test_grpo_loss_matches_numpy(two_models, scale, temperature, chunk):
     np.testing.assert_allclose(np.asarray(prepared["ref_logp"]) * mask, ref * mask, atol=1e-5)
     # the policy moved since sampling: ratios away from 1, some of them clipped
     old = logp + np.random.RandomState(1).uniform(-0.4, 0.4, logp.shape)
-    batch.update(old_logp=jnp.asarray(old, jnp.float32), ref_logp=jnp.asarray(ref, jnp.float32))
+    batch = batch.replace(old_logp=jnp.asarray(old, jnp.float32), ref_logp=jnp.asarray(ref, jnp.float32))
     loss, sums = algo.loss(policy, None, batch, Ctx())
     m = algo.finalize(sums)
     want, kl, clip = _np_grpo(logp, old, ref, rewards, G, mask, 0.2, 0.28, 0.3, scale)
@@ -152,8 +155,8 @@ def test_ppo_loss_matches_numpy(two_models):
     kw = dict(kl_ctl=0.4, clip_reward_value=5.0, cliprange=0.2, cliprange_value=0.2, gamma=1.0, lam=0.95, vf_coef=0.1)
     algo = make_ppo(**kw)
     scores = np.array([1.0, -2.0, 7.0, -0.25], np.float32)  # 7 is clipped to 5
-    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(attn), "loss_mask": jnp.asarray(mask),
-             **{k: jnp.asarray(v) for k, v in algo.host_inputs(scores, 1)[0].items()}}
+    batch = ValuedEpisodes(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(attn), loss_mask=jnp.asarray(mask),
+                           **{k: jnp.asarray(v) for k, v in algo.host_inputs(scores, 1)[0].items()})
     prepared = algo.prepare(policy, reference, head, batch)
     h, _ = policy.hidden_states(jnp.asarray(ids), positions_from_mask(jnp.asarray(attn)), jnp.asarray(attn))
     v_all = np.asarray(h, np.float64) @ np.asarray(head.proj.kernel[...], np.float64) + 0.1  # [B, T, 1]
@@ -170,9 +173,9 @@ def test_ppo_loss_matches_numpy(two_models):
     old = logp + noise.uniform(-0.4, 0.4, logp.shape)
     old_values = values + noise.uniform(-0.5, 0.5, values.shape) * mask
     want, adv, ret = _np_ppo(logp, old, ref, values, old_values, scores, mask, 0.4, 5.0, 0.2, 0.2, 1.0, 0.95, 0.1)
-    batch.update(old_logp=jnp.asarray(old, jnp.float32), ref_logp=jnp.asarray(ref, jnp.float32),
-                 old_values=jnp.asarray(old_values, jnp.float32), advantages=jnp.asarray(adv, jnp.float32),
-                 returns=jnp.asarray(ret, jnp.float32))
+    batch = batch.replace(old_logp=jnp.asarray(old, jnp.float32), ref_logp=jnp.asarray(ref, jnp.float32),
+                          old_values=jnp.asarray(old_values, jnp.float32), advantages=jnp.asarray(adv, jnp.float32),
+                          returns=jnp.asarray(ret, jnp.float32))
     loss, sums = algo.loss(policy, head, batch, Ctx())
     np.testing.assert_allclose(float(loss), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(float(algo.finalize(sums)["loss"]), want, rtol=1e-5, atol=1e-5)
@@ -262,12 +265,12 @@ def test_toolbox_executor_refuses_what_it_cannot_run():
 
 # ------------------------------------------------------------------ training runs
 def rl_config(model_dir, data, out, objective="grpo", mesh=MeshConfig(data=1, fsdp=1, tensor=1), steps=3,
-              **rl) -> TrainConfig:
+              **rl) -> RlArgs:
     settings = {**dict(group_size=4, prompts_per_step=2, max_new_tokens=8, max_turns=1, temperature=1.0), **rl}
-    return TrainConfig(objective=objective, model=str(model_dir), data=str(data), out=str(out), mesh=mesh,
-                       lora=LoraConfig(rank=8, alpha=16), dataset=DataConfig(max_length=512, pad_multiple=16),
-                       optim=OptimConfig(lr=2e-2, warmup_steps=0), steps=steps, save_every=100,
-                       rl=RlConfig(**settings))
+    return method_config(objective, model=str(model_dir), data=str(data), out=str(out), mesh=mesh,
+                         lora=LoraConfig(rank=8, alpha=16), dataset=DataConfig(max_length=512, pad_multiple=16),
+                         optim=OptimConfig(lr=2e-2, warmup_steps=0), steps=steps, save_every=100,
+                         rl=RlConfig(**settings))
 
 
 def even_tokens(ep: Episode):
@@ -302,7 +305,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(rl_model_dir, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("rl") / "whole"
-    train_rl(rl_config(rl_model_dir, data, out, num_iterations=2), progress=False, reward_fn=even_tokens)
+    train(rl_config(rl_model_dir, data, out, num_iterations=2), progress=False, reward_fn=even_tokens)
     return metrics(out)
 
 
@@ -336,7 +339,7 @@ def test_learnable_reward_rises_with_bounded_kl(rl_model_dir, data, tmp_path):
     out = tmp_path / "run"
     cfg = rl_config(rl_model_dir, data, out, steps=15, group_size=8, temperature=0.15, kl_coef=0.04)
     cfg = dataclasses.replace(cfg, lora=LoraConfig(rank=0), optim=OptimConfig(lr=3e-3, warmup_steps=0))
-    train_rl(cfg, progress=False, reward_fn=reward)
+    train(cfg, progress=False, reward_fn=reward)
     rows = metrics(out)
     r = [m["reward"] for m in rows]
     assert len(rows) == 15
@@ -350,9 +353,9 @@ def test_killed_grpo_run_resumes_to_the_same_metrics(rl_model_dir, data, tmp_pat
     cfg = rl_config(rl_model_dir, data, tmp_path / "run", num_iterations=2)
     import dataclasses
 
-    train_rl(dataclasses.replace(cfg, stop_after=2), progress=False, reward_fn=even_tokens)
+    train(dataclasses.replace(cfg, stop_after=2), progress=False, reward_fn=even_tokens)
     assert len(metrics(tmp_path / "run")) == 2
-    train_rl(cfg, progress=False, reward_fn=even_tokens)
+    train(cfg, progress=False, reward_fn=even_tokens)
     resumed = metrics(tmp_path / "run")
     assert [m["step"] for m in resumed] == [1, 2, 3]
     for a, b in zip(reference_run, resumed):
@@ -362,7 +365,7 @@ def test_killed_grpo_run_resumes_to_the_same_metrics(rl_model_dir, data, tmp_pat
 
 def test_sharded_run_equals_single_device(rl_model_dir, data, tmp_path, reference_run):
     assert len(jax.devices()) == 8
-    train_rl(rl_config(rl_model_dir, data, tmp_path / "run", num_iterations=2,
+    train(rl_config(rl_model_dir, data, tmp_path / "run", num_iterations=2,
                        mesh=MeshConfig(data=2, fsdp=4, tensor=1)), progress=False, reward_fn=even_tokens)
     sharded = metrics(tmp_path / "run")
     for a, b in zip(reference_run, sharded):
@@ -376,8 +379,8 @@ def test_ppo_runs_with_the_tl_reward_and_a_value_head(rl_model_dir, data, tmp_pa
     out = tmp_path / "ppo"
     cfg = rl_config(rl_model_dir, data, out, objective="ppo", steps=2, kl_coef=0.4, group_size=1,
                     prompts_per_step=8, max_turns=2, reward="tl")
-    train_rl(dataclasses.replace(cfg, stop_after=1), progress=False)
-    summary = train_rl(cfg, progress=False)  # resumes: the value head comes back with the optimizer state
+    train(dataclasses.replace(cfg, stop_after=1), progress=False)
+    summary = train(cfg, progress=False)  # resumes: the value head comes back with the optimizer state
     assert [r["step"] for r in metrics(out)] == [1, 2]
     m = summary["metrics"]
     assert m["rewards/tl/mean"] == pytest.approx(-2.0)  # an untrained model makes no parsable call

@@ -145,8 +145,8 @@ def test_sample_trajectory_mode_python_entry(tiny, tmp_path):
     again = SampleConfig(**{**cfg.__dict__, "out": tmp_path / "b.jsonl"})
     sample(again, model=model, tokenizer=tok)
     assert (tmp_path / "b.jsonl").read_text() == cfg.out.read_text()  # same seed, same samples
-    with pytest.raises(DataError, match="unknown error type 'bogus'"):
-        sample(SampleConfig(**{**cfg.__dict__, "weights": {"bogus": 1.0}}), model=model, tokenizer=tok)
+    with pytest.raises(ValueError, match="esm.param_value"):  # --esm.param-value -1
+        sample(SampleConfig(**{**cfg.__dict__, "esm": esm.ErrorWeights(param_value=-1.0)}), model=model, tokenizer=tok)
     with pytest.raises(DataError, match="temperature > 0"):
         sample(SampleConfig(**{**cfg.__dict__, "decoding": Decoding()}), model=model, tokenizer=tok)
 

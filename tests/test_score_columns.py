@@ -14,8 +14,9 @@ from test_packing import examples
 from test_shared_prefix import _assert_same, _steps, group_batch
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.transformer import init_model
+from ttpa_jax.train.batches import PairRows
 from ttpa_jax.train.loader import collate
-from ttpa_jax.train.objectives import make_sft
+from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.score_columns import pair_columns, score_columns, sft_columns
 from ttpa_jax.train.shared_prefix import shared_prefix_batch
 from ttpa_jax.train.trainer import make_train_step, split_model
@@ -56,11 +57,11 @@ def test_sft_step_on_scored_columns_equals_every_column(layout, chunk):
     batch = collate(exs, 0, 8, 64, layout=layout)
     assert batch["score_cols"].shape[1] < batch["input_ids"].shape[1]
     out = []
-    for b in (batch, {k: v for k, v in batch.items() if k != "score_cols"}):
+    for b in (batch, batch.replace(score_cols=None)):
         graphdef, trainable, frozen = split_model(init_model(cfg, seed=2), lora=False)
         tx = optax.sgd(1.0)
         step = make_train_step(graphdef, make_sft(logits_chunk=chunk), tx, 1, lora=False)
-        params, _, m = step(trainable, frozen, None, tx.init(trainable), {k: jnp.asarray(v) for k, v in b.items()},
+        params, _, m = step(trainable, frozen, None, tx.init(trainable), jax.tree.map(jnp.asarray, b),
                             jax.random.key(0))
         out.append((params, {k: float(v) for k, v in m.items()}))
     assert out[0][1]["grad_norm"] > 0
@@ -72,8 +73,8 @@ def test_dpo_step_on_scored_columns_equals_every_column(lora, tie, chunk):
     cfg = dataclasses.replace(load_config("tiny-qwen2"), tie_word_embeddings=tie)
     batch = group_batch(cfg.vocab_size, seed=4, prompt=40)
     batch.pop("ref_chosen_logp")
-    sp = shared_prefix_batch(batch, pad_multiple=8, max_length=128)  # grouped, as one process collates
-    cols = {**sp, "sp_cols": pair_columns(sp)}
+    sp = shared_prefix_batch(PairRows(**batch), pad_multiple=8, max_length=128)  # grouped, as one process collates
+    cols = sp.replace(sp_cols=pair_columns(sp))
     assert cols["sp_cols"].shape[1] < sp["sp_ids"].shape[1]
     every, scored = _steps(cfg, lora, sp, chunk), _steps(cfg, lora, cols, chunk)
     assert every[1]["rewards/margins"] != 0.0

@@ -17,20 +17,22 @@ from ttpa_jax.decode.loop import generate
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.sharding import Placement, make_mesh, mesh_shape, place_state, spec_for
-from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig
-from ttpa_jax.train.trainer import Trainer, batch_layout, train
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
+from ttpa_jax.train.dpo.config import DpoArgs
+from ttpa_jax.train.dpo.unit import UNIT as DPO
+from ttpa_jax.train.loop import train
 
 from helpers import metrics, preference_records, write_jsonl
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 
 
-def dpo_config(model_dir, data, out, mesh, **kw) -> TrainConfig:
-    base = dict(objective="dpo", model=str(model_dir), data=str(data), out=str(out), mesh=MeshConfig(*mesh),
+def dpo_config(model_dir, data, out, mesh, **kw) -> DpoArgs:
+    base = dict(model=str(model_dir), data=str(data), out=str(out), mesh=MeshConfig(*mesh),
                 lora=LoraConfig(rank=8, alpha=16), dataset=DataConfig(batch_size=8, max_length=512),
                 optim=OptimConfig(lr=1e-2, warmup_steps=0), save_every=100, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return DpoArgs(**base)
 
 
 
@@ -62,9 +64,9 @@ def test_lora_dpo_steps_match_single_device(tiny_model_dir, single_device_run):
     for mesh in MESHES:
         cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh)
         placement = Placement(make_mesh(*mesh))
-        st = Trainer.create(cfg, placement, steps=4)
+        st = DPO.trainer(cfg, placement, steps=4)
         loader = Loader(records, "arrayrecord", global_batch=8, seed=0, shuffle=True, pad_id=st.pad_id,  # as train makes it
-                        pad_multiple=64, max_length=512, layout=batch_layout(cfg), row_multiple=placement.batch_divisor)
+                        pad_multiple=64, max_length=512, layout=DPO.layout(cfg), row_multiple=placement.batch_divisor)
         for ref in reference[:2]:
             got = {k: float(v) for k, v in st.step(next(loader), jax.random.fold_in(jax.random.key(0), ref["step"])).items()}
             for k in ("loss", "grad_norm", "rewards/margins", "logps/chosen"):
@@ -76,7 +78,7 @@ def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, 
 
     from ttpa_jax.train.example_proto import decode_example
     from ttpa_jax.train.recordio import open_source
-    from ttpa_jax.train.reference import precompute_reference
+    from ttpa_jax.train.dpo.reference import precompute_reference
 
     _, records, _ = single_device_run
     logps = {}
@@ -86,8 +88,8 @@ def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, 
         for f in (records, records.parent / "stats.json"):
             shutil.copy(f, d / f.name)
         cfg = dpo_config(tiny_model_dir, "unused", "unused", mesh, logits_chunk=16)
-        out = precompute_reference(Trainer.create(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg,
-                                   batch_layout(cfg))
+        out = precompute_reference(DPO.trainer(cfg, Placement(make_mesh(*mesh)), steps=4), d / records.name, cfg,
+                                   DPO.layout(cfg))
         src = open_source(out, "arrayrecord")
         logps[mesh] = np.array([[decode_example(src[i])[k][0] for k in ("ref_chosen_logp", "ref_rejected_logp")]
                                 for i in range(len(src))])

@@ -13,9 +13,10 @@ import pytest
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import init_model
+from ttpa_jax.train.batches import PairRows
 from ttpa_jax.train.example_proto import encode_example
 from ttpa_jax.train.loader import GroupedShuffle, Loader
-from ttpa_jax.train.objectives import make_dpo
+from ttpa_jax.train.dpo.unit import make_dpo
 from ttpa_jax.train.recordio import RecordWriter
 from ttpa_jax.train.score_columns import pair_columns
 from ttpa_jax.train.shared_prefix import common_prefix, shared_prefix_batch
@@ -72,7 +73,7 @@ def test_layout_of_one_pair():
          "chosen_weights": np.array([[0, 0, 1, 1, 0]], np.float32),
          "rejected_ids": np.array([[5, 6, 7, 9, 4]]), "rejected_mask": np.array([[1, 1, 1, 1, 1]]),
          "rejected_weights": np.array([[0, 0, 1, 1, 1]], np.float32), "ref_chosen_logp": np.array([-1.0])}
-    sp = shared_prefix_batch(b, pad_multiple=8, max_length=64)
+    sp = shared_prefix_batch(PairRows(**b), pad_multiple=8, max_length=64)
     assert common_prefix(b["chosen_ids"][0], b["rejected_ids"][0]) == 3
     # trunk [5, 6]; each branch repeats the last shared token (7) at its position (2)
     assert sp["sp_ids"][0].tolist() == [5, 6, 7, 8, 7, 9, 4, 0]
@@ -87,7 +88,7 @@ def test_layout_of_one_pair():
 
 def test_pairs_of_one_prompt_share_a_row_and_their_sequences():
     b = group_batch(64)
-    sp = shared_prefix_batch(b, pad_multiple=8, max_length=64)
+    sp = shared_prefix_batch(PairRows(**b), pad_multiple=8, max_length=64)
     slots = sp["sp_pair"]
     row_of = {int(p): r for r, row in enumerate(slots) for p in row if p >= 0}
     assert sorted(row_of) == [0, 1, 2, 3] and row_of[0] == row_of[1] == row_of[2]
@@ -99,12 +100,14 @@ def test_pairs_of_one_prompt_share_a_row_and_their_sequences():
     assert (sp["sp_branch"][r][group] == 0).sum() == 10 and len(set(sp["sp_branch"][r][group]) - {0}) == 4
     assert group.sum() == 10 + (19 - 10) + (22 - 10) + (17 - 10) + (17 - 10)
     assert {float(v) for v in sp["ref_chosen_logp"][slots >= 0]} == {-1.0, -2.0, -3.0, -4.0}
-    one_each = shared_prefix_batch(b, pad_multiple=8, max_length=64, group=False)
+    one_each = shared_prefix_batch(PairRows(**b), pad_multiple=8, max_length=64, group=False)
     assert one_each["sp_pair"].tolist() == [[0], [1], [2], [3]]
 
 
 def _steps(cfg, lora: bool, batch, chunk=0, placement=None):
     """One SGD step of DPO (sigmoid, an SFT term) -> (updated params, metrics)."""
+    if isinstance(batch, dict):
+        batch = PairRows(**batch)
     model = init_model(cfg, seed=1)
     if lora:
         model = apply_lora(model, LoraConfig(rank=4, alpha=8), seed=0)
@@ -118,7 +121,7 @@ def _steps(cfg, lora: bool, batch, chunk=0, placement=None):
         kw["out_shardings"] = (placement.shardings(trainable), placement.replicated, placement.replicated)
         batch = placement.batch(batch)
     else:
-        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        batch = jax.tree.map(jnp.asarray, batch)
     step = make_train_step(graphdef, make_dpo(0.1, "sigmoid", sft_weight=0.3, logits_chunk=chunk), tx, 1, lora, **kw)
     with jax.set_mesh(placement.mesh) if placement is not None else _null():
         params, _, m = step(trainable, frozen, ref, tx.init(trainable), batch, jax.random.key(0))
@@ -151,8 +154,8 @@ def test_shared_prefix_step_equals_concatenated_step(lora, tie, chunk, make):
     concat = _steps(cfg, lora, batch, chunk)
     assert concat[1]["rewards/margins"] != 0.0 and concat[1]["grad_norm"] > 0
     for group in (True, False):
-        sp = shared_prefix_batch(batch, pad_multiple=8, max_length=64, group=group)
-        _assert_same(concat, _steps(cfg, lora, {**sp, "sp_cols": pair_columns(sp)} if lora else sp, chunk))
+        sp = shared_prefix_batch(PairRows(**batch), pad_multiple=8, max_length=64, group=group)
+        _assert_same(concat, _steps(cfg, lora, sp.replace(sp_cols=pair_columns(sp)) if lora else sp, chunk))
 
 
 def test_shared_prefix_step_on_a_mesh_equals_one_device():
@@ -163,7 +166,7 @@ def test_shared_prefix_step_on_a_mesh_equals_one_device():
         batch = make(cfg.vocab_size, seed=3)
         batch.pop("ref_chosen_logp", None)
         one = _steps(cfg, True, batch)
-        sp = shared_prefix_batch(batch, pad_multiple=8, max_length=64, row_multiple=4)  # grouped, rows padded to the 4 devices
+        sp = shared_prefix_batch(PairRows(**batch), pad_multiple=8, max_length=64, row_multiple=4)  # grouped, rows padded to the 4 devices
         _assert_same(one, _steps(cfg, True, sp, placement=Placement(make_mesh(2, 2, 2))))
 
 
@@ -199,4 +202,5 @@ def test_loader_batches_a_prompts_pairs_together_and_resumes(tmp_path):
     b.set_state(state)
     for e in expected:
         got = next(b)
-        assert got.keys() == e.keys() and all(np.array_equal(got[k], e[k]) for k in e)
+        assert jax.tree.structure(got) == jax.tree.structure(e)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(e)))

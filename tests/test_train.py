@@ -22,11 +22,14 @@ from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.transformer import Ctx
-from ttpa_jax.train.objectives import make_sft
+from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.token_weights import make_weight_fn
-from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, TrainConfig, parse_cli
-from ttpa_jax.train.trainer import TrainingDiverged, make_train_step, split_model, train
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
+from ttpa_jax.train.loop import TrainingDiverged, train
+from ttpa_jax.train.methods import parse_cli
+from ttpa_jax.train.sft.config import SftArgs
+from ttpa_jax.train.trainer import make_train_step, split_model
 
 from helpers import metrics, sft_records, write_jsonl
 
@@ -34,12 +37,12 @@ ONE_DEVICE = MeshConfig(data=1, fsdp=1, tensor=1)
 REPO = Path(__file__).resolve().parent.parent
 
 
-def sft_config(model_dir, data, out, **kw) -> TrainConfig:
-    base = dict(objective="sft", model=str(model_dir), data=str(data), out=str(out), mesh=ONE_DEVICE,
+def sft_config(model_dir, data, out, **kw) -> SftArgs:
+    base = dict(model=str(model_dir), data=str(data), out=str(out), mesh=ONE_DEVICE,
                 lora=LoraConfig(rank=4, alpha=8), dataset=DataConfig(batch_size=8, max_length=512),
                 optim=OptimConfig(lr=1e-2, warmup_steps=0), save_every=100, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return SftArgs(**base)
 
 
 
@@ -73,9 +76,9 @@ def test_tfrecord_readable_by_tfrecord_package_and_formats_feed_identical_batche
                for fmt, p in paths.items()}
     for _ in range(5):  # crosses an epoch boundary (12 records, 4 per batch)
         a, b = next(loaders["arrayrecord"]), next(loaders["tfrecord"])
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k])
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_loader_state_resumes_exactly(tiny_model_dir, tmp_path):
@@ -155,7 +158,7 @@ def test_sft_loss_matches_transformers_weighted_cross_entropy(tiny_model_dir, tm
     batch = next(Loader(path, "arrayrecord", global_batch=6, seed=0, shuffle=False, pad_id=0, pad_multiple=64, max_length=512))
     assert batch["weights"].max() > 1
     model = ttpa_jax.load_pretrained(tiny_model_dir)
-    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    jb = jax.tree.map(jnp.asarray, batch)
     loss, sums = SFT.loss(model, None, jb, Ctx(), SFT.normalizers(jb))
 
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -174,7 +177,7 @@ def test_gradient_accumulation_equals_full_batch(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(8))
     path, _ = ds.prepare(data, tiny_model_dir, tmp_path / "d", kind="sft", progress=False)
     batch = next(Loader(path, "arrayrecord", global_batch=8, seed=0, shuffle=True, pad_id=0, pad_multiple=64, max_length=512))
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch = jax.tree.map(jnp.asarray, batch)
     results = []
     for accum in (1, 4):
         model = ttpa_jax.model.lora.apply_lora(ttpa_jax.load_pretrained(tiny_model_dir), LoraConfig(rank=4), seed=0)
@@ -281,10 +284,29 @@ def test_yaml_config_defaults_with_cli_overrides(tmp_path):
         parse_cli(["dpo", "--config", str(bad)])
 
 
+def test_sharding_rules_are_a_run_setting_checked_per_array(tmp_path):
+    from ttpa_jax.model.settings import ShardingRules
+    from ttpa_jax.model.sharding import make_mesh, spec_for, use_rules
+
+    cfg_file = tmp_path / "exp.yaml"
+    cfg_file.write_text("sharding:\n  embed: tensor\n  mlp: [fsdp]\n")
+    cfg = parse_cli(["sft", "--config", str(cfg_file), "--sharding.seq", "data", "--model", "m", "--data", "d", "--out", "o"])
+    assert (cfg.sharding.embed, cfg.sharding.mlp, cfg.sharding.seq) == (("tensor",), ("fsdp",), ("data",))
+    assert cfg.to_dict()["sharding"]["embed"] == ["tensor"]  # recorded in RUN_DIR/config.yaml
+    with pytest.raises(ValueError, match="sharding.seq"):
+        ShardingRules(seq=("model",))
+    try:
+        use_rules(cfg.sharding)  # vocab and embed both on "tensor": the embedding cannot be laid out
+        with pytest.raises(ValueError, match=r"'vocab' and 'embed' .* mesh axis 'tensor'"):
+            spec_for(("vocab", "embed"), (64, 32), make_mesh(1, 1, 1))
+    finally:
+        use_rules(ShardingRules())
+
+
 def test_a_runs_written_config_reruns_it(tmp_path):
     import yaml
 
-    written = tmp_path / "config.yaml"  # as the trainer writes RUN_DIR/config.yaml: every TrainConfig field
+    written = tmp_path / "config.yaml"  # as the loop writes RUN_DIR/config.yaml: objective and the method's fields
     cfg = parse_cli(["dpo", "--model", "m", "--data", "d", "--out", "o", "--steps", "6", "--beta", "0.3"])
     written.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     again = parse_cli(["dpo", "--config", str(written), "--out", "o2"])

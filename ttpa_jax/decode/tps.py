@@ -2,7 +2,7 @@
 uncertain.
 
 For each prompt: decode greedily, recording the top-k distribution at every step. Branch points
-are chosen among the allowed steps (the caller's ``eligible`` rule, e.g. inside tool-call spans;
+(the rule: ``branching``) are chosen among the allowed steps (the caller's ``eligible`` rule, e.g. inside tool-call spans;
 never the step that emits EOS; the most likely alternative at least ``min_alt_prob``): the steps
 whose top-1/top-2 probability gap is below ``epsilon``; with the dynamic threshold
 (``dynamic_m > 0``) the ``dynamic_m`` smallest gaps when fewer than that fall below ``epsilon``;
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ttpa_jax.decode.batching import collect, iter_batches, pad_token_id
+from ttpa_jax.decode.branching import alternatives, plan_branches, probability_gaps, select_branch_points
 from ttpa_jax.decode.settings import DEFAULT_BUCKET, TPSConfig
 
 __all__ = ["TPSConfig", "Branch", "TPSResult", "probability_gaps", "select_branch_points", "alternatives",
@@ -50,72 +51,14 @@ class TPSResult:
     allowed: np.ndarray | None = None  # [N] bool: steps where a branch could fall
 
 
-# ----------------------------------------------------------------------------- selection rules
-def probability_gaps(top_probs: np.ndarray) -> np.ndarray:
-    """top_probs [..., K] (descending) -> top-1 minus top-2 probability [...]."""
-    return top_probs[..., 0] - top_probs[..., 1]
-
-
-def select_branch_points(gaps: Sequence[float], epsilon: float, dynamic_m: int = 0,
-                         max_points: int | None = None, allowed: Sequence[bool] | None = None) -> list[int]:
-    """Steps to branch at, ascending.
-
-    Among the ``allowed`` steps (default: all): those with ``gap < epsilon``; when ``dynamic_m > 0``
-    and fewer than ``dynamic_m`` qualify, the ``dynamic_m`` smallest gaps instead; then at most
-    ``max_points`` of them, smallest gaps first. Ties go to the earlier step.
-    """
-    gaps = np.asarray(gaps, np.float64)
-    steps = range(len(gaps)) if allowed is None else [s for s in range(len(gaps)) if allowed[s]]
-    by_gap = sorted(steps, key=lambda s: (gaps[s], s))
-    chosen = [s for s in by_gap if gaps[s] < epsilon]
-    if dynamic_m > 0 and len(chosen) < dynamic_m:
-        chosen = by_gap[:dynamic_m]
-    if max_points is not None:
-        chosen = chosen[:max_points]
-    return sorted(chosen)
-
-
-def alternatives(top_ids: np.ndarray, top_probs: np.ndarray, greedy_token: int, k: int,
-                 min_prob: float = 0.0, exclude: Sequence[int] = ()) -> list[tuple[int, int, float]]:
-    """``(token, rank, prob)`` of the top-k tokens at one step other than ``greedy_token``.
-
-    top_ids, top_probs: [K] for that step (K >= k). Tokens of zero probability, below ``min_prob``
-    or in ``exclude`` (EOS ids) are left out.
-    """
-    out = []
-    for rank in range(min(k, len(top_ids))):
-        tok, p = int(top_ids[rank]), float(top_probs[rank])
-        if tok != greedy_token and p > 0 and p >= min_prob and tok not in exclude:
-            out.append((tok, rank, p))
-    return out[: k - 1]
-
-
+# ----------------------------------------------------------------------------- batching branches
 def row_bucket(n: int, cap: int) -> int:
     """Rows to pad a branch batch of ``n`` to: the next power of two, at most ``cap`` (and >= n)."""
     return max(n, min(1 << max(0, (n - 1).bit_length()), cap))
 
 
-def plan_branches(greedy: np.ndarray, top_ids: np.ndarray, top_probs: np.ndarray, config: TPSConfig,
-                  eos_ids: Sequence[int] = (), eligible: np.ndarray | None = None):
-    """Branch points and alternatives of one greedy row.
-
-    greedy [N] ids; top_ids, top_probs [N, K]; eligible [N] bool (None: every step). Returns
-    ``(gaps [N], allowed [N] bool, points, [(step, token, rank, prob)])``. A step is allowed when it
-    is eligible, does not emit an EOS id and has at least one alternative (``alternatives``).
-    """
-    n = len(greedy)
-    gaps = probability_gaps(top_probs[:n])
-    eos = tuple(int(e) for e in eos_ids)
-    alts = [alternatives(top_ids[s], top_probs[s], int(greedy[s]), config.top_k, config.min_alt_prob, eos)
-            for s in range(n)]
-    allowed = np.array([bool(alts[s]) and int(greedy[s]) not in eos and (eligible is None or bool(eligible[s]))
-                        for s in range(n)], bool)
-    points = select_branch_points(gaps, config.epsilon, config.dynamic_m, config.max_branch_points, allowed)
-    return gaps, allowed, points, [(s, tok, rank, p) for s in points for tok, rank, p in alts[s]]
-
-
 # ----------------------------------------------------------------------------- sampling
-Eligible = Callable[[int, list[int]], np.ndarray]
+Eligible = Callable[[int, list[int]], np.ndarray]  # (prompt index, greedy ids) -> [N] bool (``branching``)
 
 
 def tps(model, prompt_ids: Sequence[Sequence[int]], *, progress=None, **settings) -> list[TPSResult]:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 from ttpa_jax.core.cli import run as run_cli, stage_main
 from ttpa_jax.core.conversation import mae_masked_messages
 from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.tools.esm import ErrorWeights
 from ttpa_jax.evaluate.leaderboard import format_report, run_bfcl
 from ttpa_jax.evaluate.metrics import (EvalItem, Key, evaluate_items, evaluate_predictions,  # noqa: F401
                                        format_table, items_from_records, read_predictions, read_records)
@@ -87,6 +88,8 @@ class EvalConfig:
     """Column name of this system in the table."""
     format: Literal["auto", "qwen", "llama"] = "auto"
     """Tool-call format to parse predictions with."""
+    esm: ErrorWeights = ErrorWeights()
+    """ESM's error weights for the esm_score (what one error of each type costs), as ``sample --esm.*``."""
     max_new_tokens: int = 512
     """Decoding budget per turn (--model and --endpoint)."""
     batch_size: int = 8
@@ -106,7 +109,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         return run_bfcl([c.strip() for c in cfg.bfcl.split(",") if c.strip()], name=cfg.name,
                         predictions=cfg.predictions, model=cfg.model, mode=cfg.bfcl_mode, limit=cfg.limit,
                         format=cfg.format, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        progress=cfg.progress, endpoint=cfg.endpoint, endpoint_model=cfg.endpoint_model)
+                        progress=cfg.progress, endpoint=cfg.endpoint, endpoint_model=cfg.endpoint_model, esm=cfg.esm)
     records = read_records(cfg.data)
     items = items_from_records(records)
     failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
@@ -122,7 +125,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         preds = {(i.id, i.turn): p for i, p in zip(items, got, strict=True)}
     else:
         preds = generate_predictions(items, str(cfg.model), cfg.max_new_tokens, cfg.batch_size, cfg.progress)
-    return {cfg.name: evaluate_items(items, preds, cfg.format)}
+    return {cfg.name: evaluate_items(items, preds, cfg.format, cfg.esm)}
 
 
 def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.evaluate import bfcl, bfcl_checker
 from ttpa_jax.evaluate.metrics import evaluate_items, format_table, read_predictions
 from ttpa_jax.tools.calls import Format
+from ttpa_jax.tools.esm import ErrorWeights
 from ttpa_jax.model.config import load_config
 from ttpa_jax.text.prompts import encode_prompt, load_tokenizer
 
@@ -118,8 +119,8 @@ def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max
 def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Path | None = None,
              model: Path | None = None, mode: str = "auto", limit: int | None = None, format: Format = "auto",
              max_new_tokens: int = 512, batch_size: int = 8, progress: bool = True, endpoint: str | None = None,
-             endpoint_model: str | None = None) -> dict[str, Any]:
-    """The BFCL result: ``mode``, ``categories`` (accuracy per category), ``leaderboard`` (its
+             endpoint_model: str | None = None, esm: ErrorWeights | None = None) -> dict[str, Any]:
+    """The BFCL result (ESM's columns scored with ``esm``, the ``--esm.*`` weights): ``mode``, ``categories`` (accuracy per category), ``leaderboard`` (its
     columns), ``entries`` (verdict, error, prediction and decoded calls per entry), ``esm``
     (``{column: fine-grained metrics}``, all and per category), ``missing_predictions`` and
     ``prompts_too_long`` (ids not decoded, see ``generate``)."""
@@ -141,9 +142,9 @@ def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Pat
     rows, for_esm = judge_all(chosen, preds, resolved, format)
     scores = bfcl_checker.category_scores([(r["category"], r["valid"]) for r in rows])
     items = [i for i in bfcl.to_items(chosen) if i.kind == "text" or i.gold_calls]
-    esm_columns = {name: evaluate_items(items, for_esm, format)}
+    esm_columns = {name: evaluate_items(items, for_esm, format, esm)}
     for cat in dict.fromkeys(i.category for i in items):
-        sub = evaluate_items([i for i in items if i.category == cat], for_esm, format)
+        sub = evaluate_items([i for i in items if i.category == cat], for_esm, format, esm)
         sub.pop("per_turn")
         esm_columns[f"{name} {cat}"] = sub
     return {"name": name, "mode": resolved, "limit": limit, "categories": scores,

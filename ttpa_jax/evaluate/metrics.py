@@ -67,8 +67,10 @@ def _rate(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
-def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Prediction], format: Format = "auto") -> dict[str, Any]:
-    """Metrics (see the module doc) for ``predictions`` keyed by ``(id, turn)``. Pure."""
+def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Prediction], format: Format = "auto",
+                   weights: esm.ErrorWeights | None = None) -> dict[str, Any]:
+    """Metrics (see the module doc) for ``predictions`` keyed by ``(id, turn)``, ESM scored with
+    ``weights`` (``--esm.*``; None: the defaults). Pure."""
     errors: Counter = Counter({t: 0 for t in esm.ERROR_TYPES})
     kinds = Counter(item.kind for item in items)
     tally: Counter = Counter()
@@ -83,7 +85,7 @@ def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Predicti
         if item.category:
             row["category"] = item.category
         if item.kind == "tool_call":
-            r = esm.score(pred, item.gold_calls, item.tools, format=format)
+            r = esm.score(pred, item.gold_calls, item.tools, weights, format=format)
             e = r.errors
             selected = not (e["format"] or e["tool_hallucination"] or e["wrong_tool"])
             named = selected and not e["param_name"]

@@ -27,8 +27,9 @@ from ttpa_jax.core.malloc import release_free_memory
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
-from ttpa_jax.train.config import MeshConfig, PpoArgs, RlConfig, TrainConfig
-from ttpa_jax.export.settings import Args
+from ttpa_jax.train.config import MeshConfig
+from ttpa_jax.train.methods import method_config
+from ttpa_jax.train.rl.config import PpoArgs, RlConfig
 from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.evaluate.leaderboard import run_bfcl
 
@@ -89,7 +90,7 @@ class SeedRun:
         return dataclasses.replace(self.scale.pipeline, out=self.root / sub, seed=self.seed, **kw)
 
     def train_cfg(self, train_cfg):
-        """A stage's TrainConfig with the scale's progress bars, dtype and mesh."""
+        """A stage's training settings with the scale's progress bars, dtype and mesh."""
         return dataclasses.replace(train_cfg, progress=self.scale.pipeline.progress, dtype=self.scale.train_dtype,
                                    mesh=MeshConfig(data=1, fsdp=self.scale.fsdp, tensor=1))
 
@@ -167,17 +168,7 @@ def train_and_export(train_cfg) -> Path:
     done = out / ".export-complete"
     if done.is_file():
         return out
-    if train_cfg.objective in ("grpo", "ppo"):
-        from ttpa_jax.export.weights import export  # deferred: keeps this module JAX-free
-        from ttpa_jax.train.rl.loop import train_rl  # deferred: keeps this module JAX-free
-
-        summary = train_rl(train_cfg, progress=train_cfg.progress)
-        if summary["metrics"]:
-            say(f"{train_cfg.objective}: step {summary['step']}/{summary['steps']}, reward "
-                f"{summary['metrics'].get('reward', float('nan')):.4f}")
-        export(Args(run=train_cfg.out, out=str(out)))
-    else:
-        P.run_training(train_cfg, train_cfg.progress)
+    P.run_training(train_cfg, train_cfg.progress)
     done.write_text("done\n")
     return out
 
@@ -191,8 +182,8 @@ def rl_config(cfg: PipelineConfig, scale: Scale, sft: Path, prompts: Path, syste
     if system.rl == "ppo":  # the same episodes per step as GRPO: prompts x group
         rl = dataclasses.replace(rl, prompts_per_step=scale.rl_prompts_per_step * scale.rl_group_size)
     dpo = P.dpo_config(cfg, sft, prompts)
-    return TrainConfig(
-        objective=system.rl, model=str(sft), data=str(prompts), out=str(cfg.out / "rl"), steps=scale.rl_steps,
+    return method_config(
+        system.rl, model=str(sft), data=str(prompts), out=str(cfg.out / "rl"), steps=scale.rl_steps,
         seed=cfg.seed, lora=LoraConfig(rank=cfg.dpo_lora_rank, alpha=2.0 * cfg.dpo_lora_rank),
         save_every=max(scale.rl_steps // 2, 1), logits_chunk=cfg.logits_chunk, dataset=dpo.dataset,
         optim=dataclasses.replace(dpo.optim, lr=scale.rl_lr), rl=rl, mesh=dpo.mesh, progress=cfg.progress)

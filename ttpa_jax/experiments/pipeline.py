@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 from ttpa_jax.model.settings import LoraConfig
-from ttpa_jax.train.config import DataConfig, DpoConfig, MeshConfig, OptimConfig, TrainConfig
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, RunArgs
+from ttpa_jax.train.dpo.config import DpoArgs, DpoConfig
+from ttpa_jax.train.sft.config import SftArgs
 from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
 from ttpa_jax.construct.episodes import EpisodeSettings
 from ttpa_jax.core.conversation import normalize_record
@@ -33,6 +35,7 @@ from ttpa_jax.export.settings import Args
 from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.sample.audit import audit_path
 from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
+from ttpa_jax.tools.esm import ErrorWeights
 from ttpa_jax.evaluate.metrics import evaluate_items, items_from_records, read_records
 
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
@@ -186,13 +189,13 @@ def _data(cfg: PipelineConfig, **kw) -> DataConfig:
                       pad_multiple=cfg.pad_multiple or cfg.max_length, row_length=cfg.row_length, **kw)
 
 
-def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = False) -> TrainConfig:
+def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = False) -> SftArgs:
     """Full fine-tuning (LoRA with ``sft_lora_rank``); ``base=True``: the language-model stage (loss on
     every token, into base/)."""
     steps = cfg.base_steps if base else cfg.sft_steps
     rank = cfg.sft_lora_rank
-    return TrainConfig(
-        objective="sft", model=str(model), data=str(data), out=str(cfg.out / ("base" if base else "sft")),
+    return SftArgs(
+        model=str(model), data=str(data), out=str(cfg.out / ("base" if base else "sft")),
         steps=steps, seed=cfg.seed, mae=cfg.mae and not base, pkt_wmax=0.0 if base else cfg.pkt_wmax,
         lora=LoraConfig(rank=rank, alpha=2.0 * rank), save_every=max(steps // 2, 1), logits_chunk=cfg.logits_chunk,
         dataset=_data(cfg, assistant_only=not base),
@@ -201,9 +204,9 @@ def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = Fal
     )
 
 
-def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> TrainConfig:
-    return TrainConfig(
-        objective="dpo", model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=cfg.dpo_steps,
+def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> DpoArgs:
+    return DpoArgs(
+        model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=cfg.dpo_steps,
         seed=cfg.seed, lora=LoraConfig(rank=cfg.dpo_lora_rank, alpha=2.0 * cfg.dpo_lora_rank),
         save_every=max(cfg.dpo_steps // 2, 1), logits_chunk=cfg.logits_chunk, dataset=_data(cfg),
         optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(cfg.dpo_steps // 10, 1)),
@@ -223,15 +226,16 @@ def base_model(cfg: PipelineConfig, train_file: Path) -> Path:
     return run_training(sft_config(cfg, init, train_file, base=True), cfg.progress)
 
 
-def run_training(train_cfg: TrainConfig, progress: bool) -> Path:
+def run_training(train_cfg: RunArgs, progress: bool) -> Path:
     """Train (or resume) and export merged weights next to the run: RUN-model/."""
     from ttpa_jax.export.weights import export  # deferred: keeps this module JAX-free
-    from ttpa_jax.train.trainer import train  # deferred: keeps this module JAX-free
+    from ttpa_jax.train.loop import train  # deferred: keeps this module JAX-free
 
     summary = train(train_cfg, progress=progress)
     m = summary["metrics"]
     if m:
-        say(f"{train_cfg.objective}: step {summary['step']}/{summary['steps']}, loss {m['loss']:.4f}")
+        reward = f", reward {m['reward']:.4f}" if "reward" in m else ""  # the RL units' episode reward
+        say(f"{train_cfg.objective}: step {summary['step']}/{summary['steps']}, loss {m['loss']:.4f}{reward}")
     out = Path(train_cfg.out + "-model")
     export(Args(run=train_cfg.out, out=str(out)))
     return out
@@ -260,7 +264,7 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: d
         model=model_dir, data=prompts, out=tmp, mode=cfg.sample_mode,
         decoding=Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=1.0, seed=cfg.seed),
         tps=TPSConfig(epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2),
-        num_samples=4, weights=dict(weights or {}), progress=cfg.progress,
+        num_samples=4, esm=ErrorWeights(**(weights or {})), progress=cfg.progress,
     ))
     if summary["pairs"] == 0:
         raise RuntimeError(f"sampling made no preference pairs from {prompts}")

@@ -1,8 +1,8 @@
 """What ``python -m ttpa_jax.export`` takes, and a run's saved config; no JAX is imported here.
 
 ``Args`` is the export command line; ``run_config`` reads ``RUN_DIR/config.yaml`` back into the
-``TrainConfig`` the run was trained with. ``export.weights`` does the JAX work, ``export.to_gguf``
-writes GGUF files (numpy only).
+settings the run was trained with (its method's ``RunArgs`` subclass). ``export.weights`` does the
+JAX work, ``export.to_gguf`` writes GGUF files (numpy only).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
 from ttpa_jax.core.errors import ConfigError
 
-from ttpa_jax.train.config import TrainConfig, from_dict
+from ttpa_jax.train.config import RunArgs
+from ttpa_jax.train.methods import read_run_config
 
 
 @dataclasses.dataclass
@@ -55,8 +55,8 @@ class Args:
             raise ConfigError(f"--out {self.out}: a GGUF export is one file; name it FILE.gguf")
 
 
-def run_config(run_dir: str | Path) -> TrainConfig:
+def run_config(run_dir: str | Path) -> RunArgs:
     p = Path(run_dir) / "config.yaml"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir}: not a training run (no config.yaml)")
-    return from_dict(TrainConfig, yaml.safe_load(p.read_text()), where=str(p))
+    return read_run_config(p)

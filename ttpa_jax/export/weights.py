@@ -22,7 +22,7 @@ from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.hf_io import save_pretrained
 from ttpa_jax.model.lora import iter_linears
 from ttpa_jax.train.checkpoint import Checkpoints
-from ttpa_jax.train.config import TrainConfig
+from ttpa_jax.train.config import RunArgs
 from ttpa_jax.train.trainer import build_model, split_model
 
 
@@ -48,7 +48,7 @@ def load_run(run_dir: str | Path, step: int | None = None):
     return nnx.merge(graphdef, restored, frozen), cfg, step
 
 
-def save_peft_adapter(model, out_dir: str | Path, base_model_dir: str, cfg: TrainConfig) -> Path:
+def save_peft_adapter(model, out_dir: str | Path, base_model_dir: str, cfg: RunArgs) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's naming."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

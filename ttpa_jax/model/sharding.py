@@ -1,9 +1,11 @@
 """One device mesh with axes ("data", "fsdp", "tensor") and a small table mapping the parameters'
 logical axis names onto it.
 
-Every parameter carries logical ``axes`` metadata (see ``model.py``); ``RULES`` says which mesh axis
-shards each logical axis. A dimension that does not divide evenly by its mesh axis is replicated
-instead. Batches are sharded over ("data", "fsdp") on their first dimension.
+Every parameter carries logical ``axes`` metadata (see ``transformer.py``); the rules
+(``settings.ShardingRules``, the run's ``--sharding.*``; ``RULES`` the defaults) say which mesh axes
+shard each logical axis. A dimension that does not divide evenly by its mesh axes is replicated
+instead; two logical axes of one array mapped to the same mesh axis raise. Batches are sharded over
+("data", "fsdp") on their first dimension.
 """
 
 from __future__ import annotations
@@ -12,34 +14,25 @@ import dataclasses
 import math
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from ttpa_jax.model.settings import MESH_AXES, ShardingRules
+
 BATCH_AXES = ("data", "fsdp")
 
-# logical axis -> mesh axis or axes (None: replicated). Parameters: FSDP shards the model dimension,
-# tensor parallelism shards heads, MLP width and vocabulary. Activations: batch over data and fsdp,
-# the tensor-parallel dimensions follow their weights.
-RULES: dict[str, str | tuple[str, ...] | None] = {
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "q_heads": "tensor",
-    "kv_heads": "tensor",
-    "mlp": "tensor",
-    "norm": None,
-    "lora_rank": None,
-    # activations
-    "batch": BATCH_AXES,
-    "seq": None,
-    "act_embed": None,
-    "act_heads": "tensor",
-    "act_kv_heads": "tensor",
-    "act_mlp": "tensor",
-    "act_vocab": "tensor",
-}
+# logical axis -> mesh axes (empty: replicated). Parameters: FSDP shards the model dimension, tensor
+# parallelism shards heads, MLP width and vocabulary. Activations: batch over data and fsdp, the
+# tensor-parallel dimensions follow their weights.
+RULES: dict[str, tuple[str, ...]] = ShardingRules().table()
+_active = {"rules": RULES}
+
+
+def use_rules(rules: ShardingRules) -> None:
+    """Make ``rules`` the table every later ``spec_for`` (parameters, batches, activations) reads: a run
+    sets its own before it builds anything."""
+    _active["rules"] = rules.table()
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:
@@ -75,10 +68,15 @@ def spec_for(axes: tuple | None, shape: tuple[int, ...], mesh) -> P:
     """
     if not axes:
         return P()
-    out, used = [], set()
+    rules = _active["rules"]
+    out, used, owner = [], set(), {}
     for name, dim in zip(axes, shape):
-        target = RULES.get(name) if name else None
-        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = rules.get(name, ()) if name else ()
+        for a in names:
+            if a in owner:
+                raise ValueError(f"sharding rules: logical axes {owner[a]!r} and {name!r} of one array {tuple(axes)} "
+                                 f"both map to mesh axis {a!r} (set --sharding.{name} or --sharding.{owner[a]})")
+            owner[a] = name
         names = tuple(a for a in names if mesh.shape[a] > 1 and a not in used)
         size = math.prod(mesh.shape[a] for a in names)
         if not names or dim % size:
@@ -140,10 +138,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Process-local numpy batch -> global arrays sharded over the batch axes."""
+def put_batch(batch, mesh: Mesh):
+    """Process-local numpy batch (a pytree: a typed batch or a dict of arrays) -> the same tree of
+    global arrays sharded over the batch axes."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -224,7 +224,8 @@ class Block(nnx.Module):
 
 # --------------------------------------------------------------------------- model
 class Transformer(nnx.Module):
-    """Decoder-only LM. ``model(input_ids, attention_mask)`` -> float32 logits ``[B, T, V]``."""
+    """Decoder-only LM. ``model(input_ids, attention_mask)`` -> float32 logits ``[B, T, V]``; ``hidden_states``
+    and ``logits`` for callers that score only some positions (``train.scoring``)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat=False, rngs):
         self.config = cfg
@@ -288,55 +289,6 @@ class Transformer(nnx.Module):
         """h [B, T, D] (or [B, D]) -> float32 logits [B, T, V] (or [B, V])."""
         return project_to_vocab(h, self.head_weight())
 
-    def token_logps_and_vocab_mean(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx(), chunk: int = 0,
-                                   positions=None, segment_ids=None):
-        """Per-token scores, float32 ``[B, T]`` each: ``logp[:, t] = log p(ids[:, t] | ids[:, :t])`` and
-        ``vocab_mean[:, t]``, the mean over the vocabulary of the logits that predict ``ids[:, t]``. Both
-        are 0 at t = 0, which nothing predicts.
-
-        ``chunk > 0`` runs the LM head and the log-softmax over ``chunk`` positions at a time and
-        recomputes them in the backward pass: no ``[B, T, V]`` buffer exists, for the price of one
-        more LM-head matmul.
-
-        Packed rows: ``segment_ids`` [B, T] (one id per record) and ``positions`` [B, T] (from 0 in each
-        record); a record's first token, which nothing in its record predicts, scores 0 like t = 0.
-        """
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        if positions is None:
-            positions = positions_from_mask(attention_mask)
-        lp, vocab_mean = self.column_scores(input_ids, positions, attention_mask, next_ids(input_ids),
-                                            ctx=ctx, chunk=chunk, segment_ids=segment_ids)
-        lp, vocab_mean = _shift_right(lp), _shift_right(vocab_mean)
-        if segment_ids is not None:
-            starts = positions == 0
-            lp, vocab_mean = jnp.where(starts, 0.0, lp), jnp.where(starts, 0.0, vocab_mean)
-        return lp, vocab_mean
-
-    def column_scores(self, input_ids, positions, kv_mask, targets, *, ctx: Ctx = Ctx(), chunk: int = 0,
-                      segment_ids=None, branch_ids=None, columns=None):
-        """Scores of each column's logits, no shift: ``(log p(targets[:, t] | column t), vocab_mean)``, [B, T]
-        each. ``targets`` [B, T]: the id each column predicts (a shared-prefix row's column predicts the
-        next token of its own branch); the other arguments as ``hidden_states``; ``chunk`` as
-        ``token_logps_and_vocab_mean`` (``even_chunks``). ``columns`` [B, K] (valid column indices): the LM head runs on
-        those columns only and the scores are [B, K] (``train.score_columns``)."""
-        h, _ = self.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
-                                  branch_ids=branch_ids, columns=columns)  # [B, K, D] with columns
-        if columns is not None:
-            targets = jnp.take_along_axis(targets, columns, axis=1)
-        w = self.head_weight()
-        B, T, D = h.shape
-        if chunk <= 0 or chunk >= T:
-            return next_token_scores(project_to_vocab(h, w), targets)
-        n, C = even_chunks(T, chunk)
-        pad = n * C - T
-        h_chunks = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, C, D).swapaxes(0, 1)  # [n, B, C, D]
-        tg = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, C).swapaxes(0, 1)  # [n, B, C]
-        one = jax.checkpoint(lambda hc, tc: next_token_scores(project_to_vocab(hc, w), tc))
-        lp, mean = jax.lax.map(lambda xs: one(*xs), (h_chunks, tg))  # [n, B, C] each
-        unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * C)[:, :T]  # noqa: E731
-        return unchunk(lp), unchunk(mean)
-
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -349,29 +301,6 @@ def project_to_vocab(h, w):
     """h [B, T, D] (or [B, D]) and the head w [V, D] -> float32 logits [B, T, V] (or [B, V])."""
     logits = jnp.einsum("...d,vd->...v", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
     return shard_activation(logits, ("batch", "seq", "act_vocab")) if logits.ndim == 3 else logits
-
-
-def next_token_scores(logits, nxt):
-    """logits [B, T, V] float32 and the ids they predict, nxt [B, T] -> (log-probs [B, T], the logits'
-    mean over the vocabulary [B, T], a metric that carries no gradient). Reductions over the whole
-    array: no shifted copy of the logits."""
-    lp = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-    return lp, jax.lax.stop_gradient(logits.mean(-1))
-
-
-def token_scores(logits, ids):
-    """The model's logits [B, T, V] for ids [B, T] -> ``Transformer.token_logps_and_vocab_mean``'s (logp, vocab_mean)."""
-    return tuple(_shift_right(a) for a in next_token_scores(logits, next_ids(ids)))
-
-
-def next_ids(ids):
-    """[B, T]: the token each position predicts (the last column, which predicts nothing, wraps)."""
-    return jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
-
-
-def _shift_right(a):
-    """[B, T] scores of the tokens at t + 1 -> scores of the tokens at t (column 0 gets 0)."""
-    return jnp.pad(a[:, :-1], ((0, 0), (1, 0)))
 
 
 def positions_from_mask(attention_mask):

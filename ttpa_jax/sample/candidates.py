@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.core.records import iter_numbered
 from ttpa_jax.decode.settings import Decoding, TPSConfig
-from ttpa_jax.sample.spans import call_spans, token_locations, token_offsets
+from ttpa_jax.decode.branching import eligible_steps
+from ttpa_jax.text.spans import token_locations, token_offsets
 from ttpa_jax.text.detokenize import finish, stop_token_sequences
 from ttpa_jax.text.prompts import check_length, encode_chat
 from ttpa_jax.tools import esm
@@ -92,14 +92,6 @@ def score_candidate(text: str, prompt: Prompt, weights: esm.ErrorWeights, format
     return esm.ScoreResult(score=len(found) / len(needed), errors={"missed_values": len(needed) - len(found)})
 
 
-def call_steps(tokenizer, ids: list[int]) -> np.ndarray:
-    """[N] bool: the tokens of ``ids`` that overlap a tool-call span of their decoded text."""
-    offsets = token_offsets(tokenizer, ids)
-    text = tokenizer.decode(list(ids), skip_special_tokens=False)
-    spans = call_spans(text)
-    return np.array([any(a < e and s < max(b, a + 1) for s, e in spans) for a, b in offsets], bool)
-
-
 def branch_locations(tokenizer, prompt: Prompt, greedy: list[int]) -> list[str]:
     """Per greedy step, where a branch there falls: ``answer`` on an answer turn, else the token's
     location in the call (``spans.LOCATIONS``)."""
@@ -120,9 +112,7 @@ def tps_candidates(model, tokenizer, prompts: list[Prompt], decoding: Decoding, 
     stop_seqs = stop_token_sequences(tokenizer, decoding.stop)
 
     def eligible(i: int, greedy: list[int]):
-        if prompts[i].kind != "tool_call" or tps_cfg.branch_in == "anywhere":
-            return np.ones(len(greedy), bool)
-        return call_steps(tokenizer, greedy)
+        return eligible_steps(tokenizer, greedy, prompts[i].kind == "tool_call", tps_cfg.branch_in)
 
     batches = iter_tps(model, [p.ids for p in prompts], max_new_tokens=decoding.max_new_tokens, config=tps_cfg,
                        batch_size=decoding.batch_size, eos_ids=eos, stop_token_seqs=stop_seqs, bucket=decoding.bucket,

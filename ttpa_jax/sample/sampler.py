@@ -76,8 +76,8 @@ class SampleConfig:
     "chosen_source": "gold"); 0: the chosen side is always sampled."""
     format: Literal["auto", "qwen", "llama"] = "auto"
     """Tool-call format of the model's output ("auto": detect)."""
-    weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    """ESM error weights to override, e.g. --weights param_value 0.3 wrong_tool 0.8."""
+    esm: esm.ErrorWeights = esm.ErrorWeights()
+    """ESM's error weights (what one error of each type costs), e.g. --esm.param-value 0.3 --esm.wrong-tool 0.8."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Parameter and compute dtype ("auto": the checkpoint's)."""
     progress: bool = True
@@ -85,14 +85,11 @@ class SampleConfig:
 
 
 def _check(config: SampleConfig) -> esm.ErrorWeights:
-    unknown = sorted(set(config.weights) - set(esm.ERROR_TYPES))
-    if unknown:
-        raise DataError(f"--weights: unknown error type {unknown[0]!r} (known: {', '.join(esm.ERROR_TYPES)})")
     if config.mode == "trajectory" and config.decoding.temperature <= 0:
         raise DataError("--mode trajectory samples: give --decoding.temperature > 0 (e.g. 1.0)")
     if config.margin <= 0:
         raise DataError(f"--margin must be positive, got {config.margin}")
-    return esm.ErrorWeights(**config.weights)
+    return config.esm
 
 
 def run_settings(config: SampleConfig) -> dict[str, Any]:

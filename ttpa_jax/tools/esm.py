@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.tools.assignment import match_name_first
 from ttpa_jax.tools.gold_values import concrete_value, matches_gold, may_omit, property_schema
 from ttpa_jax.tools.schema import schema_violation
@@ -62,6 +63,11 @@ class ErrorWeights:
     param_name: float = 0.4
     param_type: float = 0.3
     param_value: float = 0.2
+
+    def __post_init__(self):
+        for t in ERROR_TYPES:
+            if not getattr(self, t) >= 0:
+                raise ConfigError(f"esm.{t}: a weight is what one error costs, 0 or more; got {getattr(self, t)}")
 
     def cost(self, errors: Mapping[str, int]) -> float:
         """The weighted sum of error counts."""

@@ -1,6 +1,6 @@
-"""``python -m ttpa_jax.train sft|dpo --model DIR|PRESET --data FILE --out RUN_DIR [flags]``
+"""``python -m ttpa_jax.train sft|dpo|orpo|grpo|ppo --model DIR|PRESET --data FILE --out RUN_DIR [flags]``
 
-Fine-tunes with SFT or DPO, LoRA (the default, rank 8) or full (``--lora.rank 0``). Re-running the same
+Fine-tunes with the chosen method (``train.methods``), LoRA (the default, rank 8) or full (``--lora.rank 0``). Re-running the same
 command on the same ``--out`` resumes from the latest checkpoint. ``--help`` on each subcommand lists
 its fields; ``--config configs/NAME.yaml`` supplies defaults. With no arguments it prints the usage
 and exits 2. Errors a user causes print one line and exit 2 (``core.cli``).
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ttpa_jax.core.cli import EXIT_USER_ERROR, run, stage_main
 from ttpa_jax.core.errors import UserError
-from ttpa_jax.train.config import parse_cli, usage
+from ttpa_jax.train.methods import parse_cli, usage
 
 
 # The trainer checks some settings against the data and devices as it starts (a preset without
@@ -27,10 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_cli(argv)
     # Imported once the command line is known to be good, so that --help and a bad flag load no JAX.
     from ttpa_jax.model.distributed import maybe_initialize
-    from ttpa_jax.train.trainer import TrainingDiverged, train  # deferred: keeps this module JAX-free
+    from ttpa_jax.train.loop import TrainingDiverged, train  # deferred: keeps this module JAX-free
 
-    if cfg.objective in ("grpo", "ppo"):
-        from ttpa_jax.train.rl.loop import train_rl as train  # JAX too: loaded for an RL run only
     maybe_initialize(cfg.dist.coordinator, cfg.dist.num_processes, cfg.dist.process_id)
     try:
         summary = train(cfg, progress=cfg.progress)

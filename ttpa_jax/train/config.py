@@ -1,26 +1,25 @@
-"""Configuration of ``python -m ttpa_jax.train``: tyro dataclasses, YAML defaults, CLI overrides.
+"""The settings every training method shares: tyro dataclasses, YAML defaults, CLI overrides.
 
-A subcommand is one dataclass: ``RunArgs`` holds what every objective takes, ``SftArgs`` and
-``DpoArgs`` add their own options, so ``train sft --help`` lists no DPO option. ``SUBCOMMANDS`` maps
-each name to its class; a new objective adds a class there and its fields to ``TrainConfig``, the
-union that the trainer reads and that the run writes to ``RUN_DIR/config.yaml``. Every field's
-docstring is its ``--help`` text. ``--config configs/NAME.yaml`` supplies defaults; flags on the
-command line override them. No JAX is imported here.
+``RunArgs`` holds what every method takes (model, data, run directory, schedule, the nested
+``--lora.*``, ``--dataset.*``, ``--optim.*``, ``--mesh.*``, ``--dist.*``); each method's unit adds its
+own fields in a subclass (``train.sft.config.SftArgs``, ...), so ``train sft --help`` lists no DPO
+option and a run's ``RUN_DIR/config.yaml`` holds its own method's fields only. ``train.methods``
+maps each subcommand to its class and parses the command line. Every field's docstring is its
+``--help`` text. No JAX is imported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, ClassVar, Literal
 
-import tyro
 import yaml
 
 from ttpa_jax.core.errors import ConfigError
-from ttpa_jax.model.settings import LoraConfig
-from ttpa_jax.train.packing import LENGTHS_PER_OCTAVE
+from ttpa_jax.model.settings import LoraConfig, ShardingRules
+
+LENGTHS_PER_OCTAVE = (1, 2, 4, 8)  # the row lengths per doubling a packed batch may take (``packing``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,70 +89,6 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DpoConfig:
-    """DPO objective (``train dpo``)."""
-
-    beta: float = 0.1
-    """Temperature of the implicit reward: rewards are beta * (policy - reference) log-probs."""
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    """sigmoid: DPO; ipo: squared loss to 1/(2 beta); hinge: SLiC hinge loss."""
-    label_smoothing: float = 0.0
-    """Conservative DPO: probability that a preference label is flipped (sigmoid loss only)."""
-    sft_weight: float = 0.0
-    """Weight of an extra SFT term (mean NLL per chosen completion token)."""
-    precompute_ref: bool = False
-    """Compute reference log-probs once before training and store them with the tokenized data."""
-    shared_prefix: bool = True
-    """What a batch's sequences share runs once: the pairs of one prompt form a group (its prompt and the
-    prefix all its sequences share once, then each distinct sequence's remainder once, attending to
-    the shared part and itself), groups packed into rows. The same losses and gradients as two full
-    rows per pair, for fewer tokens; with several processes one pair per row."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RlConfig:
-    """The RL stage (used by ``train grpo`` and ``train ppo``): rollouts with tools that run, rewards,
-    GRPO's or PPO's update."""
-
-    reward: str = "esm+format"
-    """Reward: a weighted sum of esm, tl, format and answer, e.g. esm, tl, esm+format, 0.5*esm+0.5*tl+0.2*format."""
-    group_size: int = 4
-    """Completions sampled per prompt (GRPO's group)."""
-    prompts_per_step: int = 2
-    """Prompts per step; a step's batch is prompts_per_step x group_size episodes."""
-    num_iterations: int = 1
-    """Optimizer updates on each batch of rollouts."""
-    max_new_tokens: int = 128
-    """Most tokens generated per model turn."""
-    max_turns: int = 2
-    """Most model turns per episode (calls are executed and the model continues until it answers)."""
-    temperature: float = 1.0
-    """Sampling temperature of the rollouts."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
-    top_k: int = 0
-    """Sample from the k most likely tokens only (0: no limit)."""
-    kl_coef: float = 0.04
-    """KL to the reference: GRPO's k3 penalty weight; PPO's per-token kl_ctl (TL-Training: 0.4)."""
-    epsilon: float = 0.2
-    """Clipping of the policy ratio to [1 - epsilon, 1 + epsilon] (PPO's cliprange)."""
-    epsilon_high: float = 0.0
-    """GRPO: upper clip 1 + epsilon_high (DAPO's clip-higher); 0 uses epsilon."""
-    scale_rewards: bool = True
-    """GRPO: divide advantages by the group's reward std; off, the Dr. GRPO form."""
-    clip_reward_value: float = 5.0
-    """PPO: the episode reward is clipped to +-this."""
-    cliprange_value: float = 0.2
-    """PPO: clipping of the value update around the rollout's values."""
-    gamma: float = 1.0
-    """PPO: GAE discount."""
-    lam: float = 0.95
-    """PPO: GAE lambda."""
-    vf_coef: float = 0.1
-    """PPO: weight of the value loss (the value head shares the policy's trunk)."""
-
-
-@dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Device mesh ("data", "fsdp", "tensor"); -1 fills the remaining devices."""
 
@@ -182,6 +117,8 @@ class DistConfig:
 class RunArgs:
     """What every training objective takes: the model, the data, the run directory, the schedule."""
 
+    objective: ClassVar[str] = ""
+    """The subcommand (``train.methods``), set by each method's subclass."""
     model: str
     """Local HF model directory (safetensors + tokenizer + chat template), or a preset name (random init)."""
     data: str
@@ -220,71 +157,12 @@ class RunArgs:
     dataset: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     mesh: MeshConfig = MeshConfig()
+    sharding: ShardingRules = ShardingRules()
     dist: DistConfig = DistConfig()
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SftArgs(RunArgs):
-    """``train sft``: supervised fine-tuning on {messages, tools} records, with TL-Training's MAE and PKT."""
-
-    mae: bool = False
-    """TL-Training MAE: assistant tool calls whose tool feedback is an error get zero loss weight."""
-    pkt_wmax: float = 0.0
-    """TL-Training PKT: weight key tokens by min(|non-key|/|key|, W); 0 disables."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DpoArgs(RunArgs):
-    """``train dpo``: DPO on {prompt, chosen, rejected, tools} preference records."""
-
-    dpo: Annotated[DpoConfig, tyro.conf.OmitArgPrefixes] = DpoConfig()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RlArgs(RunArgs):
-    """``train grpo`` / ``train ppo``: RL on the tool-call turns of {messages, tools} records, with
-    sampled multi-turn episodes whose calls run on the bundled toolbox."""
-
-    rl: Annotated[RlConfig, tyro.conf.OmitArgPrefixes] = RlConfig()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GrpoArgs(RlArgs):
-    """``train grpo``: group-normalised advantages, clipped ratio objective, k3 KL to the reference."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PpoArgs(RlArgs):
-    """``train ppo``: TL-Training's PPO (value head, GAE, per-token KL control), their defaults."""
-
-    rl: Annotated[RlConfig, tyro.conf.OmitArgPrefixes] = RlConfig(
-        reward="tl", group_size=1, prompts_per_step=8, temperature=0.7, kl_coef=0.4)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig(SftArgs, DpoArgs, RlArgs):
-    """A whole run's settings: every subcommand's fields and the objective it chose (what the trainer reads)."""
-
-    objective: Literal["sft", "dpo", "grpo", "ppo"] = "dpo"
-    """Training objective (chosen by the subcommand)."""
-
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-
-# name -> (the subcommand's dataclass, its --help line)
-SUBCOMMANDS: dict[str, tuple[type[RunArgs], str]] = {
-    "sft": (SftArgs, "Supervised fine-tuning on {messages, tools} records (loss on assistant tokens)."),
-    "dpo": (DpoArgs, "DPO on {prompt, chosen, rejected, tools} preference records (LoRA reference: adapters off)."),
-    "grpo": (GrpoArgs, "GRPO on the tool-call turns of {messages, tools} records: episodes with tools that run."),
-    "ppo": (PpoArgs, "TL-Training's PPO (value head, GAE, KL control) on the tool-call turns of {messages, tools} records."),
-}
-
-
-def to_train_config(args: RunArgs) -> TrainConfig:
-    """The run's ``TrainConfig`` from a subcommand's parsed arguments."""
-    objective = next(name for name, (cls, _) in SUBCOMMANDS.items() if type(args) is cls)
-    return TrainConfig(objective=objective, **{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+        """What ``RUN_DIR/config.yaml`` holds: the subcommand, then this method's fields."""
+        return {"objective": self.objective, **_plain(dataclasses.asdict(self))}
 
 
 def _plain(x):
@@ -343,45 +221,3 @@ def _config_arg(argv: list[str]) -> str | None:
         if a.startswith("--config="):
             return a.split("=", 1)[1]
     return None
-
-
-def _subcommand_fields(d: dict[str, Any], cls: type[RunArgs], name: str, path: str) -> dict[str, Any]:
-    """A YAML config's fields for subcommand ``name``. A run's own ``RUN_DIR/config.yaml`` (every
-    ``TrainConfig`` field, ``objective`` among them) reruns with the subcommand it names, keeping the
-    fields that subcommand has; any other file is taken as written."""
-    if "objective" not in d:
-        return d
-    if d["objective"] != name:
-        raise ConfigError(f"{path}: written by a `train {d['objective']}` run, not `train {name}`")
-    known = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in known}
-
-
-def _blank(cls: type[RunArgs]) -> RunArgs:
-    """``cls`` at its defaults, the fields without a default marked required for tyro."""
-    return cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
-                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
-
-
-def usage() -> str:
-    names = "|".join(SUBCOMMANDS)
-    return (f"usage: python -m ttpa_jax.train {{{names}}} --model DIR|PRESET --data FILE --out RUN_DIR [flags]\n"
-            f"  python -m ttpa_jax.train {{{names}}} --help lists every flag of that subcommand")
-
-
-def parse_cli(argv: list[str] | None = None) -> TrainConfig:
-    """``train SUBCOMMAND [--config FILE] [flags]`` -> TrainConfig. The YAML file gives defaults to the
-    chosen subcommand's dataclass (a field it does not have is an error naming the file)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    yaml_path = _config_arg(argv)
-    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-    choices = []
-    for name, (cls, help_text) in SUBCOMMANDS.items():
-        default = _blank(cls)
-        if yaml_path and name == chosen:
-            fields = _subcommand_fields(load_yaml(yaml_path), cls, name, yaml_path)
-            default = from_dict(cls, {**fields, "config": yaml_path}, default, yaml_path)
-        choices.append(Annotated[cls, tyro.conf.subcommand(name, default=default, description=help_text)])
-    args = tyro.cli(Union[tuple(choices)], args=argv, prog="python -m ttpa_jax.train",  # type: ignore[valid-type]
-                    description="Fine-tune a model (LoRA or full); rerun the same command to resume.")
-    return to_train_config(args)

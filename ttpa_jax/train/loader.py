@@ -11,30 +11,32 @@ import os
 import grain
 import numpy as np
 
+from ttpa_jax.train.batches import Batch, PairRows, TokenRows
 from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.packing import bucket_length, pack
 from ttpa_jax.train.score_columns import pair_columns, sft_columns
 from ttpa_jax.train.shared_prefix import prompt_groups, shared_prefix_batch
 
-# Features that are token ids (padded with pad_id) -> the mask that goes with them.
-SEQ_FEATURES = {"input_ids": ("attention_mask", "weights"),
-                "chosen_ids": ("chosen_mask", "chosen_weights"),
-                "rejected_ids": ("rejected_mask", "rejected_weights")}
+# Features that are token ids (padded with pad_id) -> the mask and weights that go with them, by record kind.
+SEQ_FEATURES = {TokenRows: {"input_ids": ("attention_mask", "weights")},
+                PairRows: {"chosen_ids": ("chosen_mask", "chosen_weights"),
+                           "rejected_ids": ("rejected_mask", "rejected_weights")}}
 
 
 def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int,
             layout: str = "rows", row_multiple: int = 1, varying_shapes: bool = True,
-            row_length: int = 0, lengths_per_octave: int = 2) -> dict[str, np.ndarray]:
-    """Right-pad a list of examples into a batch.
+            row_length: int = 0, lengths_per_octave: int = 2) -> Batch:
+    """Right-pad a list of examples (decoded records of one kind) into a typed batch (``train.batches``).
 
     Sequence features become ``[B, L]`` (ids int32 with a matching ``*_mask``; weights float32);
     scalar-per-example features (reference log-probs) become ``[B]``. All sequences of a batch, chosen
     and rejected alike, share one length L.
 
-    ``layout``: "rows" (one sequence per row, as above), "packed" (SFT: several records per row,
+    ``layout``: "rows" (one sequence per row, as above: ``TokenRows`` or ``PairRows``), "packed" (SFT:
+    several records per row, ``PackedRows``,
     ``packing.pack``; the row count a multiple of ``row_multiple``) or "shared_prefix" (DPO: what
-    sequences share run once, ``shared_prefix.shared_prefix_batch``). A row holding several sequences
+    sequences share run once, ``SharedPrefixPairs``). A row holding several sequences
     is at most ``row_length`` long (0: ``max_length``); its length is one of ``lengths_per_octave`` per
     doubling (``packing.candidate_lengths``).
 
@@ -50,34 +52,39 @@ def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: in
         batch = shared_prefix_batch(rows, pad_id, pad_multiple, row_length or max_length, row_multiple,
                                     group=varying_shapes, per_octave=lengths_per_octave)
         if varying_shapes:
-            batch["sp_cols"] = pair_columns(batch)
+            batch = batch.replace(sp_cols=pair_columns(batch))
     elif layout == "rows":
         batch = _rows(examples, pad_id, pad_multiple, max_length)
     else:
         raise ValueError(f"unknown batch layout {layout!r} (rows, packed, shared_prefix)")
-    if varying_shapes and "weights" in batch:  # SFT: the LM head on the columns predicting weighted tokens only
-        batch["score_cols"] = sft_columns(batch["weights"])
+    if varying_shapes and isinstance(batch, TokenRows):  # SFT: the LM head on the columns predicting weighted tokens only
+        batch = batch.replace(score_cols=sft_columns(batch.weights))
     return batch
 
 
-def _rows(examples, pad_id, pad_multiple, max_length):
-    seq_keys = [k for k in SEQ_FEATURES if k in examples[0]]
-    longest = max(len(ex[k]) for ex in examples for k in seq_keys)
+def record_batch_class(example: dict[str, np.ndarray]) -> type[Batch]:
+    """The one-per-row batch class of a decoded record: ``PairRows`` for preference records, else ``TokenRows``."""
+    return PairRows if "chosen_ids" in example else TokenRows
+
+
+def _rows(examples, pad_id, pad_multiple, max_length) -> TokenRows | PairRows:
+    cls = record_batch_class(examples[0])
+    seq = SEQ_FEATURES[cls]
+    longest = max(len(ex[k]) for ex in examples for k in seq)
     L = bucket_length(longest, pad_multiple, max_length)
-    batch: dict[str, np.ndarray] = {}
-    for k in seq_keys:
-        mask_key, weight_key = SEQ_FEATURES[k]
+    fields: dict[str, np.ndarray] = {}
+    for k, (mask_key, weight_key) in seq.items():
         ids = np.full((len(examples), L), pad_id, np.int32)
         mask = np.zeros((len(examples), L), np.int32)
         weights = np.zeros((len(examples), L), np.float32)
         for i, ex in enumerate(examples):
             n = len(ex[k])
             ids[i, :n], mask[i, :n], weights[i, :n] = ex[k], 1, ex[weight_key]
-        batch[k], batch[mask_key], batch[weight_key] = ids, mask, weights
-    for k in examples[0]:
-        if k not in batch and k not in {w for _, w in SEQ_FEATURES.values()}:
-            batch[k] = np.stack([np.asarray(ex[k]).reshape(()) for ex in examples]).astype(np.float32)
-    return batch
+        fields[k], fields[mask_key], fields[weight_key] = ids, mask, weights
+    for k in examples[0]:  # per-record values (precomputed reference log-probs) -> [B]
+        if k not in fields and k not in {w for _, w in seq.values()}:
+            fields[k] = np.stack([np.asarray(ex[k]).reshape(()) for ex in examples]).astype(np.float32)
+    return cls(**fields)
 
 
 class Loader:
@@ -122,7 +129,7 @@ class Loader:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> Batch:
         return next(self._it)
 
     def get_state(self) -> dict:

@@ -5,12 +5,15 @@ the one-record-per-row loss.
 The row shape is chosen per batch among a few lengths (``pad_multiple`` times 2**k or 1.5 * 2**k; with
 ``per_octave`` 4 also 1.25 and 1.75 * 2**k) and row counts (powers of two times ``row_multiple``, at
 most one row per record), as the smallest ``rows * length`` into which first-fit-decreasing places
-every record: few distinct shapes, so few recompiles. Pure numpy. Shapes: R rows, L row length.
+every record: few distinct shapes, so few recompiles. Host-side numpy. Shapes: R rows, L row length.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ttpa_jax.train.batches import Batch, PackedRows
+from ttpa_jax.train.config import LENGTHS_PER_OCTAVE  # noqa: F401  (the values candidate_lengths takes; scripts read them here)
 
 
 def bucket_length(n: int, pad_multiple: int, max_length: int) -> int:
@@ -33,9 +36,6 @@ def first_fit(lengths: list[int], rows: int, capacity: int) -> list[list[int]] |
         bins[j].append(i)
         room[j] -= lengths[i]
     return bins
-
-
-LENGTHS_PER_OCTAVE = (1, 2, 4, 8)
 
 
 def candidate_lengths(longest: int, pad_multiple: int, max_length: int, per_octave: int = 2) -> list[int]:
@@ -71,7 +71,7 @@ def plan_rows(lengths: list[int], pad_multiple: int, max_length: int, row_multip
 
 
 def pack(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, max_length: int,
-         row_multiple: int = 1, per_octave: int = 2) -> dict[str, np.ndarray]:
+         row_multiple: int = 1, per_octave: int = 2) -> PackedRows:
     """SFT examples (``input_ids``, ``weights``) -> a packed batch [R, L]: ``input_ids``, ``attention_mask``,
     ``weights``, ``positions`` (from 0 in each record) and ``segment_ids`` (1, 2, ... per record in its
     row; 0 on padding)."""
@@ -90,10 +90,10 @@ def pack(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: int, 
             out["positions"][r, at:at + n] = np.arange(n)
             out["segment_ids"][r, at:at + n] = seg
             at += n
-    return out
+    return PackedRows(**out)
 
 
-def efficiency(batch: dict[str, np.ndarray]) -> float:
+def efficiency(batch: Batch) -> float:
     """Share of a batch's token slots that hold real tokens (1.0: no padding)."""
-    masks = [v for k, v in batch.items() if k.endswith("mask")]
+    masks = batch.masks()
     return float(sum(m.sum() for m in masks) / max(sum(m.size for m in masks), 1))

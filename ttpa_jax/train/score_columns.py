@@ -2,7 +2,7 @@
 
 An SFT row weights only its assistant tokens and a DPO pair only its completions: in tool-use data
 about a tenth of the row. The LM head (``[D, V]``: a fifth of a small model's forward FLOPs) and its
-log-softmax then run on those columns only (``Transformer.column_scores(columns=...)``); the loss is
+log-softmax then run on those columns only (``scoring.column_scores(columns=...)``); the loss is
 the same sum over the same terms.
 
 The host picks them (``sft_columns``, ``pair_columns``: ``[B, K]`` column indices, -1 after a row's
@@ -37,9 +37,10 @@ def sft_columns(weights: np.ndarray) -> np.ndarray:
     return score_columns(selected)
 
 
-def pair_columns(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """A shared-prefix DPO batch -> the columns any slot's weight counts ([R, K], ``score_columns``)."""
-    return score_columns(((batch["sp_chosen_w"] > 0) | (batch["sp_rejected_w"] > 0)).any(axis=1))
+def pair_columns(batch) -> np.ndarray:
+    """A shared-prefix batch (``SharedPrefixPairs``) -> the columns any slot's weight counts ([R, K],
+    ``score_columns``)."""
+    return score_columns(((batch.sp_chosen_w > 0) | (batch.sp_rejected_w > 0)).any(axis=1))
 
 
 def gather(cols, *arrays):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ttpa_jax.train.batches import PairRows, SharedPrefixPairs
 from ttpa_jax.train.packing import bucket_length, plan_rows
 
 ROW_KEYS = ("sp_ids", "sp_positions", "sp_mask", "sp_branch", "sp_segment", "sp_target")  # [R, L]
@@ -38,7 +39,7 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def _real(batch, side, i):
+def _real(batch: PairRows, side, i):
     m = batch[f"{side}_mask"][i].astype(bool)
     return batch[f"{side}_ids"][i][m], batch[f"{side}_weights"][i][m]
 
@@ -96,13 +97,13 @@ def prompt_groups(examples) -> list[list[int]]:
     return list(groups.values())
 
 
-def group_pairs(batch: dict[str, np.ndarray], group: bool, cap: int) -> list[_Group]:
+def group_pairs(batch: PairRows, group: bool, cap: int) -> list[_Group]:
     """The batch's pairs in groups: by prompt (the chosen side's tokens before its first weighted one)
     when ``group``, a group longer than ``cap`` tokens only if one pair alone is (past it the prompt
     starts a new group); else one pair each."""
     groups: list[_Group] = []
     last: dict[bytes, int] = {}  # prompt -> index of its newest group
-    for i in range(batch["chosen_ids"].shape[0]):
+    for i in range(batch.num_pairs):
         chosen, rejected = _real(batch, "chosen", i), _real(batch, "rejected", i)
         key = _prompt(*chosen)
         if group and key in last:
@@ -119,18 +120,18 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def shared_prefix_batch(batch: dict[str, np.ndarray], pad_id: int = 0, pad_multiple: int = 8,
+def shared_prefix_batch(batch: PairRows, pad_id: int = 0, pad_multiple: int = 8,
                         max_length: int = 0, row_multiple: int = 1, group: bool = True,
-                        per_octave: int = 2) -> dict[str, np.ndarray]:
-    """A collated DPO batch (``chosen_ids``/``_mask``/``_weights``, the same for rejected, [B, L]; rows
-    right-padded) -> the shared-prefix layout: ``ROW_KEYS`` [R, L], ``SLOT_KEYS`` [R, M, L] and
+                        per_octave: int = 2) -> SharedPrefixPairs:
+    """A collated preference batch (``PairRows``: ``chosen_ids``/``_mask``/``_weights``, the same for
+    rejected, [B, L]; rows right-padded) -> the shared-prefix layout (``SharedPrefixPairs``): ``ROW_KEYS`` [R, L], ``SLOT_KEYS`` [R, M, L] and
     ``sp_pair`` [R, M] (the pair in each slot, -1 for an empty one); per-pair values (precomputed
     reference log-probs, [B]) move to their slots, [R, M] (0 in empty ones).
 
     With ``group``, R and L come from ``packing.plan_rows`` over the groups (lengths ``pad_multiple``
     times 2**k or 1.5 * 2**k, finer with ``per_octave`` 4 or 8; R a power of two times ``row_multiple``)
     and M is a power of two; without, R = B, one slot per row, and L a ``packing.bucket_length``."""
-    B = batch["chosen_ids"].shape[0]
+    B = batch.num_pairs
     groups = group_pairs(batch, False, 0)  # one pair each
     if group:
         groups = group_pairs(batch, True, max(max_length, max(g.length() for g in groups)))
@@ -148,11 +149,12 @@ def shared_prefix_batch(batch: dict[str, np.ndarray], pad_id: int = 0, pad_multi
         at, branch, slot = 0, 0, 0
         for seg, g in enumerate(sorted(members), start=1):
             at, branch, slot = _write_group(out, r, groups[g], seg, at, branch, slot)
-    for k, v in batch.items():  # per-pair values -> their slots
-        if not (k.startswith("chosen_") or k.startswith("rejected_")):
+    for k in ("ref_chosen_logp", "ref_rejected_logp"):  # per-pair values -> their slots
+        v = batch[k]
+        if v is not None:
             valid = out["sp_pair"] >= 0
             out[k] = np.where(valid, np.asarray(v)[np.maximum(out["sp_pair"], 0)], 0).astype(np.asarray(v).dtype)
-    return out
+    return SharedPrefixPairs(**out)
 
 
 def _write_group(out, r, g: _Group, seg: int, at: int, branch: int, slot: int):

@@ -13,15 +13,16 @@ from tqdm import tqdm
 
 from ttpa_jax.model.distributed import sync_processes
 from ttpa_jax.model.sharding import batch_sharding
-from ttpa_jax.train.config import TrainConfig
+from ttpa_jax.train.batches import Batch, SharedPrefixPairs
+from ttpa_jax.train.dpo.config import DpoArgs
 from ttpa_jax.train.example_proto import decode_example, encode_example
 from ttpa_jax.train.loader import collate
-from ttpa_jax.train.objectives import reference_logps
 from ttpa_jax.train.recordio import RecordWriter, open_source
+from ttpa_jax.train.scoring import reference_logps
 from ttpa_jax.train.shared_prefix import prompt_groups
 
 
-def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progress: bool = True) -> Path:
+def precompute_reference(st, records: Path, cfg: DpoArgs, layout: str, progress: bool = True) -> Path:
     """One pass over the preference data computing reference log-probs; writes a second record file
     with ``ref_chosen_logp``/``ref_rejected_logp`` added, reused when it already exists. ``st``: the
     ``trainer.Trainer`` (its model and placement); ``layout``: the batch layout (``loader.collate``)."""
@@ -55,7 +56,7 @@ def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progr
                        row_multiple=placement.batch_divisor, varying_shapes=jax.process_count() == 1,
                        row_length=cfg.dataset.row_length, lengths_per_octave=cfg.dataset.lengths_per_octave)
         n_proc, p = jax.process_count(), jax.process_index()
-        local = {k: v[p * per // n_proc:(p + 1) * per // n_proc] for k, v in host.items()}
+        local = jax.tree.map(lambda v: v[p * per // n_proc:(p + 1) * per // n_proc], host)
         with jax.set_mesh(placement.mesh):
             rc, rr = jax.device_get(ref_logps(st.trainable, st.frozen, placement.batch(local)))  # replicated: every process reads it
         for j, pair in zip(idx, by_pair(host, np.asarray(rc), np.asarray(rr))):
@@ -74,12 +75,12 @@ def precompute_reference(st, records: Path, cfg: TrainConfig, layout: str, progr
     return out
 
 
-def by_pair(host_batch, chosen, rejected) -> list[tuple[float, float]]:
-    """Per-slot values (``objectives.pair_scores`` order, [N] each) -> (chosen, rejected) per pair of
+def by_pair(host_batch: Batch, chosen, rejected) -> list[tuple[float, float]]:
+    """Per-slot values (``scoring.pair_scores`` order, [N] each) -> (chosen, rejected) per pair of
     the batch, in its order."""
-    if "sp_pair" not in host_batch:
+    if not isinstance(host_batch, SharedPrefixPairs):
         return list(zip(chosen.tolist(), rejected.tolist()))
-    slots = host_batch["sp_pair"].reshape(-1)
+    slots = host_batch.sp_pair.reshape(-1)
     out = [(0.0, 0.0)] * int(slots.max() + 1)
     for s in np.flatnonzero(slots >= 0):
         out[slots[s]] = (float(chosen[s]), float(rejected[s]))

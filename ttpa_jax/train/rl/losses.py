@@ -1,7 +1,7 @@
 """The math of the RL stage as pure functions: group advantages, the GRPO objective, TL-Training's
 PPO rewards (KL penalty per token, clipped score on the last token), GAE, and the PPO losses.
 
-Token arrays are ``[B, T]`` aligned with ``Transformer.token_logps_and_vocab_mean``: column t scores the token at t
+Token arrays are ``[B, T]`` aligned with ``scoring.token_logps_and_vocab_mean``: column t scores the token at t
 given the tokens before it; ``mask [B, T]`` is 1 on the tokens the policy generated (prompt,
 tool-result and padding tokens are 0). Every loss is a token-level mean: sum over masked tokens of
 the whole batch divided by their count.

@@ -18,7 +18,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ttpa_jax.tools.rewards import COMPONENTS, REWARDS, RewardSpec, answer_reward, parse_reward_spec
+from ttpa_jax.tools.esm import ErrorWeights
+from ttpa_jax.tools.rewards import COMPONENTS, REWARDS, RewardSpec, answer_reward, esm_reward, parse_reward_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +42,15 @@ class Episode:
     completion_ids: tuple[int, ...] = ()
 
 
-def component_rewards(episode: Episode, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
-    """The named components of one episode's reward."""
+def component_rewards(episode: Episode, names: Sequence[str] = COMPONENTS,
+                      esm: ErrorWeights | None = None) -> dict[str, float]:
+    """The named components of one episode's reward (``esm`` scored with the ``--esm.*`` weights)."""
     out: dict[str, float] = {}
     for name in names:
         if name == "answer":
             out[name] = answer_reward(episode.final_answer, episode.tool_results)
+        elif name == "esm":
+            out[name] = float(esm_reward(episode.completion, episode.gold_calls, episode.tools, weights=esm))
         elif name in REWARDS:
             out[name] = float(REWARDS[name](episode.completion, episode.gold_calls, episode.tools))
         else:
@@ -56,14 +60,15 @@ def component_rewards(episode: Episode, names: Sequence[str] = COMPONENTS) -> di
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeReward:
-    """``reward(episode) -> (total, components)`` for a ``--reward`` spec."""
+    """``reward(episode) -> (total, components)`` for a ``--reward`` spec and the ``--esm.*`` weights."""
 
     spec: RewardSpec
+    esm: ErrorWeights = ErrorWeights()
 
     @classmethod
-    def parse(cls, text: str) -> "EpisodeReward":
-        return cls(parse_reward_spec(text))
+    def parse(cls, text: str, esm: ErrorWeights = ErrorWeights()) -> "EpisodeReward":
+        return cls(parse_reward_spec(text), esm)
 
     def __call__(self, episode: Episode) -> tuple[float, dict[str, float]]:
-        parts = component_rewards(episode, self.spec.names)
+        parts = component_rewards(episode, self.spec.names, self.esm)
         return self.spec.total(parts), parts
