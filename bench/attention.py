@@ -1,5 +1,5 @@
 """Attention benchmark: one layer's attention (``model.attention.attend``, the default path: on a CPU where
-it measured faster, the fused kernel of ``model.cpu_kernel``, else the ``jnp`` tiles; and the tiles on
+it measured faster, the fused kernel of ``ttpa_jax.cpu.attention_kernel``, else the ``jnp`` tiles; and the tiles on
 their own), forward and backward, against the dense
 computation (``jax.nn.dot_product_attention``, XLA's implementation: the whole ``[B, N, T, S]`` scores
 at once), on SmolLM2-135M's heads (9 query, 3 key/value, 64 wide) and the training layouts of four
@@ -30,16 +30,16 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from ttpa_jax.core.malloc import tune_malloc  # noqa: E402
+from ttpa_jax.cpu import tune  # noqa: E402
 
-tune_malloc()
+tune()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ttpa_jax.model.attention import DEFAULT_BLOCK, _blocked, _dense, _tile, attend, attention_mask  # noqa: E402
-from ttpa_jax.model.cpu_kernel import applies  # noqa: E402
+from ttpa_jax.cpu.attention_kernel import applies  # noqa: E402
 
 from ttpa_bench import report  # noqa: E402
 from ttpa_bench.workloads import pairs, to_longest  # noqa: E402

@@ -24,9 +24,9 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from ttpa_jax.core.malloc import tune_malloc  # noqa: E402
+from ttpa_jax.cpu import tune  # noqa: E402
 
-tune_malloc()  # as every ttpa_jax command does, before jax starts its threads; torch gains alike
+tune()  # as every ttpa_jax command does, before jax starts its threads; torch gains alike
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -29,9 +29,10 @@ import statistics
 import sys
 import tempfile
 
-from ttpa_jax.core.malloc import release_free_memory, tune_malloc
+from ttpa_jax.cpu import tune
+from ttpa_jax.cpu.malloc import release_free_memory
 
-tune_malloc()  # as the trainer does, before jax starts its threads
+tune()  # as the trainer does, before jax starts its threads
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -167,7 +168,7 @@ def main():
     print(f"model: {'random ' + args.preset if args.preset else args.model}" +
           (f", first {args.layers} layers" if args.layers else "") +
           f" ({cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}), {args.dtype}; "
-          f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (core/malloc.py)")
+          f"LoRA rank 8 on all 7 projections; --logits-chunk {args.logits_chunk}; malloc tuned (cpu/malloc.py)")
     peak, peak_note = wl.device_peak(args.peak_tflops, args.dtype)
     bw = report.bandwidth()
     report.value("matmul peak", peak / 1e9, "GFLOP/s", peak_note)
@@ -227,7 +228,7 @@ def main():
         report.value("ours: step temporaries", f_temp, "MiB", f"{fast_name}; rows {p_temp:.0f} MiB")
         report.value("ours: compile", f_comp, "s", f"rows {p_comp:.0f} s")
         sys.stdout.flush()
-        release_free_memory()  # the heap keeps its peak otherwise, and DPO's and SFT's add up (core/malloc.py)
+        release_free_memory()  # the heap keeps its peak otherwise, and DPO's and SFT's add up (cpu/malloc.py)
 
 
 if __name__ == "__main__":

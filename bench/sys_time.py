@@ -19,9 +19,9 @@ import time
 
 if "--default-malloc" in sys.argv:
     os.environ["TTPA_MALLOC"] = "default"
-from ttpa_jax.core.malloc import tune_malloc  # noqa: E402
+from ttpa_jax.cpu import tune  # noqa: E402
 
-TUNED = tune_malloc()  # before jax starts its threads (the trainer does the same on import)
+TUNED = tune()  # before jax starts its threads (the trainer does the same on import)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -44,7 +44,7 @@ def parse_args():
     ap.add_argument("--logits-chunk", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--shared-prefix", action="store_true", help="dpo: the shared-prefix layout")
-    ap.add_argument("--default-malloc", action="store_true", help="leave glibc malloc as it is (core/malloc.py)")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc malloc as it is (cpu/malloc.py)")
     return ap.parse_args()
 
 

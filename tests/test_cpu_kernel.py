@@ -1,4 +1,4 @@
-"""The fused CPU attention kernel (``model.cpu_kernel``) against the dense computation: causal rows with
+"""The fused CPU attention kernel (``ttpa_jax.cpu.attention_kernel``) against the dense computation: causal rows with
 left padding, packed records, shared-prefix branches, a cache longer than the queries, grouped heads of
 64 and 128, and random masks; values and gradients to 1e-5, on one device and on meshes of 8; where
 ``attend`` uses it, and what happens without it."""
@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ttpa_jax.model import attention as A
-from ttpa_jax.model import cpu_kernel
+from ttpa_jax.cpu import attention_kernel as cpu_kernel
 
 
 def _case(name, seed=0):

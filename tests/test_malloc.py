@@ -1,4 +1,4 @@
-"""core/malloc.py: with the settings applied a freed block larger than 2 GiB stays mapped (using it
+"""cpu/malloc.py: with the settings applied a freed block larger than 2 GiB stays mapped (using it
 again faults no pages), and release_free_memory hands it back to the kernel.
 
 Each check runs in a fresh interpreter: the settings bind a process for its lifetime. The settings
@@ -12,7 +12,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import ctypes, resource, sys
-    from ttpa_jax.core import malloc
+    from ttpa_jax.cpu import malloc
     assert malloc.tune_malloc()
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

@@ -52,7 +52,7 @@ def test_installed_wheel_finds_the_presets_outside_the_checkout(tmp_path):
     names = {row["preset"] for row in json.loads(listing)}
     assert {"qwen2.5-7b", "tiny-llama3", "llama3.1-8b"} <= names and len(names) == len(list((REPO / "models").glob("*.json")))
     code = ("from ttpa_jax.model.config import load_config, presets_dir\n"
-            "from ttpa_jax.model.cpu_kernel import SOURCE\n"
+            "from ttpa_jax.cpu.attention_kernel import SOURCE\n"
             "import ttpa_jax\n"
             "c = load_config('qwen2.5-7b')\n"
             "m = ttpa_jax.init_model('tiny-llama3')\n"

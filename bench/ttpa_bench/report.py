@@ -34,7 +34,7 @@ def machine_line() -> str:
     import jax
     import torch
 
-    from ttpa_jax.model.cpu_kernel import isa
+    from ttpa_jax.cpu.attention_kernel import isa
 
     dev = jax.devices()[0]
     acc = "" if dev.platform == "cpu" else f", {dev.device_kind}"

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 
 from ttpa_jax.core.cache import use_compile_cache
 from ttpa_jax.core.errors import UserError
-from ttpa_jax.core.malloc import tune_malloc
 
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 EXIT_USER_ERROR = 2
@@ -71,10 +70,8 @@ def stage_main(fn: Callable[[list[str] | None], int] | None = None, *,
 
 
 def run(main: Main) -> None:
-    """Exit the process with ``main()``'s code (what ``python -m ttpa_jax.<stage>`` runs). Malloc is tuned
-    first, before JAX starts its threads (``core.malloc``): every stage, decoding included, reuses its
-    large buffers instead of faulting them in afresh each call; compiled programs are cached across
-    processes (``core.cache``)."""
-    tune_malloc()
+    """Exit the process with ``main()``'s code (what ``python -m ttpa_jax.<stage>`` runs); compiled programs
+    are cached across processes (``core.cache``). The CPU allocator settings come with the model layer
+    (``ttpa_jax.cpu``)."""
     use_compile_cache()
     sys.exit(main())

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttpa_jax.core.errors import ConfigError
-from ttpa_jax.core.malloc import release_free_memory
+from ttpa_jax.cpu.malloc import release_free_memory
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
@@ -100,7 +100,7 @@ class SeedRun:
             say(f"== seed {self.seed}: {name}")
             self._cache[name] = fn(*a)
             self.seconds[name] = time.perf_counter() - t0
-            release_free_memory()  # the next stage's buffers differ (core/malloc.py)
+            release_free_memory()  # the next stage's buffers differ (cpu/malloc.py)
         return self._cache[name]
 
     def data(self, construction: str = "reversed") -> tuple[Path, Path]:

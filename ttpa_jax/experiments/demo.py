@@ -24,7 +24,7 @@ from pathlib import Path
 import tyro
 
 from ttpa_jax.core.cli import run as run_cli, stage_main
-from ttpa_jax.core.malloc import release_free_memory
+from ttpa_jax.cpu.malloc import release_free_memory
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.pipeline import PipelineConfig
 from ttpa_jax.evaluate.report import read_metrics, write_report
@@ -67,7 +67,7 @@ def run(cfg: PipelineConfig) -> dict:
         P.say(f"\n== {name}")
         out = fn(*a)
         seconds[name] = time.perf_counter() - t0
-        release_free_memory()  # the next stage's buffers differ (core/malloc.py)
+        release_free_memory()  # the next stage's buffers differ (cpu/malloc.py)
         return out
 
     train_file, test_file = stage("construct", P.construct_data, cfg)

@@ -4,7 +4,7 @@ never holds the whole ``[B, K, G, T, S]`` score tensor.
 - ``attention_mask``: which key each query sees ``[B, T, S]`` (bool), from the causal order, the
   key padding, and optionally segment ids (packed rows: no token sees another record) and branch ids
   (shared-prefix rows: a suffix sees the shared trunk and itself, never the other suffix).
-- ``attend``: on CPU in fp32, the fused kernel of ``cpu_kernel`` (C++ through XLA's FFI, built on first
+- ``attend``: on CPU in fp32, the fused kernel of ``ttpa_jax.cpu.attention_kernel`` (C++ through XLA's FFI, built on first
   use); where it does not apply or is not built, rows longer than ``block`` queries are computed in
   tiles of at most ``block`` x ``block``, sized evenly (``_tile``): a ``lax.scan`` over query blocks,
   each an online softmax over key blocks, where a ``lax.cond`` skips every tile that no query of the
@@ -29,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ttpa_jax.model import cpu_kernel
+from ttpa_jax.cpu import attention_kernel as cpu_kernel
 
 NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaN
 DEFAULT_BLOCK = 256  # tile rows and columns: the fastest of 128-512 on SmolLM2 shapes (docs/benchmarks.md)
@@ -252,7 +252,7 @@ def _use_cudnn(dtype) -> bool:
 def attend(q, k, v, mask, *, block: int = DEFAULT_BLOCK):
     """Masked softmax attention. q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] bool -> [B, T, N * H].
 
-    On CPU, fp32 rows of more than one query go to the fused kernel (``cpu_kernel``) where it is built.
+    On CPU, fp32 rows of more than one query go to the fused kernel (``ttpa_jax.cpu.attention_kernel``) where it is built.
     Otherwise ``block`` <= 0 gives the dense computation (the ``[B, K, G, T, S]`` scores at once), as do
     rows of at most ``block`` queries, except a single query (a decode step) on CPU: ``_one_query``;
     longer rows the tiles of ``_blocked``.

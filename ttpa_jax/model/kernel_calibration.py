@@ -1,6 +1,6 @@
 """The CPU attention kernel against the ``jnp`` tiles on one representative shape, timed on this CPU.
 
-``cpu_kernel`` runs this module once per built library (per source, flags, jaxlib and kind of CPU), in
+``ttpa_jax.cpu.attention_kernel`` runs this module once per built library (per source, flags, jaxlib and kind of CPU), in
 a subprocess so that the timing never runs inside the trace that asked for the kernel, and keeps its
 answer beside the library: the kernel is used only where it measured at least as fast as the tiles.
 
@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttpa_jax.model import cpu_kernel  # noqa: E402
+from ttpa_jax.cpu import attention_kernel as cpu_kernel  # noqa: E402
 from ttpa_jax.model.attention import DEFAULT_BLOCK, _blocked, _scaled, _tile, attention_mask  # noqa: E402
 
 B, T, K, G, H = 2, 1024, 3, 3, 64

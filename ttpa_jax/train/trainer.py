@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ttpa_jax.core.malloc import tune_malloc
 from ttpa_jax.model.hf_io import load_pretrained
 from ttpa_jax.model.lora import apply_lora
 from ttpa_jax.model.sharding import Placement, loader_shardings
@@ -29,7 +28,6 @@ from ttpa_jax.train.config import RunArgs
 from ttpa_jax.train.optim import make_optimizer
 
 
-tune_malloc()  # before jax starts its threads: step buffers stay mapped between steps (core/malloc.py)
 
 
 # --------------------------------------------------------------------------- model

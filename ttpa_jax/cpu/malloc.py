@@ -13,9 +13,9 @@ step and faulted it in again (1.4-1.9 M minor faults per 20 s, a quarter of the 
 ablation's SFT stage); ``-1`` turns trimming off (docs/benchmarks.md, "System time").
 
 ``tune_malloc()`` applies this with ``mallopt``; the arena limit only binds threads that have not
-allocated yet, so call it before jax starts its thread pools: every ``python -m ttpa_jax.<stage>``
-does (``core.cli.run``), and so does importing ``ttpa_jax.train.trainer``. ``TTPA_MALLOC=default``
-leaves malloc as it is. The same settings as environment variables, for any process:
+allocated yet, so call it before jax starts its thread pools: ``ttpa_jax.cpu.tune()`` does, where JAX
+computes on the CPU, when the model layer is imported. ``TTPA_MALLOC=default`` leaves malloc as it is.
+The same settings as environment variables, for any process:
 ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776`` (1 TiB: never reached).
 """
 
