@@ -32,9 +32,10 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed-main
 	$(PY) -m ttpa_jax.demo $(ARGS)
 
-# The import rules (.importlinter) first, then the tests: two workers, each taking whole files (a
-# file's tests share their compiled steps and fixtures).
+# Lint and import order (ruff, pyproject.toml) and the import rules (.importlinter) first, then the
+# tests: two workers, each taking whole files (a file's tests share their compiled steps and fixtures).
 test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 

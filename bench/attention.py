@@ -38,11 +38,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ttpa_jax.model.attention import DEFAULT_BLOCK, _blocked, _dense, _tile, attend, attention_mask  # noqa: E402
-from ttpa_jax.cpu.attention_kernel import applies  # noqa: E402
-
 from ttpa_bench import report  # noqa: E402
 from ttpa_bench.workloads import pairs, to_longest  # noqa: E402
+from ttpa_jax.cpu.attention_kernel import applies  # noqa: E402
+from ttpa_jax.model.attention import DEFAULT_BLOCK, _blocked, _dense, _tile, attend, attention_mask  # noqa: E402
 
 N, K, H = 9, 3, 64
 LAYOUTS = {"packed 2 x 1536": ([[673, 844], [760, 764]], 1536, True),

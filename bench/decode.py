@@ -34,15 +34,14 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import ttpa_jax  # noqa: E402
-from ttpa_jax.decode.loop import generate  # noqa: E402
-from ttpa_jax.model.transformer import count_params  # noqa: E402
-from ttpa_jax.text.prompts import left_pad  # noqa: E402
-from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps  # noqa: E402
-
 from ttpa_bench import report  # noqa: E402
 from ttpa_bench.report import median_times  # noqa: E402
 from ttpa_bench.sides import make_checkpoint  # noqa: E402
 from ttpa_bench.workloads import PRESETS, device_peak  # noqa: E402
+from ttpa_jax.decode.loop import generate  # noqa: E402
+from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps  # noqa: E402
+from ttpa_jax.model.transformer import count_params  # noqa: E402
+from ttpa_jax.text.prompts import left_pad  # noqa: E402
 
 
 def prompts(n: int, lo: int, hi: int, seed: int = 0, vocab: int = 32000) -> list[list[int]]:

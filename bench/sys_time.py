@@ -62,6 +62,8 @@ def report(label, d):
 def main():
     import dataclasses
 
+    from flax import nnx
+
     from ttpa_jax.model.lora import LoraConfig, apply_lora
     from ttpa_jax.model.sharding import Placement, make_mesh
     from ttpa_jax.model.transformer import Transformer
@@ -69,7 +71,6 @@ def main():
     from ttpa_jax.train.objectives import make_dpo, make_sft
     from ttpa_jax.train.optim import make_optimizer
     from ttpa_jax.train.trainer import make_train_step, split_model
-    from flax import nnx
 
     args = parse_args()
     cfg = dataclasses.replace(SMOLLM2, num_hidden_layers=args.layers)

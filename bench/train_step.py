@@ -24,8 +24,6 @@ import os
 import tempfile
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers

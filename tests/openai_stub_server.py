@@ -17,9 +17,9 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ttpa_jax.construct.checks import leaves, salient_items
 from ttpa_jax.construct.generators.openai_prompts import CONTEXT_MARKER
 from ttpa_jax.construct.generators.values import sample_object
-from ttpa_jax.construct.checks import leaves, salient_items
 
 # Request number modulo PERIOD -> misbehaviour.
 PERIOD = 10

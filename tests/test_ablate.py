@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_jax.experiments import ablate, ablate_doc, ablate_scale, ablate_stats as S
+from ttpa_jax.experiments import ablate, ablate_doc, ablate_scale
+from ttpa_jax.experiments import ablate_stats as S
 
 REPO = Path(__file__).resolve().parents[1]
 

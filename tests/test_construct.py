@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from construct_configs import construct_config
 
 from ttpa_jax.construct.build import ConfigError, ConstructConfig, construct, held_out_path
-from ttpa_jax.core.jsonl import read_jsonl
 from ttpa_jax.construct.checks import check_record, mentions, parse_turns
-
-from construct_configs import construct_config
+from ttpa_jax.core.jsonl import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 

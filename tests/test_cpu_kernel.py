@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ttpa_jax.model import attention as A
 from ttpa_jax.cpu import attention_kernel as cpu_kernel
+from ttpa_jax.model import attention as A
 
 
 def _case(name, seed=0):

@@ -5,13 +5,12 @@ import jax
 import numpy as np
 import pytest
 import torch
+from helpers import left_padded_batch, tiny_hf_model
 
 import ttpa_jax
 from ttpa_jax.decode.loop import _prefill_and_decode, continue_decoding, generate, prompt_bucket, round_up, stop_hits
-from ttpa_jax.text.prompts import left_pad
 from ttpa_jax.decode.rules import Sampling, top_k_filter, top_p_filter
-
-from helpers import left_padded_batch, tiny_hf_model
+from ttpa_jax.text.prompts import left_pad
 
 N_NEW = 10
 

@@ -10,21 +10,20 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from helpers import metrics, preference_records, write_jsonl
 from transformers import AutoModelForCausalLM
 
 import ttpa_jax
-from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.export.weights import load_run
 from ttpa_jax.model.lora import LoraConfig
 from ttpa_jax.model.transformer import Ctx
-from ttpa_jax.train.dpo.unit import make_dpo
-from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.batches import PairRows
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
 from ttpa_jax.train.dpo.config import DpoArgs, DpoConfig
+from ttpa_jax.train.dpo.unit import make_dpo
+from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.loop import train
-
-from helpers import metrics, preference_records, write_jsonl
+from ttpa_jax.train.recordio import open_source
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")

@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from construct_configs import construct_config
 
 from ttpa_jax.construct.build import ConfigError, construct
+from ttpa_jax.construct.checks import check_record
 from ttpa_jax.core.conversation import mae_masked_messages, normalize_record
 from ttpa_jax.core.jsonl import read_jsonl
-from ttpa_jax.construct.checks import check_record
-
-from construct_configs import construct_config
 
 REPO = Path(__file__).resolve().parent.parent
 NUM = {"reversed": 60, "forward": 30}

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from ttpa_jax.tools import esm
 from ttpa_jax.tools.assignment import match_name_first, min_cost_assignment
-from ttpa_jax.tools.esm import ErrorWeights, score
 from ttpa_jax.tools.calls import render
+from ttpa_jax.tools.esm import ErrorWeights, score
 from ttpa_jax.tools.gold_values import matches_gold, standardize_string
 
 

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from ttpa_jax.evaluate import evaluator as evaluate
 from ttpa_jax.core.conversation import normalize_record
 from ttpa_jax.core.jsonl import write_jsonl
-from ttpa_jax.tools.return_values import check_answer, mentions, result_values
+from ttpa_jax.evaluate import evaluator as evaluate
 from ttpa_jax.tools.calls import render
+from ttpa_jax.tools.return_values import check_answer, mentions, result_values
 
 WEATHER = {
     "type": "function",

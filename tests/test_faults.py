@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import sft_records, write_jsonl
 
 import ttpa_jax
-from helpers import sft_records, write_jsonl
-from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.sample import sampler
 from ttpa_jax.sample.audit import audit_path
 from ttpa_jax.sample.output import prompt_log_path

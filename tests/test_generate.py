@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_records import RECORDS, TOOLS, build_tiny_model_dir, write_jsonl
 
 import ttpa_jax
-from ttpa_jax.text.detokenize import finish, truncate_at_stop
 from ttpa_jax.decode.generate import complete, generate_completions, main
+from ttpa_jax.text.detokenize import finish, truncate_at_stop
 from ttpa_jax.text.prompts import encode_chat, load_tokenizer
-
-from tool_records import RECORDS, TOOLS, build_tiny_model_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [

@@ -8,16 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compiled_step import compiled_memory
 
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import even_chunks, init_model
+from ttpa_jax.train.batches import PairRows, TokenRows
 from ttpa_jax.train.dpo.unit import make_dpo
 from ttpa_jax.train.sft.unit import make_sft
-from ttpa_jax.train.batches import PairRows, TokenRows
 from ttpa_jax.train.trainer import make_train_step, split_model
-
-from compiled_step import compiled_memory
 
 B, L = 2, 23  # 23 positions: chunks of at most 5 are 5 x 5 (2 padded), of at most 10 are 3 x 8 (1 padded)
 

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from helpers import left_padded_batch, tiny_hf_model, torch_logits
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import ttpa_jax
 from ttpa_jax.model.config import ConfigError, list_presets, load_config
 from ttpa_jax.model.hf_io import CheckpointError
 from ttpa_jax.model.transformer import abstract_model, count_params, rotary
-
-from helpers import left_padded_batch, tiny_hf_model, torch_logits
 
 
 def _compare(hf_model, tmp_path, lengths, atol=1e-4, **load_kw):

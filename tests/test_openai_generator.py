@@ -6,15 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from construct_configs import construct_config
 from openai_stub_server import StubServer
+
 from ttpa_jax.construct.build import construct
+from ttpa_jax.construct.checks import check_record
 from ttpa_jax.construct.generators.openai_chat import extract_json, public_url
 from ttpa_jax.construct.generators.protocol import EndpointError
 from ttpa_jax.core.jsonl import read_jsonl
 from ttpa_jax.tools.library import bundled_tools
-from ttpa_jax.construct.checks import check_record
 
 SECRET = "sk-test-SECRET-4242"
 USER_TOOLS = [

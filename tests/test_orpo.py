@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import torch
+from helpers import metrics, preference_records, write_jsonl
 from transformers import AutoModelForCausalLM
 
 from ttpa_jax.model.lora import LoraConfig
@@ -14,8 +15,6 @@ from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.loop import train
 from ttpa_jax.train.orpo.config import OrpoArgs, OrpoConfig
 from ttpa_jax.train.recordio import open_source
-
-from helpers import metrics, preference_records, write_jsonl
 
 
 def trl_orpo_loss(model_dir, examples, beta: float) -> dict[str, float]:

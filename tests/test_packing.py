@@ -9,8 +9,8 @@ import optax
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.loader import collate
-from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.packing import efficiency, pack, plan_rows
+from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.trainer import make_train_step, split_model
 
 LENGTHS = [20, 7, 13, 30, 5, 9]

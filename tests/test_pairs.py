@@ -4,19 +4,18 @@ on, where tokens fall in a call, and the audit."""
 
 import numpy as np
 import pytest
+from tool_records import RECORDS, TOOLS, build_tiny_model_dir
 
 from ttpa_jax.core.jsonl import DataError
-from ttpa_jax.sample.audit import audit_path, build_audit, format_audit
 from ttpa_jax.decode.branching import call_steps
+from ttpa_jax.sample.audit import audit_path, build_audit, format_audit
 from ttpa_jax.sample.candidates import Candidate, Prompt
 from ttpa_jax.sample.pairs import GOLD, Pair, no_pair_reason, pair_kind, select_pairs
 from ttpa_jax.sample.records import pair_records
-from ttpa_jax.text.spans import call_spans, char_locations
 from ttpa_jax.text.render import preference_example
+from ttpa_jax.text.spans import call_spans, char_locations
 from ttpa_jax.tools import esm
 from ttpa_jax.tools.calls import render
-
-from tool_records import RECORDS, TOOLS, build_tiny_model_dir
 
 GOLD_IDS = (1, 2, 3)
 

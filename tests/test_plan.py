@@ -6,14 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from compiled_step import compiled_memory
 
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig
-from ttpa_jax.plan.memory import main, plan
 from ttpa_jax.plan.activations import TensorSplit, activation_bytes, layer_bytes_per_token
+from ttpa_jax.plan.memory import main, plan
 from ttpa_jax.train.config import MeshConfig
-
-from compiled_step import compiled_memory
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,12 +7,11 @@ import json
 
 import datasets
 import pytest
+from tool_records import RECORDS
 
 from ttpa_jax.core.conversation import normalize_preference, normalize_record
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.core.records import data_hash, iter_numbered, iter_records
-
-from tool_records import RECORDS
 
 
 def _as_rows(records):

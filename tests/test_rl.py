@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import metrics, sft_records, write_jsonl
 
 from ttpa_jax.decode.loop import DecodeResult
 from ttpa_jax.decode.rules import Sampling
@@ -27,8 +28,6 @@ from ttpa_jax.train.rl.policy import ValueHead
 from ttpa_jax.train.rl.ppo import make_ppo
 from ttpa_jax.train.rl.rewards import Episode, EpisodeReward
 from ttpa_jax.train.rl.rollout import rollout, toolbox_executor
-
-from helpers import metrics, sft_records, write_jsonl
 
 
 # ------------------------------------------------------------------ fixed rollouts and NumPy references
@@ -229,7 +228,7 @@ def test_multi_turn_rollout_runs_the_toolbox_and_masks_tool_tokens(tiny_model_di
     msgs = [{"role": "user", "content": "100 C in F?"}]
     prompt = Prompt("r0", 1, msgs, [tool], [{"name": "convert_temperature", "arguments": args}],
                     encode_chat(tok, msgs, [tool]))
-    call = '<tool_call>\n{"name": "convert_temperature", "arguments": %s}\n</tool_call>' % json.dumps(args)
+    call = f'<tool_call>\n{{"name": "convert_temperature", "arguments": {json.dumps(args)}}}\n</tool_call>'
     unknown = '<tool_call>\n{"name": "launch_rocket", "arguments": {}}\n</tool_call>'
     decode, seen = _scripted(tok, [call + "\n" + unknown, "It is 212 degrees fahrenheit."])
     ro = rollout(None, tok, [prompt], group_size=2, sampling=Sampling(1.0), key=jax.random.key(0),

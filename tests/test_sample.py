@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_records import RECORDS, TOOLS, build_tiny_model_dir, write_jsonl
 
 import ttpa_jax
 from ttpa_jax.core.conversation import normalize_preference
@@ -18,8 +19,6 @@ from ttpa_jax.sample.audit import audit_path
 from ttpa_jax.sample.sampler import SampleConfig, sample
 from ttpa_jax.text.prompts import load_tokenizer
 from ttpa_jax.tools import esm
-
-from tool_records import RECORDS, TOOLS, build_tiny_model_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TOOL_TURNS = 3  # r1 has one tool-call turn, r2 two, r3 none

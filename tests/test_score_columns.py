@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from test_packing import examples
 from test_shared_prefix import _assert_same, _steps, group_batch
+
 from ttpa_jax.model.config import load_config
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.batches import PairRows
 from ttpa_jax.train.loader import collate
-from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.score_columns import pair_columns, score_columns, sft_columns
+from ttpa_jax.train.sft.unit import make_sft
 from ttpa_jax.train.shared_prefix import shared_prefix_batch
 from ttpa_jax.train.trainer import make_train_step, split_model
 

@@ -13,12 +13,10 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import openai
 import pytest
-
 from helpers import TOOLS, write_jsonl
 
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]

@@ -10,19 +10,18 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import metrics, preference_records, write_jsonl
 from jax.sharding import PartitionSpec as P
 
 import ttpa_jax
 from ttpa_jax.decode.loop import generate
 from ttpa_jax.model.lora import LoraConfig
-from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.sharding import Placement, make_mesh, mesh_shape, place_state, spec_for
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
 from ttpa_jax.train.dpo.config import DpoArgs
 from ttpa_jax.train.dpo.unit import UNIT as DPO
+from ttpa_jax.train.loader import Loader
 from ttpa_jax.train.loop import train
-
-from helpers import metrics, preference_records, write_jsonl
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]
 
@@ -76,9 +75,9 @@ def test_lora_dpo_steps_match_single_device(tiny_model_dir, single_device_run):
 def test_reference_log_probs_match_on_a_mesh(tiny_model_dir, single_device_run, tmp_path):
     import shutil
 
+    from ttpa_jax.train.dpo.reference import precompute_reference
     from ttpa_jax.train.example_proto import decode_example
     from ttpa_jax.train.recordio import open_source
-    from ttpa_jax.train.dpo.reference import precompute_reference
 
     _, records, _ = single_device_run
     logps = {}

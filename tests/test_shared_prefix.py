@@ -14,9 +14,9 @@ from ttpa_jax.model.config import load_config
 from ttpa_jax.model.lora import LoraConfig, apply_lora
 from ttpa_jax.model.transformer import init_model
 from ttpa_jax.train.batches import PairRows
+from ttpa_jax.train.dpo.unit import make_dpo
 from ttpa_jax.train.example_proto import encode_example
 from ttpa_jax.train.loader import GroupedShuffle, Loader
-from ttpa_jax.train.dpo.unit import make_dpo
 from ttpa_jax.train.recordio import RecordWriter
 from ttpa_jax.train.score_columns import pair_columns
 from ttpa_jax.train.shared_prefix import common_prefix, shared_prefix_batch

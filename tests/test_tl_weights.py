@@ -4,9 +4,8 @@ parallel turn), PKT key tokens and weights as in TL-Training's code."""
 import json
 
 import numpy as np
-from transformers import AutoTokenizer
-
 import pytest
+from transformers import AutoTokenizer
 
 from ttpa_jax.core.conversation import failed_calls, is_error_feedback, mae_masked_messages, normalize_record
 from ttpa_jax.text.render import Rendered, render_conversation

@@ -8,10 +8,10 @@ import jsonschema
 import pytest
 
 from ttpa_jax.construct import toolbox
+from ttpa_jax.construct.checks import identifier_words, name_regex
 from ttpa_jax.construct.generators.values import sample_object
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.tools.library import argument_errors, bundled_path, bundled_tools, load_library, make_tool
-from ttpa_jax.construct.checks import identifier_words, name_regex
 
 TOOLS = list(bundled_tools())
 

@@ -4,12 +4,18 @@ greedy decoding of the branched prefix from scratch."""
 import numpy as np
 import pytest
 import torch
+from helpers import left_padded_batch, tiny_hf_model
 
 import ttpa_jax
-from ttpa_jax.decode.tps import (TPSConfig, alternatives, plan_branches, probability_gaps, row_bucket,
-                                 select_branch_points, tps)
-
-from helpers import left_padded_batch, tiny_hf_model
+from ttpa_jax.decode.tps import (
+    TPSConfig,
+    alternatives,
+    plan_branches,
+    probability_gaps,
+    row_bucket,
+    select_branch_points,
+    tps,
+)
 
 GAPS = [0.5, 0.05, 0.3, 0.01, 0.2]
 

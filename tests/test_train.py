@@ -12,26 +12,25 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from helpers import metrics, sft_records, write_jsonl
 from transformers import AutoModelForCausalLM
 
 import ttpa_jax
-from ttpa_jax.train import dataset as ds
-from ttpa_jax.train.example_proto import decode_example, encode_example
-from ttpa_jax.export.weights import load_run
 from ttpa_jax.core.jsonl import DataError
+from ttpa_jax.export.weights import load_run
 from ttpa_jax.model.lora import LoraConfig
-from ttpa_jax.train.loader import Loader
 from ttpa_jax.model.transformer import Ctx
-from ttpa_jax.train.sft.unit import make_sft
-from ttpa_jax.train.recordio import open_source
-from ttpa_jax.train.token_weights import make_weight_fn
+from ttpa_jax.train import dataset as ds
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig
+from ttpa_jax.train.example_proto import decode_example, encode_example
+from ttpa_jax.train.loader import Loader
 from ttpa_jax.train.loop import TrainingDiverged, train
 from ttpa_jax.train.methods import parse_cli
+from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.sft.config import SftArgs
+from ttpa_jax.train.sft.unit import make_sft
+from ttpa_jax.train.token_weights import make_weight_fn
 from ttpa_jax.train.trainer import make_train_step, split_model
-
-from helpers import metrics, sft_records, write_jsonl
 
 ONE_DEVICE = MeshConfig(data=1, fsdp=1, tensor=1)
 REPO = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@ import copy
 import json
 
 from ttpa_jax.construct import toolbox
-from ttpa_jax.tools.library import bundled_tools
 from ttpa_jax.construct.checks import check_record, leaked_names, mentions, salient_items
+from ttpa_jax.tools.library import bundled_tools
 
 BY_NAME = {t.name: t for t in bundled_tools()}
 FLIGHT_ARGS = {"origin": "Lyon", "destination": "Oslo", "departure_date": "2025-03-14", "passengers": 2}

@@ -73,9 +73,9 @@ class Ours:
 
     def compile(self, batch: dict, dpo: bool, logits_chunk: int = 0) -> float:
         """Fresh adapters and optimizer state, then lower + compile the step; returns seconds."""
+        from ttpa_jax.train.config import OptimConfig
         from ttpa_jax.train.objectives import make_dpo, make_sft
         from ttpa_jax.train.optim import make_optimizer
-        from ttpa_jax.train.config import OptimConfig
         from ttpa_jax.train.trainer import make_train_step
 
         tx = make_optimizer(OptimConfig(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0), 1000)

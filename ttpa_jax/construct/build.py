@@ -25,16 +25,16 @@ from typing import Annotated, Any, Literal
 import tyro
 from tqdm.auto import tqdm
 
+from ttpa_jax.construct.checks import check_record
+from ttpa_jax.construct.episodes import EpisodeSettings, add_recovery, new_episode, run_episode, to_record
 from ttpa_jax.construct.generators import make_generator
 from ttpa_jax.construct.generators.openai_chat import OpenAISettings
 from ttpa_jax.construct.generators.protocol import Episode, GenerationFailure, GenerationStats, Generator
+from ttpa_jax.construct.toolbox import MistakeMaker, executor_for, mistake_for, spec_for
 from ttpa_jax.core.cli import run, stage_main
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.core.record_log import RecordLog
-from ttpa_jax.construct.episodes import EpisodeSettings, add_recovery, new_episode, run_episode, to_record
 from ttpa_jax.tools.library import BUNDLED, Tool, fingerprint, load_library
-from ttpa_jax.construct.toolbox import MistakeMaker, executor_for, mistake_for, spec_for
-from ttpa_jax.construct.checks import check_record
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Use the available tools when they help answer the user."
 

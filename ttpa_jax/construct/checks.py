@@ -36,7 +36,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from ttpa_jax.core.jsonl import DataError
@@ -65,7 +65,7 @@ def identifier_words(name: str) -> list[str]:
     return [w.lower() for w in words]
 
 
-@lru_cache(maxsize=None)
+@cache
 def name_regex(name: str) -> re.Pattern[str]:
     """Matches ``name`` in any of its split-word forms (applied to case-folded text)."""
     words = identifier_words(name)

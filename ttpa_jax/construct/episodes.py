@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttpa_jax.construct.generators.protocol import CallStep, Episode, Generator, Mode, ToolCall, Turn
-from ttpa_jax.tools.library import Tool
 from ttpa_jax.construct.toolbox import MistakeMaker
+from ttpa_jax.tools.library import Tool
 
 Executor = Callable[[Any], dict[str, Any]]
 

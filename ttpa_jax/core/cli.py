@@ -14,8 +14,8 @@ import errno
 import functools
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ttpa_jax.core.cache import use_compile_cache
 from ttpa_jax.core.errors import UserError

@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import jsonschema
 
-from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.core.arguments import decode_arguments
+from ttpa_jax.core.jsonl import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -24,15 +24,16 @@ import tyro
 from tqdm.auto import tqdm
 
 import ttpa_jax
-from ttpa_jax.core.cli import require_paths, run as run_cli, stage_main
-from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
+from ttpa_jax.core.cli import require_paths, stage_main
+from ttpa_jax.core.cli import run as run_cli
 from ttpa_jax.core.jsonl import iter_jsonl, where, write_jsonl
-from ttpa_jax.model.base_models import resolve_model
-from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, load_tokenizer
 from ttpa_jax.decode.batching import collect, iter_batches, pad_token_id
-from ttpa_jax.decode.settings import DEFAULT_BUCKET, Decoding
 from ttpa_jax.decode.rules import GREEDY, Sampling
+from ttpa_jax.decode.settings import DEFAULT_BUCKET, Decoding
+from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.config import load_config
+from ttpa_jax.text.detokenize import Completion, finish, stop_token_sequences
+from ttpa_jax.text.prompts import check_length, encode_prompt, eos_token_ids, load_tokenizer
 
 
 @dataclasses.dataclass

@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ttpa_jax.model.transformer import LayerCache, positions_from_mask
 from ttpa_jax.decode.rules import GREEDY, Sampling, choose_tokens
 from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.model.sharding import shard_activation
+from ttpa_jax.model.transformer import LayerCache, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)

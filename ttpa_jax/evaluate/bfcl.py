@@ -25,8 +25,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ttpa_jax.core.jsonl import DataError, iter_jsonl, where
-from ttpa_jax.evaluate.bfcl_checker import (CATEGORIES, LIVE, NON_LIVE, BFCLNotInstalled, is_relevance_category,
-                                           package_dir, system_prompt_messages)
+from ttpa_jax.evaluate.bfcl_checker import (
+    CATEGORIES,
+    LIVE,
+    NON_LIVE,
+    BFCLNotInstalled,
+    is_relevance_category,
+    package_dir,
+    system_prompt_messages,
+)
 from ttpa_jax.evaluate.metrics import EvalItem
 
 __all__ = ["BFCLNotInstalled", "CATEGORIES", "Entry", "data_dir", "expand_categories", "load_entries", "to_items"]

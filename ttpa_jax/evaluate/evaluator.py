@@ -34,13 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ttpa_jax.core.cli import run as run_cli, stage_main
+from ttpa_jax.core.cli import run as run_cli
+from ttpa_jax.core.cli import stage_main
 from ttpa_jax.core.conversation import mae_masked_messages
 from ttpa_jax.core.jsonl import DataError
-from ttpa_jax.tools.esm import ErrorWeights
 from ttpa_jax.evaluate.leaderboard import format_report, run_bfcl
-from ttpa_jax.evaluate.metrics import (EvalItem, Key, evaluate_items, evaluate_predictions,  # noqa: F401
-                                       format_table, items_from_records, read_predictions, read_records)
+from ttpa_jax.evaluate.metrics import (  # noqa: F401
+    EvalItem,
+    Key,
+    evaluate_items,
+    evaluate_predictions,
+    format_table,
+    items_from_records,
+    read_predictions,
+    read_records,
+)
+from ttpa_jax.tools.esm import ErrorWeights
 
 
 def generate_predictions(items: Sequence[EvalItem], model_dir: str, max_new_tokens: int, batch_size: int,

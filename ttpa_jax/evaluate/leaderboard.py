@@ -26,10 +26,10 @@ from typing import Any
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.evaluate import bfcl, bfcl_checker
 from ttpa_jax.evaluate.metrics import evaluate_items, format_table, read_predictions
-from ttpa_jax.tools.calls import Format
-from ttpa_jax.tools.esm import ErrorWeights
 from ttpa_jax.model.config import load_config
 from ttpa_jax.text.prompts import encode_prompt, load_tokenizer
+from ttpa_jax.tools.calls import Format
+from ttpa_jax.tools.esm import ErrorWeights
 
 
 def template_uses_tools(template: Any) -> bool:
@@ -159,7 +159,8 @@ def _pct(value: float | None) -> str:
 
 def format_report(result: Mapping[str, Any]) -> str:
     """Markdown: per-category accuracy, the leaderboard's columns, then ESM's table."""
-    lines = [f"BFCL ({result['mode']} mode{'' if result.get('limit') is None else ', first %d per category' % result['limit']})",
+    limit = "" if result.get("limit") is None else f", first {result['limit']} per category"
+    lines = [f"BFCL ({result['mode']} mode{limit})",
              "", "| Category | Accuracy | Correct | Entries |", "|---|---:|---:|---:|"]
     for cat, s in result["categories"].items():
         lines.append(f"| {cat} | {_pct(s['accuracy'])} | {s['correct_count']} | {s['total_count']} |")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttpa_jax.tools import esm
 from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.core.jsonl import DataError, iter_jsonl, where
 from ttpa_jax.core.records import iter_numbered
-from ttpa_jax.tools.return_values import check_answer
+from ttpa_jax.tools import esm
 from ttpa_jax.tools.calls import Format, calls_from_message, parse, parse_value
+from ttpa_jax.tools.return_values import check_answer
 
 Prediction = str | list[Any]
 Key = tuple[str, int]

@@ -31,9 +31,11 @@ from typing import Literal
 
 import tyro
 
-from ttpa_jax.core.cli import run as run_cli, stage_main
+from ttpa_jax.core.cli import run as run_cli
+from ttpa_jax.core.cli import stage_main
 from ttpa_jax.core.errors import ConfigError
-from ttpa_jax.experiments import ablate_calls, ablate_doc, ablate_runs as R, ablate_scale, ablate_stats
+from ttpa_jax.experiments import ablate_calls, ablate_doc, ablate_scale, ablate_stats
+from ttpa_jax.experiments import ablate_runs as R
 from ttpa_jax.experiments.ablate_leakage import measure
 
 COMMANDS = ("run", "epsilon", "weights", "leakage", "calls", "report", "estimate")

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ttpa_jax.experiments.pipeline import PipelineConfig
-from ttpa_jax.construct.checks import identifier_words, name_regex
 from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
+from ttpa_jax.construct.checks import identifier_words, name_regex
 from ttpa_jax.construct.episodes import EpisodeSettings
 from ttpa_jax.construct.generators.openai_chat import OpenAISettings
+from ttpa_jax.experiments.pipeline import PipelineConfig
 
 MODES = ("reversed", "forward")
 

@@ -24,14 +24,14 @@ from typing import Any, Literal
 
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.cpu.malloc import release_free_memory
+from ttpa_jax.evaluate.leaderboard import run_bfcl
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
+from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.train.config import MeshConfig
 from ttpa_jax.train.methods import method_config
 from ttpa_jax.train.rl.config import PpoArgs, RlConfig
-from ttpa_jax.model.settings import LoraConfig
-from ttpa_jax.evaluate.leaderboard import run_bfcl
 
 # Alternative ESM weights for the sensitivity check (the default is tools.esm.ErrorWeights()).
 WEIGHT_SETS: dict[str, dict[str, float]] = {

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import tyro
 
-from ttpa_jax.core.cli import run as run_cli, stage_main
+from ttpa_jax.core.cli import run as run_cli
+from ttpa_jax.core.cli import stage_main
 from ttpa_jax.cpu.malloc import release_free_memory
+from ttpa_jax.evaluate.evaluator import format_table
+from ttpa_jax.evaluate.report import read_metrics, write_report
 from ttpa_jax.experiments import pipeline as P
 from ttpa_jax.experiments.pipeline import PipelineConfig
-from ttpa_jax.evaluate.report import read_metrics, write_report
-from ttpa_jax.evaluate.evaluator import format_table
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("zero-shot", "SFT", "TTPA (SFT + TPS/ESM DPO)")

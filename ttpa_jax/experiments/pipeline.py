@@ -22,21 +22,21 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from ttpa_jax.model.settings import LoraConfig
-from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, RunArgs
-from ttpa_jax.train.dpo.config import DpoArgs, DpoConfig
-from ttpa_jax.train.sft.config import SftArgs
 from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
 from ttpa_jax.construct.episodes import EpisodeSettings
 from ttpa_jax.core.conversation import normalize_record
-from ttpa_jax.model.tiny import build_model_dir, render_chat
-from ttpa_jax.model.base_models import resolve_model
-from ttpa_jax.export.settings import Args
 from ttpa_jax.decode.settings import Decoding, TPSConfig
+from ttpa_jax.evaluate.metrics import evaluate_items, items_from_records, read_records
+from ttpa_jax.export.settings import Args
+from ttpa_jax.model.base_models import resolve_model
+from ttpa_jax.model.settings import LoraConfig
+from ttpa_jax.model.tiny import build_model_dir, render_chat
 from ttpa_jax.sample.audit import audit_path
 from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
 from ttpa_jax.tools.esm import ErrorWeights
-from ttpa_jax.evaluate.metrics import evaluate_items, items_from_records, read_records
+from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, RunArgs
+from ttpa_jax.train.dpo.config import DpoArgs, DpoConfig
+from ttpa_jax.train.sft.config import SftArgs
 
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
 _VERBOSE_KEYS = ("description", "pattern", "format", "maxLength", "minLength", "minimum", "maximum",
@@ -111,13 +111,13 @@ class PipelineConfig:
     progress: bool = True
 
     @classmethod
-    def quick(cls, out: Path, seed: int = 0) -> "PipelineConfig":
+    def quick(cls, out: Path, seed: int = 0) -> PipelineConfig:
         """A few steps per stage: checks the pipeline end to end in about two minutes."""
         return cls(out=out, seed=seed, num=40, base_steps=2, sft_steps=3, sample_records=6, dpo_steps=2, eval_records=4,
                    max_new_tokens=24, batch_size=4, progress=False)
 
     @classmethod
-    def pretrained(cls, out: Path, model: str, seed: int = 0, progress: bool = True) -> "PipelineConfig":
+    def pretrained(cls, out: Path, model: str, seed: int = 0, progress: bool = True) -> PipelineConfig:
         """LoRA SFT + TTPA on a small pretrained instruct model (SmolLM2-135M sized), about 18 minutes on
         2 CPU cores: 3 candidate tools per record, at most 2 calls, short budgets. Rows are padded to
         multiples of 1024 (an SFT step's 3 records of about 630 tokens packed into one row of 2048 where

@@ -18,6 +18,7 @@ import tyro
 from ttpa_jax.core.cli import run, stage_main
 from ttpa_jax.export.settings import Args
 
+
 # Export checks (--peft on a run from a preset, a run without adapters) raise ValueError naming the flag.
 @stage_main(user_errors=(ValueError,))
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-
 from ttpa_jax.core.errors import ConfigError
-
 from ttpa_jax.train.config import RunArgs
 from ttpa_jax.train.methods import read_run_config
 

@@ -93,7 +93,7 @@ class ModelConfig:
 
     # ---------------------------------------------------------------- HF json
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Build from a parsed HF config.json; ``source`` names the file in error messages."""
         mt = d.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
@@ -209,7 +209,7 @@ class ModelConfig:
             d["use_sliding_window"] = False
         return d
 
-    def replace(self, **kw) -> "ModelConfig":
+    def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
 

@@ -86,7 +86,9 @@ def _needs_tools_template(gguf_path: Path) -> bool:
 def converted(gguf_path: Path, entry: Path, *, tools_chat_template: bool | None = None, progress: bool = True) -> Path:
     """``entry``, holding the HF conversion of ``gguf_path``: reused when its recorded size and sha256
     match the file, else converted into ``entry.tmp-PID`` and renamed into place."""
-    from ttpa_jax.model.gguf import convert_gguf  # deferred: looked up per call, so tests can patch ttpa_jax.model.gguf.convert_gguf
+    from ttpa_jax.model.gguf import (
+        convert_gguf,  # deferred: looked up per call, so tests can patch ttpa_jax.model.gguf.convert_gguf
+    )
 
     want = _source_record(gguf_path)
     if _is_valid(entry, want):

@@ -239,7 +239,10 @@ def build_tokenizer(meta: dict, source: str):
     """A ``PreTrainedTokenizerFast`` from the GGUF's vocabulary, merges and special tokens, built by
     transformers' GGUF tokenizer conversion (no torch needed)."""
     from transformers import PreTrainedTokenizerFast  # deferred: transformers is slow to import
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer  # deferred: transformers is slow to import
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (  # deferred: transformers is slow to import
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
 
     if "tokenizer.ggml.tokens" not in meta:
         raise GGUFError(f"{source}: no tokenizer in the metadata (tokenizer.ggml.tokens missing)")

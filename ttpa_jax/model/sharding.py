@@ -16,7 +16,8 @@ import math
 import jax
 import optax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ttpa_jax.model.settings import MESH_AXES, ShardingRules
 

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from ttpa_jax.model.architecture import ModelConfig
 from ttpa_jax.model.attention import DEFAULT_BLOCK as ATTENTION_BLOCK
 from ttpa_jax.model.attention import even_chunks
-from ttpa_jax.model.architecture import ModelConfig
 from ttpa_jax.model.sharding import spec_for
 
 LOGIT_COPIES = 3  # fp32 logits, softmax exponentials, their gradient
@@ -63,7 +63,7 @@ class TensorSplit:
     vocab: int = 1
 
     @classmethod
-    def for_mesh(cls, cfg: ModelConfig, mesh) -> "TensorSplit":
+    def for_mesh(cls, cfg: ModelConfig, mesh) -> TensorSplit:
         return cls(
             heads=split_of("act_heads", cfg.num_attention_heads, mesh),
             kv_heads=split_of("act_kv_heads", cfg.num_key_value_heads, mesh),

@@ -79,8 +79,17 @@ def plan_for(args: PlanArgs) -> dict:
     # The abstract model and mesh need JAX: imported here so that the settings and --help load none.
     from ttpa_jax.model.sharding import mesh_shape
     from ttpa_jax.plan.activations import TensorSplit, activation_bytes  # deferred: keeps this module JAX-free
-    from ttpa_jax.plan.state import (StateBytes, abstract_mesh, abstract_train_model, batch_bytes, count,  # deferred: keeps this module JAX-free
-                                     gathered_bytes, optimizer_bytes, split_abstract, state_bytes)
+    from ttpa_jax.plan.state import (  # deferred: keeps this module JAX-free
+        StateBytes,
+        abstract_mesh,
+        abstract_train_model,
+        batch_bytes,
+        count,
+        gathered_bytes,
+        optimizer_bytes,
+        split_abstract,
+        state_bytes,
+    )
 
     cfg = load_config(args.model)
     n_dev = _devices(args)

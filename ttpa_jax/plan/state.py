@@ -21,10 +21,10 @@ from jax.sharding import AbstractMesh, AxisType
 
 from ttpa_jax.model.architecture import ModelConfig
 from ttpa_jax.model.lora import LoraConfig, apply_lora
-from ttpa_jax.model.transformer import Transformer
-from ttpa_jax.train.optim import make_optimizer
 from ttpa_jax.model.sharding import MESH_AXES, optimizer_shardings, spec_for, state_shardings
+from ttpa_jax.model.transformer import Transformer
 from ttpa_jax.train.config import OptimConfig
+from ttpa_jax.train.optim import make_optimizer
 
 # Sequence features of a batch (sharded over the batch axes on their first dimension), bytes per token.
 BATCH_BYTES_PER_TOKEN = {"sft": 4 + 4 + 4, "dpo": 2 * (4 + 4 + 4)}  # ids int32, mask int32, weights fp32

@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-
 from ttpa_jax.core.conversation import iter_turns, mae_masked_messages, normalize_record
 from ttpa_jax.core.records import iter_numbered
-from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.decode.branching import eligible_steps
-from ttpa_jax.text.spans import token_locations, token_offsets
+from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.text.detokenize import finish, stop_token_sequences
 from ttpa_jax.text.prompts import check_length, encode_chat
+from ttpa_jax.text.spans import token_locations, token_offsets
 from ttpa_jax.tools import esm
 from ttpa_jax.tools.calls import calls_from_message
 from ttpa_jax.tools.return_values import check_answer

@@ -33,15 +33,21 @@ from ttpa_jax.core.cli import require_paths, run, stage_main
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.decode.settings import Decoding, TPSConfig
 from ttpa_jax.model.base_models import resolve_model
+from ttpa_jax.model.config import load_config
 from ttpa_jax.sample.audit import audit_path, build_audit, format_audit, write_audit
-from ttpa_jax.sample.candidates import (Candidate, Prompt, read_prompts, score_candidate, tps_candidates,
-                                        trajectory_candidates)
-from ttpa_jax.sample.pairs import no_pair_reason
+from ttpa_jax.sample.candidates import (
+    Candidate,
+    Prompt,
+    read_prompts,
+    score_candidate,
+    tps_candidates,
+    trajectory_candidates,
+)
 from ttpa_jax.sample.output import PairOutput
+from ttpa_jax.sample.pairs import no_pair_reason
 from ttpa_jax.sample.records import pair_records
 from ttpa_jax.text.prompts import eos_token_ids, load_tokenizer
 from ttpa_jax.tools import esm
-from ttpa_jax.model.config import load_config
 
 __all__ = ["SampleConfig", "Candidate", "Prompt", "pair_records", "sample", "format_summary", "main"]
 

@@ -21,8 +21,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ttpa_jax.serve.engine import Engine
-from ttpa_jax.serve.protocol import (RequestError, completion_body, content_chunk, error_body, new_id,
-                                     parse_chat_request, role_chunk, sse, stream_chunks, to_choice)
+from ttpa_jax.serve.protocol import (
+    RequestError,
+    completion_body,
+    content_chunk,
+    error_body,
+    new_id,
+    parse_chat_request,
+    role_chunk,
+    sse,
+    stream_chunks,
+    to_choice,
+)
 from ttpa_jax.tools.calls import Format
 
 

@@ -155,7 +155,7 @@ class Engine:
         return job.future
 
     # ------------------------------------------------------------ the decoding thread
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         self._running = True
         self._thread = threading.Thread(target=self._run, name="ttpa-serve-decoder", daemon=True)
         self._thread.start()

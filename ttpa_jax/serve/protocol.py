@@ -16,8 +16,8 @@ import time
 import uuid
 from typing import Any
 
-from ttpa_jax.tools.calls import Format, parse
 from ttpa_jax.text.detokenize import Completion
+from ttpa_jax.tools.calls import Format, parse
 
 # Parameters accepted and ignored when they ask for nothing this server would do differently.
 IGNORED = ("user", "metadata", "store", "parallel_tool_calls", "service_tier", "prediction", "reasoning_effort",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import tyro
 
-from ttpa_jax.core.cli import run as run_cli, stage_main
+from ttpa_jax.core.cli import run as run_cli
+from ttpa_jax.core.cli import stage_main
 from ttpa_jax.serve.settings import ServeArgs
 
 
@@ -54,7 +55,7 @@ class Server:
         self._thread = threading.Thread(target=self._server.run, name="ttpa-serve-http", daemon=True)
         self.host = host
 
-    def start(self, timeout: float = 30.0) -> "Server":
+    def start(self, timeout: float = 30.0) -> Server:
         self._thread.start()
         waited = 0.0
         while not self._server.started:

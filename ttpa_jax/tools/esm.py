@@ -32,9 +32,9 @@ from typing import Any
 
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.tools.assignment import match_name_first
+from ttpa_jax.tools.calls import Format, normalize_call, parse, parse_value
 from ttpa_jax.tools.gold_values import concrete_value, matches_gold, may_omit, property_schema
 from ttpa_jax.tools.schema import schema_violation
-from ttpa_jax.tools.calls import Format, normalize_call, parse, parse_value
 
 ERROR_TYPES = ("format", "tool_hallucination", "wrong_tool", "param_name", "param_type", "param_value")
 

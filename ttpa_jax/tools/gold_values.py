@@ -26,7 +26,6 @@ from typing import Any
 
 from ttpa_jax.tools.schema import is_number, schema_violation
 
-
 _BFCL_DROPPED = re.compile(r"[ ,./\-_*^]")
 
 

@@ -12,17 +12,17 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from ttpa_jax.core.conversation import normalize_preference, normalize_record
-from ttpa_jax.train.example_proto import encode_example
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.core.records import data_hash, is_dataset_dir, iter_records, parquet_files
-from ttpa_jax.train.recordio import RecordWriter
 from ttpa_jax.text.render import preference_example, sft_example
+from ttpa_jax.train.example_proto import encode_example
+from ttpa_jax.train.recordio import RecordWriter
 
 KINDS = ("sft", "preference")
 

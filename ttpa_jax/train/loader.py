@@ -13,8 +13,8 @@ import numpy as np
 
 from ttpa_jax.train.batches import Batch, PairRows, TokenRows
 from ttpa_jax.train.example_proto import decode_example
-from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.packing import bucket_length, pack
+from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.score_columns import pair_columns, sft_columns
 from ttpa_jax.train.shared_prefix import prompt_groups, shared_prefix_batch
 

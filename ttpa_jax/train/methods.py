@@ -109,5 +109,5 @@ def parse_cli(argv: list[str] | None = None) -> RunArgs:
             fields = _subcommand_fields(load_yaml(yaml_path), method.args, name, yaml_path)
             default = from_dict(method.args, {**fields, "config": yaml_path}, default, yaml_path)
         choices.append(Annotated[method.args, tyro.conf.subcommand(name, default=default, description=method.help)])
-    return tyro.cli(Union[tuple(choices)], args=argv, prog="python -m ttpa_jax.train",  # type: ignore[valid-type]
+    return tyro.cli(Union[tuple(choices)], args=argv, prog="python -m ttpa_jax.train",  # type: ignore[valid-type]  # noqa: UP007
                     description="Fine-tune a model (LoRA or full); rerun the same command to resume.")

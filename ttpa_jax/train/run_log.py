@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import jax
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm import tqdm
 
 

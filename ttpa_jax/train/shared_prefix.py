@@ -59,7 +59,7 @@ class _Group:
         self.seqs.append((ids, w))
         return len(self.seqs) - 1
 
-    def plus(self, pair: int, chosen, rejected) -> "_Group":
+    def plus(self, pair: int, chosen, rejected) -> _Group:
         """A new group: this one with one more pair."""
         g = _Group(self.seqs, self.pairs)
         g.pairs.append((pair, g._index(*chosen), g._index(*rejected)))

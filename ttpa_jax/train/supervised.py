@@ -52,7 +52,7 @@ class RecordUnit:
     weights: Callable[[RunArgs], tuple] = no_weights
     precompute: Callable[[RunArgs], Callable | None] = lambda cfg: None
 
-    def start(self, cfg: RunArgs, run_dir: Path, placement: Placement, progress: bool = True) -> "RecordSession":
+    def start(self, cfg: RunArgs, run_dir: Path, placement: Placement, progress: bool = True) -> RecordSession:
         if cfg.dataset.batch_size % (placement.batch_divisor * cfg.optim.grad_accum):
             raise ValueError(
                 f"dataset.batch_size {cfg.dataset.batch_size} must divide by grad_accum ({cfg.optim.grad_accum}) "

@@ -28,8 +28,6 @@ from ttpa_jax.train.config import RunArgs
 from ttpa_jax.train.optim import make_optimizer
 
 
-
-
 # --------------------------------------------------------------------------- model
 def build_model(cfg: RunArgs, placement: Placement | None = None) -> Transformer:
     """The base model (from an HF directory or a preset) with LoRA adapters attached when rank > 0."""
@@ -147,7 +145,7 @@ class Trainer:
     lora: bool
 
     @classmethod
-    def create(cls, cfg: RunArgs, placement: Placement, steps: int, objective: Objective) -> "Trainer":
+    def create(cls, cfg: RunArgs, placement: Placement, steps: int, objective: Objective) -> Trainer:
         """An objective that needs the reference: full fine-tuning keeps a frozen copy of the weights
         (with LoRA the reference is the adapters-off network, no copy)."""
         lora = cfg.lora.rank > 0

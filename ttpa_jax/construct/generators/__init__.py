@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ttpa_jax.construct.generators.protocol import (CallStep, Episode, GenerationFailure, GenerationStats, Generator,
-                                          ToolCall, Turn)
-from ttpa_jax.tools.library import Tool
+from ttpa_jax.construct.generators.protocol import (
+    CallStep,
+    Episode,
+    GenerationFailure,
+    GenerationStats,
+    Generator,
+    ToolCall,
+    Turn,
+)
 from ttpa_jax.construct.generators.template import TemplateGenerator
+from ttpa_jax.tools.library import Tool
 
 __all__ = ["CallStep", "Episode", "GenerationFailure", "GenerationStats", "Generator", "ToolCall", "Turn",
            "make_generator"]

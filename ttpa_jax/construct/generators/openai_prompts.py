@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ttpa_jax.construct.checks import identifier_words
 from ttpa_jax.construct.generators.protocol import Episode
 from ttpa_jax.tools.library import Tool
-from ttpa_jax.construct.checks import identifier_words
 
 SYSTEM_PROMPT = ("You help build training data for an assistant that calls tools. Follow the step's "
                  "instructions exactly and reply with one JSON object and nothing else.")

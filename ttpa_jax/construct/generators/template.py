@@ -14,13 +14,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from ttpa_jax.construct.checks import render_number, salient_items
 from ttpa_jax.construct.generators.protocol import Episode, GenerationFailure, GenerationStats, ToolCall
 from ttpa_jax.construct.generators.values import OPTIONAL_RATE, sample_object, sample_value
-from ttpa_jax.tools.library import Tool
-from ttpa_jax.construct.toolbox import ToolSpec, executor_for, spec_for
-from ttpa_jax.construct.toolbox import vocab
+from ttpa_jax.construct.toolbox import ToolSpec, executor_for, spec_for, vocab
 from ttpa_jax.construct.toolbox.registry import Phrase
-from ttpa_jax.construct.checks import render_number, salient_items
+from ttpa_jax.tools.library import Tool
 
 QUERY_LEADS = [("Please {}", "."), ("Could you {}", "?"), ("I need you to {}", "."), ("Can you {}", "?")]
 FOLLOW_UP_LEADS = [("Thanks. Now please {}", "."), ("Great. Could you also {}", "?"),

@@ -18,10 +18,20 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ttpa_jax.tools.library import Tool, argument_errors, bundled_tools
-from ttpa_jax.construct.toolbox import (calendar, finance, food, health, maps, math_units, messaging,  # noqa: F401
-                              shopping, travel, weather)
+from ttpa_jax.construct.toolbox import (  # noqa: F401
+    calendar,
+    finance,
+    food,
+    health,
+    maps,
+    math_units,
+    messaging,
+    shopping,
+    travel,
+    weather,
+)
 from ttpa_jax.construct.toolbox.registry import REGISTRY, Phrasing, ToolError, ToolSpec, run_spec, stable_rng
+from ttpa_jax.tools.library import Tool, argument_errors, bundled_tools
 
 __all__ = ["REGISTRY", "Phrasing", "ToolError", "ToolSpec", "domains", "execute", "executor_for",
            "MistakeMaker", "mistake_for", "spec_for", "stable_rng", "wrong_call"]

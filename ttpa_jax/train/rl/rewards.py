@@ -66,7 +66,7 @@ class EpisodeReward:
     esm: ErrorWeights = ErrorWeights()
 
     @classmethod
-    def parse(cls, text: str, esm: ErrorWeights = ErrorWeights()) -> "EpisodeReward":
+    def parse(cls, text: str, esm: ErrorWeights = ErrorWeights()) -> EpisodeReward:
         return cls(parse_reward_spec(text), esm)
 
     def __call__(self, episode: Episode) -> tuple[float, dict[str, float]]:

@@ -27,16 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttpa_jax.construct.toolbox import executor_for
 from ttpa_jax.decode.loop import generate
 from ttpa_jax.decode.rules import Sampling
 from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.text.detokenize import decode_text
 from ttpa_jax.text.prompts import left_pad
 from ttpa_jax.tools.calls import message_from_text, parse
+from ttpa_jax.tools.library import make_tool
 from ttpa_jax.train.packing import bucket_length
 from ttpa_jax.train.rl.rewards import Episode
-from ttpa_jax.construct.toolbox import executor_for
-from ttpa_jax.tools.library import make_tool
 
 # name, arguments, the prompt's tool schemas -> result object (an {"error": ...} when refused)
 Executor = Callable[[str, Any, Sequence[dict]], dict]

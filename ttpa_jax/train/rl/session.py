@@ -72,7 +72,7 @@ class RlUnit:
     check: Callable[[RlArgs], None] = lambda cfg: None
 
     def start(self, cfg: RlArgs, run_dir: Path, placement: Placement, progress: bool = True, *,
-              reward_fn=None, executor=toolbox_executor) -> "RlSession":
+              reward_fn=None, executor=toolbox_executor) -> RlSession:
         """``reward_fn(episode) -> (reward, components)`` replaces the ``--reward`` spec (tests use it
         for a toy reward); ``executor`` runs tool calls."""
         rl = cfg.rl
@@ -119,7 +119,7 @@ class RlState:
         return policy, reference, value
 
     @classmethod
-    def create(cls, cfg: RlArgs, algo: Algorithm, placement: Placement, updates: int) -> "RlState":
+    def create(cls, cfg: RlArgs, algo: Algorithm, placement: Placement, updates: int) -> RlState:
         lora = cfg.lora.rank > 0
         model = build_model(cfg, placement)
         graphdef, policy, frozen = split_model(model, lora)
