@@ -41,7 +41,7 @@ from ttpa_jax.decode.rules import Sampling
 from ttpa_jax.decode.segments import SegmentedDecode
 from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.serve.protocol import ChatRequest, RequestError
-from ttpa_jax.text.detokenize import decode_text, finish, stop_token_sequences, truncate_at_stop
+from ttpa_jax.text.detokenize import Completion, decode_text, finish, stop_token_sequences, truncate_at_stop
 from ttpa_jax.text.prompts import render_chat
 
 SENTINEL = "TTPAxFORCEDxCALLx7f3a"  # marks where a rendered call's name or arguments begin
