@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ttpa_jax.core.errors import UserError
+from ttpa_jax.model.distributed import sync_processes
 from ttpa_jax.train.checkpoint_faults import is_mismatch, quiet_orbax, reason
 
 
@@ -140,7 +141,7 @@ class Checkpoints:
             if target.exists():
                 shutil.rmtree(target)
             (self.dir / str(step)).rename(target)
-        _sync(f"checkpoint-aside-{step}")
+        sync_processes(f"checkpoint-aside-{step}")
         self.mngr.reload()
 
     def close(self) -> None:
@@ -157,10 +158,3 @@ def _agreed(why: str | None) -> str | None:
     if not failed.any():
         return None
     return why or f"unreadable on process {int(np.argmax(failed))}"
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

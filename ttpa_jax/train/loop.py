@@ -3,9 +3,11 @@
 A unit's ``start(cfg, run_dir, placement, progress, **options)`` returns a ``Session``: the run's
 state on the mesh and where its batches come from (tokenized records for SFT, DPO and ORPO;
 rollouts for GRPO and PPO). The loop owns what every run does the same way: the run directory and
-its ``config.yaml``, the mesh and its sharding rules, resuming from the latest checkpoint, one ``batch`` + ``update`` per
-step, the NaN check, logging (``metrics.jsonl``, TensorBoard, the progress bar), checkpoints on
-schedule and at the end, ``--stop-after``, and the summary it returns.
+its ``config.yaml``, the mesh and its sharding rules, resuming from the newest checkpoint that reads
+(``Checkpoints.resume``), one ``batch`` + ``update`` per step, the NaN check, SIGTERM / SIGINT
+(``preemption``: the step finishes, is saved, and the run exits 75), logging (``metrics.jsonl``,
+TensorBoard, the progress bar), checkpoints on schedule and at the end, ``--stop-after``, and the
+summary it returns.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ttpa_jax.train.batches import Batch
 from ttpa_jax.train.checkpoint import Checkpoints
 from ttpa_jax.train.config import RunArgs
 from ttpa_jax.train.methods import load_unit
+from ttpa_jax.train.preemption import Preempted, StopRequests
 from ttpa_jax.train.run_log import RunLog
 
 
@@ -69,9 +72,8 @@ def train(cfg: RunArgs, *, progress: bool = True, **options) -> dict:
     steps = session.steps
 
     ckpts = Checkpoints(run_dir, keep=cfg.keep)
-    start = ckpts.latest_step() or 0
+    start = ckpts.resume(lambda at: session.restore(ckpts, at))  # the newest checkpoint that reads
     if start:
-        session.restore(ckpts, start)
         say(f"resumed from {ckpts.dir / str(start)} (step {start} of {steps})")
     if start >= steps:
         say(f"already trained: step {start} of {steps}")
@@ -86,18 +88,24 @@ def train(cfg: RunArgs, *, progress: bool = True, **options) -> dict:
         session.save(ckpts, at, {"step": at, "config": cfg.to_dict()})
 
     try:
-        for step in range(start + 1, steps + 1):
-            t0 = time.perf_counter()
-            key = jax.random.fold_in(base_key, step)
-            batch, host = session.batch(step, key)
-            metrics = session.update(batch, step, key)
-            check_finite(step, metrics, last_saved, ckpts.dir)
-            metrics.update(host)
-            seconds = time.perf_counter() - t0  # the step's wall time, building its batch included
-            metrics.update(tokens_per_s=batch.real_tokens() * jax.process_count() / seconds, seconds=seconds)
-            stop, last_saved = end_step(cfg, step, start, steps, metrics, log, save, last_saved)
-            if stop:
-                break
+        with StopRequests() as signals:  # SIGTERM / SIGINT: finish the step, save it, exit 75
+            for step in range(start + 1, steps + 1):
+                t0 = time.perf_counter()
+                key = jax.random.fold_in(base_key, step)
+                batch, host = session.batch(step, key)
+                metrics = session.update(batch, step, key)
+                check_finite(step, metrics, last_saved, ckpts.dir)
+                metrics.update(host)
+                seconds = time.perf_counter() - t0  # the step's wall time, building its batch included
+                metrics.update(tokens_per_s=batch.real_tokens() * jax.process_count() / seconds, seconds=seconds)
+                stop, last_saved = end_step(cfg, step, start, steps, metrics, log, save, last_saved)
+                if signals.stop_at(step) and step < steps:
+                    if last_saved != step:
+                        save(step)
+                    say(signals.message(step, steps, ckpts.dir))
+                    raise Preempted(signals.message(step, steps, ckpts.dir))
+                if stop:
+                    break
     finally:
         log.close()
         ckpts.close()
