@@ -84,3 +84,25 @@ def test_sample_refuses_other_settings_against_an_existing_output(tiny_model_dir
     (tmp_path / "other.jsonl").write_text('{"not": "ours"}\n')
     assert sampler.main(sys_args(tiny_model_dir, sft_file, tmp_path / "other.jsonl")) == 2
     assert "other.prompts.jsonl does not" in capsys.readouterr().err
+
+
+def test_evaluate_killed_mid_run_continues_to_the_uninterrupted_metrics(tiny_model_dir, sft_file, tmp_path, capsys):
+    from ttpa_jax.evaluate import evaluator
+    from ttpa_jax.evaluate.prediction_log import prediction_log_path
+
+    def cmd(out):
+        return ["--data", str(sft_file), "--model", str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "8",
+                "--batch-size", "2", "--no-progress"]
+
+    assert evaluator.main(cmd(tmp_path / "whole.json")) == 0
+    out = tmp_path / "run.json"
+    killed(3, "ttpa_jax.evaluate", cmd(out), tmp_path)
+    log = prediction_log_path(out)
+    assert log.read_bytes().count(b"\n") == 2 and not out.exists()  # two predictions logged, the third torn
+    assert evaluator.main(cmd(out)) == 0  # the same command
+    assert json.loads(out.read_text()) == json.loads((tmp_path / "whole.json").read_text())
+    assert log.read_bytes() == prediction_log_path(tmp_path / "whole.json").read_bytes()  # each once, same order
+    capsys.readouterr()
+    assert evaluator.main([*cmd(out), "--max-new-tokens", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "other settings (max_new_tokens)" in err, err

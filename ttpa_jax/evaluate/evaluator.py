@@ -49,18 +49,8 @@ from ttpa_jax.evaluate.metrics import (  # noqa: F401
     read_predictions,
     read_records,
 )
+from ttpa_jax.evaluate.prediction_log import PredictionLog, decoded, received
 from ttpa_jax.tools.esm import ErrorWeights
-
-
-def generate_predictions(items: Sequence[EvalItem], model_dir: str, max_new_tokens: int, batch_size: int,
-                         progress: bool = False) -> dict[Key, str]:
-    """Decode one completion per item with our decoder (``ttpa_jax.decode.generate``)."""
-    from ttpa_jax.decode.generate import generate_completions  # JAX is loaded only for this mode
-
-    prompts = [{"messages": item.prompt, "tools": item.tools} for item in items]
-    texts = generate_completions(model_dir, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 progress=progress)
-    return {(item.id, item.turn): text for item, text in zip(items, texts, strict=True)}
 
 
 @dataclass
@@ -92,7 +82,9 @@ class EvalConfig:
     endpoint_model: str | None = None
     """Model name sent to --endpoint (default: the first one it lists)."""
     out: Path | None = None
-    """Where to write the metrics as JSON (with per-turn details)."""
+    """Where to write the metrics as JSON (with per-turn details). With --model or --endpoint, the
+    predictions are written next to it as they are made (metrics.json -> metrics.predictions.jsonl)
+    and the same command run again continues an interrupted run (``evaluate.prediction_log``)."""
     name: str = "model"
     """Column name of this system in the table."""
     format: Literal["auto", "qwen", "llama"] = "auto"
@@ -114,27 +106,36 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise DataError("give exactly one test set: --data FILE or --bfcl CATEGORIES")
     if sum(x is not None for x in (cfg.predictions, cfg.model, cfg.endpoint)) != 1:
         raise DataError("give exactly one source of predictions: --predictions FILE, --model DIR or --endpoint URL")
-    if cfg.bfcl is not None:
-        return run_bfcl([c.strip() for c in cfg.bfcl.split(",") if c.strip()], name=cfg.name,
-                        predictions=cfg.predictions, model=cfg.model, mode=cfg.bfcl_mode, limit=cfg.limit,
-                        format=cfg.format, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                        progress=cfg.progress, endpoint=cfg.endpoint, endpoint_model=cfg.endpoint_model, esm=cfg.esm)
-    records = read_records(cfg.data)
-    items = items_from_records(records)
-    failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
-    if failed:
-        print(f"{cfg.data}: {failed} failed tool calls (answered by an error) not scored", file=sys.stderr)
-    if cfg.predictions is not None:
-        preds = read_predictions(cfg.predictions, items)
-    elif cfg.endpoint is not None:
-        from ttpa_jax.evaluate.endpoint import endpoint_predictions  # the openai client, only for this mode
-
-        got = endpoint_predictions([(i.prompt, i.tools) for i in items], cfg.endpoint, cfg.endpoint_model,
-                                   cfg.max_new_tokens, cfg.batch_size, cfg.progress)
-        preds = {(i.id, i.turn): p for i, p in zip(items, got, strict=True)}
-    else:
-        preds = generate_predictions(items, str(cfg.model), cfg.max_new_tokens, cfg.batch_size, cfg.progress)
+    with PredictionLog(cfg.out if cfg.predictions is None else None, prediction_settings(cfg)) as log:
+        if cfg.bfcl is not None:
+            return run_bfcl([c.strip() for c in cfg.bfcl.split(",") if c.strip()], name=cfg.name,
+                            predictions=cfg.predictions, model=cfg.model, mode=cfg.bfcl_mode, limit=cfg.limit,
+                            format=cfg.format, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                            progress=cfg.progress, endpoint=cfg.endpoint, endpoint_model=cfg.endpoint_model,
+                            esm=cfg.esm, log=log)
+        records = read_records(cfg.data)
+        items = items_from_records(records)
+        failed = sum(len(mae_masked_messages(r["messages"])) for r in records)
+        if failed:
+            print(f"{cfg.data}: {failed} failed tool calls (answered by an error) not scored", file=sys.stderr)
+        keys, prompts = [(i.id, i.turn) for i in items], [(i.prompt, i.tools) for i in items]
+        if cfg.predictions is not None:
+            preds = read_predictions(cfg.predictions, items)
+        elif cfg.endpoint is not None:
+            preds = received(log, keys, prompts, cfg.endpoint, cfg.endpoint_model, cfg.max_new_tokens,
+                             cfg.batch_size, cfg.progress)
+        else:
+            preds = decoded(log, keys, [{"messages": m, "tools": t} for m, t in prompts], str(cfg.model),
+                            cfg.max_new_tokens, cfg.batch_size, cfg.progress)
     return {cfg.name: evaluate_items(items, preds, cfg.format, cfg.esm)}
+
+
+def prediction_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """What the predictions depend on (an existing prediction log is continued only with these): the
+    test set and the model and its decoding; not the scoring (``--format``, ``--esm.*``, ``--name``)
+    nor the endpoint's address, which may move between runs."""
+    fields = ("data", "bfcl", "bfcl_mode", "limit", "model", "endpoint_model", "max_new_tokens", "batch_size")
+    return {f: None if getattr(cfg, f) is None else str(getattr(cfg, f)) for f in fields}
 
 
 def report_text(cfg: EvalConfig, result: dict[str, Any]) -> str:

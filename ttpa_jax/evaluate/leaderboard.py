@@ -26,6 +26,7 @@ from typing import Any
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.evaluate import bfcl, bfcl_checker
 from ttpa_jax.evaluate.metrics import evaluate_items, format_table, read_predictions
+from ttpa_jax.evaluate.prediction_log import PredictionLog, decoded, received
 from ttpa_jax.model.config import load_config
 from ttpa_jax.text.prompts import encode_prompt, load_tokenizer
 from ttpa_jax.tools.calls import Format
@@ -88,14 +89,14 @@ def judge_all(entries: Sequence[bfcl.Entry], predictions: Mapping[tuple[str, int
 
 
 def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max_new_tokens: int, batch_size: int,
-             progress: bool) -> tuple[dict[tuple[str, int], str], list[str]]:
+             progress: bool, log: PredictionLog | None = None) -> tuple[dict[tuple[str, int], str], list[str]]:
     """Decode one output per entry with our decoder, prompted the way ``mode`` asks.
 
     An entry whose prompt and budget exceed the model's context is not decoded: its output is empty
     (BFCL records the server's error text, which decodes to no call just the same). Returns the
-    outputs and the ids of those entries.
+    outputs and the ids of those entries. ``log``: where outputs are written as they are decoded (and
+    read back from, when continuing a run).
     """
-    from ttpa_jax.decode.generate import generate_completions  # JAX is loaded only for this mode
     from ttpa_jax.model.base_models import resolve_model
 
     model_dir = resolve_model(model_dir)
@@ -109,9 +110,8 @@ def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max
         else:
             fits.append(e)
             prompts.append(prompt)
-    texts = generate_completions(model_dir, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 progress=progress) if prompts else []
-    outputs = {(e.id, len(e.question)): t for e, t in zip(fits, texts, strict=True)}
+    outputs = decoded(log or PredictionLog(None, {}), [(e.id, len(e.question)) for e in fits], prompts,
+                      str(model_dir), max_new_tokens, batch_size, progress)
     outputs.update({(e.id, len(e.question)): "" for e in entries if e.id in set(too_long)})
     return outputs, too_long
 
@@ -119,11 +119,14 @@ def generate(entries: Sequence[bfcl.Entry], mode: bfcl.Mode, model_dir: str, max
 def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Path | None = None,
              model: Path | None = None, mode: str = "auto", limit: int | None = None, format: Format = "auto",
              max_new_tokens: int = 512, batch_size: int = 8, progress: bool = True, endpoint: str | None = None,
-             endpoint_model: str | None = None, esm: ErrorWeights | None = None) -> dict[str, Any]:
+             endpoint_model: str | None = None, esm: ErrorWeights | None = None,
+             log: PredictionLog | None = None) -> dict[str, Any]:
     """The BFCL result (ESM's columns scored with ``esm``, the ``--esm.*`` weights): ``mode``, ``categories`` (accuracy per category), ``leaderboard`` (its
     columns), ``entries`` (verdict, error, prediction and decoded calls per entry), ``esm``
     (``{column: fine-grained metrics}``, all and per category), ``missing_predictions`` and
-    ``prompts_too_long`` (ids not decoded, see ``generate``)."""
+    ``prompts_too_long`` (ids not decoded, see ``generate``). ``log``: where predictions made here are
+    written as they come (``prediction_log``; None: kept in memory)."""
+    log = log or PredictionLog(None, {})
     if sum(x is not None for x in (predictions, model, endpoint)) != 1:
         raise DataError("give exactly one source of predictions: --predictions FILE, --model DIR or --endpoint URL")
     chosen = bfcl.load_entries(list(categories), limit)
@@ -132,13 +135,11 @@ def run_bfcl(categories: Sequence[str], *, name: str = "model", predictions: Pat
         # keyed against every BFCL entry, so one file made for all of BFCL serves any subset and --limit
         preds, too_long = read_predictions(predictions, bfcl.to_items(bfcl.load_entries(["all"]))), []
     elif endpoint is not None:  # what the endpoint's client receives (its tool_calls, else its text)
-        from ttpa_jax.evaluate.endpoint import endpoint_predictions  # the openai client, only for this mode
-
-        got = endpoint_predictions([bfcl.prompt_of(e, resolved) for e in chosen], endpoint, endpoint_model,
-                                   max_new_tokens, batch_size, progress)
-        preds, too_long = {(e.id, len(e.question)): p for e, p in zip(chosen, got, strict=True)}, []
+        preds = received(log, [(e.id, len(e.question)) for e in chosen], [bfcl.prompt_of(e, resolved) for e in chosen],
+                         endpoint, endpoint_model, max_new_tokens, batch_size, progress)
+        too_long = []
     else:
-        preds, too_long = generate(chosen, resolved, str(model), max_new_tokens, batch_size, progress)
+        preds, too_long = generate(chosen, resolved, str(model), max_new_tokens, batch_size, progress, log)
     rows, for_esm = judge_all(chosen, preds, resolved, format)
     scores = bfcl_checker.category_scores([(r["category"], r["valid"]) for r in rows])
     items = [i for i in bfcl.to_items(chosen) if i.kind == "text" or i.gold_calls]
