@@ -118,18 +118,20 @@ class PipelineConfig:
 
     @classmethod
     def pretrained(cls, out: Path, model: str, seed: int = 0, progress: bool = True) -> PipelineConfig:
-        """LoRA SFT + TTPA on a small pretrained instruct model (SmolLM2-135M sized), about 18 minutes on
-        2 CPU cores: 3 candidate tools per record, at most 2 calls, short budgets. Rows are padded to
-        multiples of 1024 (an SFT step's 3 records of about 630 tokens packed into one row of 2048 where
-        they fit): on a CPU a new batch shape costs a 20-30 s compile, about two steps. 96 new tokens
-        hold the longest calls of the bundled tools (64 cut a sixth of them). DPO computes the reference
-        live: 6 steps use 18 pairs, and precomputing it for every sampled pair would cost more than the
-        steps."""
+        """LoRA SFT + TTPA on a small pretrained instruct model (SmolLM2-135M sized), sized to finish within
+        20 minutes from a clean clone on the slower kind of 2-core machine (AVX2 only: about half the matmul
+        peak of an AVX-512 one; docs/benchmarks.md): 3 candidate tools per record, at most 2 calls, short
+        budgets. Rows are padded to multiples of 1024 (an SFT step's 3 records of about 630 tokens packed
+        into one row of 2048 where they fit): on a CPU a new batch shape costs a 40-60 s compile, about
+        three steps. 96 new tokens hold the longest calls of the bundled tools (64 cut a sixth of them).
+        Evaluation on 10 held-out records (about 25 turns) at 16 prompts per batch. DPO computes the
+        reference live: 6 steps use 18 pairs, and precomputing it for every sampled pair would cost more
+        than the steps."""
         return cls(out=out, seed=seed, model=model, num=300, min_candidates=3, max_candidates=3, max_calls=2,
-                   error_recovery=0.0, sft_steps=20, sft_lr=2e-3, sft_lora_rank=16, train_batch_size=3,
-                   logits_chunk=256, pad_multiple=1024, row_length=2048, sample_records=4, epsilon=0.2, dpo_steps=6,
+                   error_recovery=0.0, sft_steps=12, sft_lr=2e-3, sft_lora_rank=16, train_batch_size=3,
+                   logits_chunk=256, pad_multiple=1024, row_length=2048, sample_records=3, epsilon=0.2, dpo_steps=6,
                    dpo_lr=5e-4,
-                   dpo_lora_rank=16, precompute_ref=False, eval_records=24, max_new_tokens=96, batch_size=8,
+                   dpo_lora_rank=16, precompute_ref=False, eval_records=10, max_new_tokens=96, batch_size=16,
                    max_length=1024, progress=progress)
 
 
