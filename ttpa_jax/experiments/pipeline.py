@@ -32,6 +32,7 @@ from ttpa_jax.model.base_models import resolve_model
 from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.model.tiny import build_model_dir, render_chat
 from ttpa_jax.sample.audit import audit_path
+from ttpa_jax.sample.output import prompt_log_path
 from ttpa_jax.sample.sampler import SampleConfig, format_summary, sample
 from ttpa_jax.tools.esm import ErrorWeights
 from ttpa_jax.train.config import DataConfig, MeshConfig, OptimConfig, RunArgs
@@ -271,6 +272,7 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: d
     if summary["pairs"] == 0:
         raise RuntimeError(f"sampling made no preference pairs from {prompts}")
     audit_path(tmp).replace(audit_path(out))
+    prompt_log_path(tmp).replace(prompt_log_path(out))  # an interrupted sample resumed from pairs.tmp.*
     tmp.replace(out)
     say("sample: " + format_summary({**summary, "audit_path": audit_path(out)}).replace("\n", "\n  "))
     return out, summary["audit"]
