@@ -1,4 +1,4 @@
-"""What the RL loop needs from an algorithm (GRPO, PPO): four small functions.
+"""What an RL unit needs from its algorithm (GRPO, PPO; ``session.RlUnit``): four small functions.
 
 - ``host_inputs(rewards [R], group_size) -> (arrays, metrics)``: per-row inputs computed on the host
   from the episode rewards (GRPO's group advantages, PPO's scores);
