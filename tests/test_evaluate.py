@@ -240,7 +240,7 @@ def test_bad_data_and_bad_options(tmp_path, capsys):
     assert evaluate.main(["--predictions", str(preds)]) == 2
     assert "--data FILE or --bfcl" in capsys.readouterr().err
     assert evaluate.main(["--data", str(data)]) == 2
-    assert "--predictions FILE or --model DIR" in capsys.readouterr().err
+    assert "--predictions FILE, --model DIR or --endpoint URL" in capsys.readouterr().err
 
 
 def test_help_documents_every_field():

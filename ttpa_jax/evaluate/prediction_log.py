@@ -70,8 +70,10 @@ def decoded(log: PredictionLog, keys: Sequence[Key], prompts: list[dict], model_
         from ttpa_jax.decode.generate import iter_completions  # JAX is loaded only for this mode
 
         have = [k in log for k in keys]
+        # loads the model and encodes every prompt: a bad model or prompt fails before the progress bar
+        completions = iter_completions(model_dir, prompts, max_new_tokens, batch_size, skip=have.__getitem__)
         with tqdm(total=len(keys), initial=sum(have), desc="evaluate", unit="prompt", disable=not progress) as bar:
-            for idx, texts in iter_completions(model_dir, prompts, max_new_tokens, batch_size, skip=have.__getitem__):
+            for idx, texts in completions:
                 for i, text in zip(idx, texts or []):
                     if keys[i] not in log:
                         log.add(keys[i], text)
