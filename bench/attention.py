@@ -89,15 +89,15 @@ def dpo_pairs():
     exs = pairs(np.random.default_rng(0), 2, 700, 49152, 1)
     shared = {lpo: collate(exs, 0, 64, 4096, layout="shared_prefix", lengths_per_octave=lpo) for lpo in (2, 4, 8)}
     rows = to_longest(collate(exs, 0, 64, 4096))
-    return shared, np.concatenate([rows["chosen_mask"], rows["rejected_mask"]])
+    return shared, np.concatenate([rows.chosen_mask, rows.rejected_mask])
 
 
 def dpo_layer_ours(batch, fn=attend, seed=0):
-    """A call running one layer's attention (``fn``) on shared-prefix rows as the DPO step does (forward
-    and backward, then a forward) -> (call, query-key pairs its mask keeps)."""
-    R, T = batch["sp_ids"].shape
-    mask = attention_mask(jnp.broadcast_to(jnp.arange(T)[None], (R, T)), jnp.asarray(batch["sp_mask"]), T,
-                          jnp.asarray(batch["sp_segment"]), jnp.asarray(batch["sp_branch"]))
+    """A call running one layer's attention (``fn``) on shared-prefix rows (``SharedPrefixPairs``) as the
+    DPO step does (forward and backward, then a forward) -> (call, query-key pairs its mask keeps)."""
+    R, T = batch.sp_ids.shape
+    mask = attention_mask(jnp.broadcast_to(jnp.arange(T)[None], (R, T)), jnp.asarray(batch.sp_mask), T,
+                          jnp.asarray(batch.sp_segment), jnp.asarray(batch.sp_branch))
     rng = np.random.default_rng(seed)
     arr = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
     q, k, v = arr(R, T, N, H), arr(R, T, K, H), arr(R, T, K, H)
@@ -173,7 +173,7 @@ def main():
             report.ratio(f"{kernel} / tiles of {b}", t / times[1])
 
     shared, real = dpo_pairs()
-    shape = lambda b: "x".join(map(str, b["sp_ids"].shape))  # noqa: E731
+    shape = lambda b: "x".join(map(str, b.sp_ids.shape))  # noqa: E731
     sides = {f"ours, {kernel}, {shape(b)} ({lpo} per octave)": dpo_layer_ours(b) for lpo, b in shared.items()}
     sides[f"ours, tiles, {shape(shared[2])} (2 per octave)"] = dpo_layer_ours(shared[2], tiles)
     if not args.skip_torch:

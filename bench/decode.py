@@ -38,8 +38,10 @@ from ttpa_bench import report  # noqa: E402
 from ttpa_bench.report import median_times  # noqa: E402
 from ttpa_bench.sides import make_checkpoint  # noqa: E402
 from ttpa_bench.workloads import PRESETS, device_peak  # noqa: E402
+from ttpa_jax.decode.branching import alternatives, probability_gaps, select_branch_points  # noqa: E402
 from ttpa_jax.decode.loop import generate  # noqa: E402
-from ttpa_jax.decode.tps import TPSConfig, alternatives, probability_gaps, select_branch_points, tps  # noqa: E402
+from ttpa_jax.decode.settings import TPSConfig  # noqa: E402
+from ttpa_jax.decode.tps import tps  # noqa: E402
 from ttpa_jax.model.transformer import count_params  # noqa: E402
 from ttpa_jax.text.prompts import left_pad  # noqa: E402
 

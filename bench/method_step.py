@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from ttpa_bench import report, sides  # noqa: E402
 from ttpa_bench import workloads as wl  # noqa: E402
 from ttpa_jax.model import transformer  # noqa: E402
+from ttpa_jax.train.batches import PairRows, SharedPrefixPairs  # noqa: E402
 from ttpa_jax.train.loader import collate  # noqa: E402
 from ttpa_jax.train.packing import LENGTHS_PER_OCTAVE, efficiency  # noqa: E402
 
@@ -121,8 +122,12 @@ def run_flops(cfg, batch, rank, dpo):
     scored columns only), the LM head over the columns it scores (``sp_cols`` / ``score_cols``, else
     every real token), attention over the query-key pairs its mask keeps (per segment, a causal trunk,
     then each branch over the trunk and causally over itself)."""
-    seg = batch.get("sp_segment", batch.get("segment_ids", batch.get("attention_mask")))  # SFT rows: one segment each
-    branch = batch.get("sp_branch", np.zeros_like(seg))
+    if isinstance(batch, SharedPrefixPairs):
+        seg, branch, cols = batch.sp_segment, batch.sp_branch, batch.sp_cols
+    else:  # SFT: packed rows' segments, or one segment per row
+        _, seg = batch.segments()
+        seg = batch.attention_mask if seg is None else seg
+        branch, cols = np.zeros_like(seg), batch.score_cols
     tokens, pairs = 0, 0.0
     for r in range(seg.shape[0]):
         for s in set(seg[r].tolist()) - {0}:
@@ -130,7 +135,6 @@ def run_flops(cfg, batch, rank, dpo):
             t, sizes = int((b == 0).sum()), np.bincount(b)[1:]
             tokens += len(b)
             pairs += t * t / 2 + float(sum(n * t + n * n / 2 for n in sizes))
-    cols = batch.get("sp_cols", batch.get("score_cols"))
     head = (6 if dpo else 4) * cfg["vocab_size"] * cfg["hidden_size"]  # per column: forward, input gradient, reference
     L = cfg["num_hidden_layers"]
     layer = (wl.step_flops(cfg, 1, 1, rank, dpo)[1] - head) / L  # one layer's matmuls per token
@@ -207,8 +211,10 @@ def main():
         print(f"\n{name} step, {what} ({tokens} real tokens; median of {args.steps} after {args.warmup} warm-up); "
               f"first-step loss " + " / ".join(f"{lo:.5f}" for lo, _ in first))
         def shape(b):  # rows x length of the sequences the step runs (a rows DPO batch: chosen and rejected rows)
-            R, L = next(v.shape for k, v in b.items() if k.endswith("ids"))
-            return f"{2 * R if 'chosen_ids' in b else R}x{L}"
+            if isinstance(b, PairRows):
+                R, L = b.chosen_ids.shape
+                return f"{2 * R}x{L}"
+            return "x".join(map(str, (b.sp_ids if isinstance(b, SharedPrefixPairs) else b.input_ids).shape))
         report.rate(f"ours {fast_name} [{shape(fast)}]", tokens, times[0])
         report.rate(f"ours rows [{shape(plain)}]", tokens, times[1])
         if ref is not None:

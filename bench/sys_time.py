@@ -67,9 +67,11 @@ def main():
     from ttpa_jax.model.lora import LoraConfig, apply_lora
     from ttpa_jax.model.sharding import Placement, make_mesh
     from ttpa_jax.model.transformer import Transformer
+    from ttpa_jax.train.batches import TokenRows
     from ttpa_jax.train.config import OptimConfig
-    from ttpa_jax.train.objectives import make_dpo, make_sft
+    from ttpa_jax.train.dpo.unit import make_dpo
     from ttpa_jax.train.optim import make_optimizer
+    from ttpa_jax.train.sft.unit import make_sft
     from ttpa_jax.train.trainer import make_train_step, split_model
 
     args = parse_args()
@@ -85,8 +87,8 @@ def main():
     if args.objective == "sft":
         objective = make_sft(args.logits_chunk)
         ids = rng.randint(3, cfg.vocab_size, (B, L)).astype(np.int32)
-        batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "weights": (np.arange(L) >= L // 2).astype(np.float32)[None].repeat(B, 0)}
+        batch = TokenRows(input_ids=ids, attention_mask=np.ones_like(ids),
+                          weights=(np.arange(L) >= L // 2).astype(np.float32)[None].repeat(B, 0))
     else:
         from ttpa_jax.train.loader import collate
 

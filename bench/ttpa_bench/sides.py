@@ -1,9 +1,10 @@
 """The two sides of a training-step benchmark (``bench/train_step.py``, ``bench/method_step.py``): our
 jitted step and the PyTorch (transformers + peft) step as TRL computes it, plus the checkpoint and the
-batches they share."""
+batches they share (the typed batches of ``ttpa_jax.train.batches`` that the training units take)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ttpa_jax.train.batches import Batch, PairRows, TokenRows
 
 BETA = 0.1
 
@@ -27,7 +30,7 @@ def make_checkpoint(path: str, cfg: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def preference_batch(rng, pairs: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
+def preference_batch(rng, pairs: int, seq_len: int, vocab: int) -> PairRows:
     """Pairs sharing a prompt (the first half), completions different; no padding. [B, L] each."""
     prompt = rng.randint(2, vocab, (pairs, seq_len // 2))
     out = {}
@@ -36,18 +39,25 @@ def preference_batch(rng, pairs: int, seq_len: int, vocab: int) -> dict[str, np.
         out[f"{side}_ids"] = ids.astype(np.int32)
         out[f"{side}_mask"] = np.ones_like(ids, np.int32)
         out[f"{side}_weights"] = (np.arange(seq_len) >= seq_len // 2).astype(np.float32)[None].repeat(pairs, 0)
-    return out
+    return PairRows(**out)
 
 
-def sft_batch(rng, n: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
+def sft_batch(rng, n: int, seq_len: int, vocab: int) -> TokenRows:
+    """Records of ``seq_len`` tokens, loss weights 1 on the second half; every column scored (no ``score_cols``)."""
     ids = rng.randint(2, vocab, (n, seq_len)).astype(np.int32)
     w = (np.arange(seq_len) >= seq_len // 2).astype(np.float32)[None].repeat(n, 0)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "weights": w}
+    return TokenRows(input_ids=ids, attention_mask=np.ones_like(ids), weights=w)
+
+
+def arrays(batch: Batch) -> dict[str, np.ndarray]:
+    """A typed batch's present fields by name (the PyTorch side reads them as tensors)."""
+    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None}
 
 
 # --------------------------------------------------------------------------- ours
 class Ours:
-    """The step ``ttpa_jax.train.trainer.train`` runs: base in the compute dtype, fp32 adapters, one device."""
+    """The step ``train sft`` / ``train dpo`` run (``trainer.make_train_step``): base in the compute dtype,
+    fp32 adapters, one device."""
 
     def __init__(self, model_dir: str, rank: int, dtype: str):
         from ttpa_jax import load_pretrained
@@ -71,11 +81,13 @@ class Ours:
         return {".".join(map(str, p[:-1])): np.asarray(v[...]) for p, v in nnx.to_flat_state(self.initial)
                 if p[-1] == "lora_a"}
 
-    def compile(self, batch: dict, dpo: bool, logits_chunk: int = 0) -> float:
-        """Fresh adapters and optimizer state, then lower + compile the step; returns seconds."""
+    def compile(self, batch: Batch, dpo: bool, logits_chunk: int = 0) -> float:
+        """Fresh adapters and optimizer state, then lower + compile the step on ``batch`` (``PairRows`` or
+        ``SharedPrefixPairs`` with ``dpo``, else ``TokenRows`` or ``PackedRows``); returns seconds."""
         from ttpa_jax.train.config import OptimConfig
-        from ttpa_jax.train.objectives import make_dpo, make_sft
+        from ttpa_jax.train.dpo.unit import make_dpo
         from ttpa_jax.train.optim import make_optimizer
+        from ttpa_jax.train.sft.unit import make_sft
         from ttpa_jax.train.trainer import make_train_step
 
         tx = make_optimizer(OptimConfig(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0), 1000)
@@ -155,11 +167,11 @@ class Torch:
         per_token = torch.roll(per_token, shifts=1, dims=1)
         return per_token[:, 1:].sum(-1), logits, lmask
 
-    def step(self, batch: dict, dpo: bool) -> tuple[float, float]:
+    def step(self, batch: PairRows | TokenRows, dpo: bool) -> tuple[float, float]:
         if self.prepared is not batch:
             self.prepared = batch
             self.reset()
-            t = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+            t = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in arrays(batch).items()}
             cat = lambda k: torch.cat([t[f"chosen_{k}"], t[f"rejected_{k}"]]).long()  # noqa: E731
             self.tensors = (cat("ids"), cat("mask"), cat("weights")) if dpo else (
                 t["input_ids"].long(), t["attention_mask"].long(), t["weights"])

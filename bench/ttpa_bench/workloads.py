@@ -4,6 +4,8 @@ preference pairs) or records read from a run's tokenized file."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +119,11 @@ def run_records(path, n, rng):
 
 
 def to_longest(batch):
-    """A rows batch cut to its longest real row (TRL's collator pads to the longest, no buckets)."""
-    n = max(int(v.sum(-1).max()) for k, v in batch.items() if k.endswith("mask"))
-    return {k: (v[:, :n] if v.ndim == 2 else v) for k, v in batch.items()}
+    """A rows batch (``TokenRows`` / ``PairRows``) cut to its longest real row, as the PyTorch side gets
+    it (TRL's collator pads to the longest, no buckets): its [B, L] fields cut, the scored columns
+    dropped (TRL scores every column)."""
+    masks = batch.masks()
+    L, n = masks[0].shape[1], max(int(np.asarray(m).sum(-1).max()) for m in masks)
+    cut = {f.name: v[:, :n] for f in dataclasses.fields(batch)
+           if (v := getattr(batch, f.name)) is not None and v.ndim == 2 and v.shape[1] == L and f.name != "score_cols"}
+    return batch.replace(**cut, **({"score_cols": None} if hasattr(batch, "score_cols") else {}))
