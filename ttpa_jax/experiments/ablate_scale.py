@@ -64,9 +64,10 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         scale = Scale("quick", p, rl_steps=1, rl_prompts_per_step=2, rl_group_size=2, rl_lr=1e-3, bfcl_limit=1,
                       bfcl_max_new_tokens=24)
     elif name == "default":
-        # the demo's budgets (20 SFT steps of 3 records, 6 DPO steps) on 20 held-out records
+        # the demo's model and recipe with the ablation's own budgets (20 SFT steps of 3 records, 6 DPO
+        # steps, 8 prompts per decoding batch), on 20 held-out records: the committed runs' settings
         p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
-                                sample_records=6, eval_records=20,
+                                sft_steps=20, batch_size=8, sample_records=6, eval_records=20,
                                 error_recovery=0.15)  # the failed calls MAE masks (TL-SFT); all systems see them
         # RL: 1 prompt x 4 completions per step, 6 steps: 24 episodes (DPO: 6 steps x 3 pairs, 36 sequences)
         scale = Scale("default", p, rl_steps=6, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
