@@ -57,6 +57,9 @@ class Checkpoints:
         quiet_orbax()
         self.dir = Path(run_dir).absolute() / "checkpoints"
         self.aside = self.dir.with_name("checkpoints-unreadable")
+        if jax.process_index() == 0:  # a save that never finished (killed, disk full): removed before orbax looks
+            for tmp in self.dir.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
         self.mngr = ocp.CheckpointManager(
             self.dir,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,

@@ -2,7 +2,7 @@
 
 A failing orbax save or restore raises one exception in the caller, but orbax's worker threads also
 log it (absl ``ERROR ... _SignalingThread.run() raised an exception`` with a traceback), asyncio
-logs the tasks it left behind (``Task exception was never retrieved``) and tensorstore's late
+logs the tasks and futures it left behind (``... exception was never retrieved``) and tensorstore's late
 callbacks meet a closed event loop (``RuntimeError: Event loop is closed``, unraisable): hundreds of
 lines for one full disk. ``quiet_orbax()`` drops exactly those echoes (the exception itself still
 reaches the caller, who reports it once); ``reason(e)`` is that report's cause: the OS error
@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import sys
+import traceback
 
-ECHOES = {"absl": "_SignalingThread.run() raised an exception", "asyncio": "Task exception was never retrieved"}
+# asyncio says "Task", "Future" or "_GatheringFuture exception was never retrieved"
+ECHOES = {"absl": "_SignalingThread.run() raised an exception", "asyncio": "exception was never retrieved"}
 # orbax 0.12's messages for a checkpoint that reads but does not fit the run's state (another LoRA
 # rank, method or model): a user error, not damage.
 MISMATCH = ("tree structures do not match", "is not compatible with the stored shape")
@@ -31,7 +33,12 @@ class _DropEchoes(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not (self.text in msg and (record.name != "asyncio" or "orbax" in msg))
+        if self.text not in msg:
+            return True
+        if record.name != "asyncio":
+            return False
+        trace = "".join(traceback.format_exception(*record.exc_info)) if record.exc_info else ""
+        return not any(mark in msg + trace for mark in ("orbax", "OCDBT", "tensorstore"))  # only orbax's leftovers
 
 
 def quiet_orbax() -> None:
