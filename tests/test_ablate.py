@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ttpa_jax.experiments import ablate, ablate_doc, ablate_scale
-from ttpa_jax.experiments import ablate_stats as S
+from ttpa_jax.ablation import cli as ablate
+from ttpa_jax.ablation import report as ablate_doc
+from ttpa_jax.ablation import scale as ablate_scale
+from ttpa_jax.ablation import stats as S
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,10 @@
-"""ablate_calls: arguments per call against SFT's and in the DPO pairs, from run directories."""
+"""ablation.calls: arguments per call against SFT's and in the DPO pairs, from run directories."""
 
 from __future__ import annotations
 
 import json
 
-from ttpa_jax.experiments import ablate_calls as C
+from ttpa_jax.ablation import calls as C
 
 
 def call(name, **args):
@@ -50,7 +50,7 @@ def test_measure_counts_shorter_and_longer_calls_and_pair_sides(tmp_path):
 
 
 def test_calls_command_without_runs_is_a_clear_error(tmp_path, capsys):
-    from ttpa_jax.experiments import ablate
+    from ttpa_jax.ablation import cli as ablate
     assert ablate.main(["calls", "--out", str(tmp_path / "none"), "--results-dir", str(tmp_path)]) == 2
     assert "no seed<k>/sft/eval/sft.json" in capsys.readouterr().err
     assert not (tmp_path / "calls.json").exists()

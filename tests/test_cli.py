@@ -24,7 +24,7 @@ ENTRY_POINTS = {
     "ttpa_jax.export": "ttpa_jax.export.exporter",
     "ttpa_jax.plan": "ttpa_jax.plan.memory",
     "ttpa_jax.demo": "ttpa_jax.experiments.demo",
-    "ttpa_jax.ablate": "ttpa_jax.experiments.ablate",
+    "ttpa_jax.ablate": "ttpa_jax.ablation.cli",
     "ttpa_jax.generate": "ttpa_jax.decode.generate",
     "ttpa_jax.validate": "ttpa_jax.construct.validate",
     "ttpa_jax.models": "ttpa_jax.model.presets",

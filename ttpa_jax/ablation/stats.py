@@ -1,6 +1,6 @@
 """The ablation's statistics, from the per-run JSON files alone (pure functions, no JAX).
 
-A per-run file (``docs/results/<system>/seed<k>.json``, written by ``ablate_runs``) holds one
+A per-run file (``docs/results/<system>/seed<k>.json``, written by ``ablation.runs``) holds one
 (system, seed)'s metrics: ``heldout`` (fine-grained metrics on the held-out bundled tools) and
 ``bfcl`` (the official checker's per-category accuracies and leaderboard columns). ``flat_metrics``
 turns one into ``{metric key: value}``; ``summarize`` gives mean and sample standard deviation

@@ -1,6 +1,6 @@
 """``python -m ttpa_jax.ablate``: what each method does to a real model, on held-out tools and BFCL.
 
-Systems (``ablate_runs.SYSTEMS``): zero-shot; SFT; TL-SFT (MAE + PKT, w_max 9); SFT + DPO on
+Systems (``ablation.runs.SYSTEMS``): zero-shot; SFT; TL-SFT (MAE + PKT, w_max 9); SFT + DPO on
 trajectory-level pairs; TTPA (SFT + DPO on TPS pairs scored by ESM); TTPA on forward-constructed
 data; SFT + GRPO (ESM reward); SFT + PPO (TL-Training's error-category reward). Same constructed
 data, budgets and evaluation for all; seeds 0, 1, 2. Every (system, seed) is its own resumable run
@@ -31,12 +31,15 @@ from typing import Literal
 
 import tyro
 
+from ttpa_jax.ablation import calls as ablate_calls
+from ttpa_jax.ablation import report as ablate_doc
+from ttpa_jax.ablation import runs as R
+from ttpa_jax.ablation import scale as ablate_scale
+from ttpa_jax.ablation import stats as ablate_stats
+from ttpa_jax.ablation.leakage import measure
 from ttpa_jax.core.cli import run as run_cli
 from ttpa_jax.core.cli import stage_main
 from ttpa_jax.core.errors import ConfigError
-from ttpa_jax.experiments import ablate_calls, ablate_doc, ablate_scale, ablate_stats
-from ttpa_jax.experiments import ablate_runs as R
-from ttpa_jax.experiments.ablate_leakage import measure
 
 COMMANDS = ("run", "epsilon", "weights", "leakage", "calls", "report", "estimate")
 WEIGHT_LABELS = {"flat": "flat (every error 0.5)", "binary": "binary (every error 1.0)"}
@@ -165,7 +168,7 @@ def report(args: ReportArgs) -> str:
     doc = Path(args.doc)
     plot_name = doc.with_name(doc.stem + "_ablation.png")
     section = ablate_doc.section(
-        runs, estimate=estimate + " for 3 seeds, from the unit costs in `ttpa_jax/experiments/ablate_scale.py`",
+        runs, estimate=estimate + " for 3 seeds, from the unit costs in `ttpa_jax/ablation/scale.py`",
         leak=leak, plots=[plot_name.name], command=f"python -m ttpa_jax.ablate report --results-dir {args.results_dir}",
         eps_settings=eps, weight_settings=weights, calls=calls, fitted=fitted)
     if any(s in runs for s in ablate_doc.ORDER):

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from ttpa_jax.ablation.scale import Scale
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.cpu.malloc import release_free_memory
 from ttpa_jax.evaluate.leaderboard import run_bfcl
 from ttpa_jax.experiments import pipeline as P
-from ttpa_jax.experiments.ablate_scale import Scale
 from ttpa_jax.experiments.pipeline import PipelineConfig
 from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.train.config import MeshConfig

@@ -109,7 +109,7 @@ STAGE_UNIT = {"sft": "sft_record", "evaluate": "decode_prompt", "bfcl": "bfcl_pr
 
 
 def fitted_unit_costs(runs, scale: Scale, overhead: float = UNIT_COSTS["stage_overhead"]) -> dict[str, float]:
-    """Unit costs measured by finished runs (``{system: {seed: run}}`` as ``ablate_stats.read_runs`` gives):
+    """Unit costs measured by finished runs (``{system: {seed: run}}`` as ``ablation.stats.read_runs`` gives):
     per unit, the median over the stages that did the work of (seconds - ``overhead``) / units. Stages
     that reused earlier work (under a second) are left out."""
     units = stage_units(scale)
