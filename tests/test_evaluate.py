@@ -132,6 +132,18 @@ def test_return_value_rules():
     assert check_answer("anything", "No values here.", ['{"sky": "sunny"}']) == ([], [])
 
 
+def test_earlier_return_value_rule_is_kept():
+    """``return_value_accuracy_v1`` gives on these fixtures what the metric gave before echoes and
+    answer-turn calls were judged (tests/test_return_values.py covers the current rule)."""
+    items = evaluate.items_from_records(normalized())
+    wrong = {**keyed(PREDICTIONS), ("w1", 4): "It is cloudy in Lyon."}
+    echo = {**keyed(PREDICTIONS), ("w1", 4): " ".join(m["content"] for m in RECORDS[0]["messages"][2:4])}
+    for preds, v1, current in [(keyed(PREDICTIONS), 1.0, 1.0), (wrong, 0.0, 0.0), (echo, 1.0, 0.0)]:
+        result = evaluate.evaluate_items(items, preds)
+        assert (result["return_value_accuracy_v1"], result["return_value_accuracy"]) == (v1, current)
+        assert result["judged_answer_turns_v1"] == result["judged_answer_turns"] == 1
+
+
 def test_format_table_side_by_side():
     base = evaluate.evaluate_predictions(normalized(), keyed(PREDICTIONS))
     worse = evaluate.evaluate_predictions(normalized(), {**keyed(PREDICTIONS), ("f2", 1): "no call"})

@@ -1,6 +1,18 @@
 """The metrics of ``python -m ttpa_jax.evaluate`` (listed in ``evaluator``'s docstring): evaluation
 items from SFT records, predictions read from JSONL, the per-turn verdicts and their rates, and the
 markdown table. Pure Python: ``evaluator`` (the command), ``bfcl`` and ``leaderboard`` build on it.
+
+Answer turns follow ``tools.return_values`` (its module doc is the rule, checkable by hand):
+
+return_value_accuracy       judged answer turns answered correctly (``judge_answer``)
+return_value_accuracy_v1    the earlier rule (``check_answer``), over its own judged turns
+                            (``judged_answer_turns_v1``), kept so reports can say what changed
+answer_turn_tool_call_rate  judged answer turns whose prediction holds a tool call
+answer_echo_rate            judged answer turns whose prediction echoes the tool output
+answer_turn_tool_calls, answer_echoes_tool_output, answer_missing_values: the same as counts; with
+the correct ones they add up to ``judged_answer_turns``
+
+``rescore`` recomputes an earlier evaluation's metrics from the predictions its ``per_turn`` kept.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from ttpa_jax.core.jsonl import DataError, iter_jsonl, where
 from ttpa_jax.core.records import iter_numbered
 from ttpa_jax.tools import esm
 from ttpa_jax.tools.calls import Format, calls_from_message, parse, parse_value
-from ttpa_jax.tools.return_values import check_answer
+from ttpa_jax.tools.return_values import check_answer, judge_answer
 
 Prediction = str | list[Any]
 Key = tuple[str, int]
@@ -94,13 +106,15 @@ def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Predicti
             scores.append(r.score)
             row.update(score=r.score, errors=e, parse_status=r.parse_status, messages=r.messages)
         elif item.kind == "answer":
-            text = pred if isinstance(pred, str) else ""
-            needed, found = check_answer(text, item.reference, item.tool_results)
+            needed, found = check_answer(pred if isinstance(pred, str) else "", item.reference, item.tool_results)
             if needed:
-                tally.update(answer=1, answer_ok=len(found) == len(needed))
+                tally.update(answer_v1=1, answer_ok_v1=len(found) == len(needed))
+            verdict = judge_answer(pred, item.reference, item.tool_results, item.prompt, format)
+            if verdict.judged:
+                tally.update(["answer", f"answer_{verdict.reason}"])  # answer_ok, answer_echo, ...
             else:
                 tally["answer_unjudged"] += 1
-            row.update(return_values={"needed": needed, "found": found})
+            row.update(return_values={"needed": verdict.needed, "found": verdict.found, "reason": verdict.reason})
         else:
             no_call = not (parse(pred, format) if isinstance(pred, str) else parse_value(pred)).calls
             tally.update(text=1, text_ok=no_call)
@@ -114,12 +128,19 @@ def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Predicti
         "format_validity": _rate(tally["valid"], n),
         "esm_score": sum(scores) / len(scores) if scores else None,
         "return_value_accuracy": _rate(tally["answer_ok"], tally["answer"]),
+        "return_value_accuracy_v1": _rate(tally["answer_ok_v1"], tally["answer_v1"]),
+        "answer_turn_tool_call_rate": _rate(tally["answer_tool_call"], tally["answer"]),
+        "answer_echo_rate": _rate(tally["answer_echo"], tally["answer"]),
         "no_call_accuracy": _rate(tally["text_ok"], tally["text"]),
         "errors": dict(errors),
         "turns": {"tool_call": kinds["tool_call"], "answer": kinds["answer"], "text": kinds["text"]},
         "scored_tool_call_turns": n,
         "judged_answer_turns": tally["answer"],
         "unjudged_answer_turns": tally["answer_unjudged"],
+        "judged_answer_turns_v1": tally["answer_v1"],
+        "answer_turn_tool_calls": tally["answer_tool_call"],
+        "answer_echoes_tool_output": tally["answer_echo"],
+        "answer_missing_values": tally["answer_missing_values"],
         "missing_predictions": tally["missing"],
         "per_turn": per_turn,
     }
@@ -130,18 +151,32 @@ def evaluate_predictions(records: Sequence[Mapping[str, Any]], predictions: Mapp
     return evaluate_items(items_from_records(records), predictions, format)
 
 
+def rescore(evaluation: Mapping[str, Any], items: Sequence[EvalItem], format: Format = "auto",
+            weights: esm.ErrorWeights | None = None) -> dict[str, Any]:
+    """One system's earlier metrics (``evaluate_items``' output, as ``--out`` wrote it under the
+    system's name) recomputed under the current rules from the predictions its ``per_turn`` kept."""
+    predictions = {(str(row["id"]), row["turn"]): row["prediction"] for row in evaluation["per_turn"]}
+    return evaluate_items(items, predictions, format, weights)
+
+
 _ROWS = [
     ("Tool selection", "tool_selection_accuracy", "pct"),
     ("Parameter names", "param_name_accuracy", "pct"),
     ("Parameter values", "param_value_accuracy", "pct"),
     ("Return-value parsing", "return_value_accuracy", "pct"),
+    ("Return-value parsing, earlier rule (v1)", "return_value_accuracy_v1", "pct"),
+    ("Answer turns that call a tool", "answer_turn_tool_call_rate", "pct"),
+    ("Answer turns that echo the tool output", "answer_echo_rate", "pct"),
     ("No call when none needed", "no_call_accuracy", "pct"),
     ("Format validity", "format_validity", "pct"),
     ("ESM score (mean)", "esm_score", "float"),
 ] + [(f"Errors: {t}", t, "count") for t in esm.ERROR_TYPES] + [
     ("Tool-call turns scored", "scored_tool_call_turns", "count"),
     ("Answer turns judged", "judged_answer_turns", "count"),
-    ("Answer turns unjudged (no result value in the reference)", "unjudged_answer_turns", "count"),
+    ("Answer turns unjudged (the reference mentions no result value beyond the inputs)", "unjudged_answer_turns", "count"),
+    ("Judged answer turns: tool call", "answer_turn_tool_calls", "count"),
+    ("Judged answer turns: echo of the tool output", "answer_echoes_tool_output", "count"),
+    ("Judged answer turns: values missing", "answer_missing_values", "count"),
     ("Missing predictions", "missing_predictions", "count"),
 ]
 
