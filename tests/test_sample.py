@@ -69,7 +69,8 @@ def test_sample_cli_tps_answer_turns_gold_and_audit(tiny, tmp_path):
     assert "pairs by kind: gold_chosen" in proc.stdout and "prompts without a pair:" in proc.stdout
     # Every candidate is garbage (score 0 < --gold-below 0.8): the gold completion is chosen, marked.
     assert all(r["chosen_source"] == "gold" and r["meta"]["pair_kind"] == "gold_chosen" for r in records)
-    assert audit["pair_kinds"] == {"gold_chosen": len(records)} and audit["chosen_source"] == {"gold": len(records)}
+    assert audit["pair_kinds"] == {"sampled_chosen": 0, "gold_anchored": 0, "gold_chosen": len(records)}
+    assert audit["chosen_source"] == {"gold": len(records)}
     assert audit["branch_locations"] == {"answer": 4}  # never outside a call on a tool-call turn
     assert sum(audit["score_gaps"]["histogram"].values()) == len(records)
     answers = [r for r in records if r["meta"]["turn_kind"] == "answer"]
@@ -104,8 +105,9 @@ def test_tps_pairs_share_every_token_before_the_branch_in_the_dpo_batch(tiny, tm
     s = sample(cfg, model=model, tokenizer=tok)
     records = read(cfg.out)
     assert s["pairs"] == len(records) > 0
-    kinds = {r["meta"]["pair_kind"] for r in records}
-    assert kinds <= {"greedy_vs_branch", "branch_vs_branch"} and "branch_vs_branch" in kinds
+    sides = {r["meta"]["pair_sides"] for r in records}
+    assert sides <= {"greedy_vs_branch", "branch_vs_branch"} and "branch_vs_branch" in sides
+    assert {r["meta"]["pair_kind"] for r in records} == {"sampled_chosen"}
     assert all(r["chosen_source"] == "sampled" for r in records)
     path, stats = prepare(cfg.out, model_dir, tmp_path / "tok", kind="preference", max_length=512, progress=False)
     assert stats.written == stats.sampled_ids == len(records)
@@ -122,7 +124,7 @@ def test_tps_pairs_share_every_token_before_the_branch_in_the_dpo_batch(tiny, tm
             assert batch[f"{side}_weights"][i, :n].tolist() == [0.0] * P + [1.0] * len(r[f"{side}_ids"])
         both = [x for x in (r["meta"]["chosen_branch"], r["meta"]["rejected_branch"]) if x]
         assert b == min(x["position"] for x in both)
-    same_point = [r for r in records if r["meta"]["pair_kind"] == "branch_vs_branch"
+    same_point = [r for r in records if r["meta"]["pair_sides"] == "branch_vs_branch"
                   and r["meta"]["chosen_branch"]["position"] == r["meta"]["rejected_branch"]["position"]]
     assert same_point  # k = 3: two alternatives at one point make a pair of their own
     audit = s["audit"]
