@@ -16,6 +16,9 @@ Commands::
     python -m ttpa_jax.ablate calls     arguments per call against SFT's, and in the DPO pairs (run dirs)
     python -m ttpa_jax.ablate report    docs/results.md's ablation section + plots, from the JSONs only
     python -m ttpa_jax.ablate estimate  the time the runs would take on the 2-core machine
+    python -m ttpa_jax.ablate recipe    does TTPA help? step 1: pick TTPA's recipe on seed 0's validation split
+    python -m ttpa_jax.ablate evidence  step 2: zero-shot, SFT, TTPA, trajectory DPO, SFT+ on 3 seeds
+                                        (``ablation.evidence``; ``report`` writes its section too)
 
 ``--quick`` (the tiny model from scratch, a few steps) writes under ``--out`` only, never docs/.
 """
@@ -32,16 +35,18 @@ from typing import Literal
 import tyro
 
 from ttpa_jax.ablation import calls as ablate_calls
+from ttpa_jax.ablation import evidence, evidence_report
 from ttpa_jax.ablation import report as ablate_doc
 from ttpa_jax.ablation import runs as R
 from ttpa_jax.ablation import scale as ablate_scale
 from ttpa_jax.ablation import stats as ablate_stats
 from ttpa_jax.ablation.leakage import measure
+from ttpa_jax.ablation.systems import BY_NAME, EPSILONS, EVIDENCE_NAMES, SYSTEMS, WEIGHT_SETS, System
 from ttpa_jax.core.cli import run as run_cli
 from ttpa_jax.core.cli import stage_main
 from ttpa_jax.core.errors import ConfigError
 
-COMMANDS = ("run", "epsilon", "weights", "leakage", "calls", "report", "estimate")
+COMMANDS = ("run", "epsilon", "weights", "leakage", "calls", "report", "estimate", "recipe", "evidence")
 WEIGHT_LABELS = {"flat": "flat (every error 0.5)", "binary": "binary (every error 1.0)"}
 
 
@@ -51,7 +56,7 @@ class RunArgs:
 
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds; each constructs its own data and trains its own models."""
-    systems: tuple[str, ...] = tuple(s.name for s in R.SYSTEMS)
+    systems: tuple[str, ...] = tuple(s.name for s in SYSTEMS)
     """Systems to run (names as in docs/results/<system>/)."""
     scale: Literal["default", "paper", "quick"] = "default"
     """Sizes: default (about 4.4 hours on 2 CPU cores, measured), paper (thousands of records, a 7B
@@ -75,6 +80,29 @@ class RunArgs:
 
 
 @dataclasses.dataclass
+class EvidenceArgs:
+    """Does TTPA help? ``recipe``: pick TTPA's recipe on seed 0's validation split; ``evidence``: run the
+    five systems; each (system, seed) writes RESULTS/<system>/seed<k>.json and its per-turn rows."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds (``evidence``; ``recipe`` always uses seed 0)."""
+    systems: tuple[str, ...] = EVIDENCE_NAMES
+    """Systems to run (``evidence``), in this order: TTPA's DPO steps set trajectory DPO's and SFT+'s."""
+    recipe: str | None = None
+    """TTPA's recipe (a name in ``ablation.systems.RECIPES``); default: the one RESULTS/recipe.json chose."""
+    quick: bool = False
+    """The same stages on a tiny model from scratch (checks the code in minutes; writes under --out)."""
+    model: str | None = None
+    """Base model (default smollm2-135m-instruct)."""
+    out: Path = Path("runs/evidence")
+    """Run directories (OUT/seed<k>/<system>/)."""
+    results_dir: Path | None = None
+    """Per-run files (default docs/results/evidence; OUT/results with --quick)."""
+    progress: bool = False
+    """Progress bars of every stage."""
+
+
+@dataclasses.dataclass
 class ReportArgs:
     """Regenerate the ablation section of the results document and its plots from the per-run JSONs."""
 
@@ -82,6 +110,9 @@ class ReportArgs:
     """The per-run files, RESULTS/<system>/seed<k>.json (and RESULTS/leakage.json)."""
     doc: Path = Path("docs/results.md")
     """The document whose ablation section is replaced (other sections are kept); plots go next to it."""
+    evidence_dir: Path = Path("docs/results/evidence")
+    """The evidence experiment's files (recipe.json, <system>/seed<k>.json and .turns.json); when the
+    directory exists its section of the document is replaced too."""
 
 
 @dataclasses.dataclass
@@ -122,14 +153,14 @@ def resolve(args: RunArgs) -> tuple[ablate_scale.Scale, Path, Path, Path]:
     return scale, out, results, doc
 
 
-def systems_of(names: Sequence[str]) -> list[R.System]:
-    unknown = [n for n in names if n not in R.BY_NAME]
+def systems_of(names: Sequence[str]) -> list[System]:
+    unknown = [n for n in names if n not in BY_NAME]
     if unknown:
-        raise ConfigError(f"--systems: unknown system {unknown[0]!r} (known: {', '.join(R.BY_NAME)})")
-    return [R.BY_NAME[n] for n in names]
+        raise ConfigError(f"--systems: unknown system {unknown[0]!r} (known: {', '.join(BY_NAME)})")
+    return [BY_NAME[n] for n in names]
 
 
-def run(args: RunArgs, systems: list[R.System]) -> list[Path]:
+def run(args: RunArgs, systems: list[System]) -> list[Path]:
     scale, out, results, doc = resolve(args)
     est = ablate_scale.format_estimate(ablate_scale.estimate(scale, systems, len(args.seeds)))
     R.say(f"ablation ({scale.name}): {len(systems)} systems x {len(args.seeds)} seeds"
@@ -144,9 +175,9 @@ def run(args: RunArgs, systems: list[R.System]) -> list[Path]:
     return written
 
 
-def epsilon_systems(default: float) -> list[R.System]:
+def epsilon_systems(default: float) -> list[System]:
     """TTPA at each sweep value; the scale's own epsilon is the main TTPA run."""
-    return [R.BY_NAME["ttpa" if e == default else f"ttpa-eps{e:g}"] for e in R.EPSILONS]
+    return [BY_NAME["ttpa" if e == default else f"ttpa-eps{e:g}"] for e in EPSILONS]
 
 
 def report(args: ReportArgs) -> str:
@@ -159,10 +190,10 @@ def report(args: ReportArgs) -> str:
     default_eps = ttpa["config"]["pipeline"]["epsilon"] if ttpa else ablate_scale.make_scale(
         "default", None, Path("runs")).pipeline.epsilon
     eps = [(f"epsilon {e:g}" + (" (TTPA's)" if e == default_eps else ""), s.name)
-           for e, s in zip(R.EPSILONS, epsilon_systems(default_eps), strict=True)]
-    weights = [("default weights", "ttpa")] + [(WEIGHT_LABELS[w], f"ttpa-w-{w}") for w in R.WEIGHT_SETS]
+           for e, s in zip(EPSILONS, epsilon_systems(default_eps), strict=True)]
+    weights = [("default weights", "ttpa")] + [(WEIGHT_LABELS[w], f"ttpa-w-{w}") for w in WEIGHT_SETS]
     est_scale = ablate_scale.make_scale("default", None, Path("runs"))
-    estimate = ablate_scale.format_estimate(ablate_scale.estimate(est_scale, list(R.SYSTEMS), 3))
+    estimate = ablate_scale.format_estimate(ablate_scale.estimate(est_scale, list(SYSTEMS), 3))
     default_runs = {s: {k: r for k, r in per.items() if r.get("scale") == "default"} for s, per in runs.items()}
     fitted = ablate_scale.fitted_unit_costs(default_runs, est_scale)
     doc = Path(args.doc)
@@ -175,7 +206,12 @@ def report(args: ReportArgs) -> str:
         doc.parent.mkdir(parents=True, exist_ok=True)
         ablate_doc.plot(plot_name, runs, ablate_stats.HELDOUT + ablate_stats.BFCL)
     old = doc.read_text() if doc.is_file() else ""
-    doc.write_text(ablate_doc.splice(old, section))
+    new = ablate_doc.splice(old, section)
+    if Path(args.evidence_dir).is_dir():
+        evidence_section = evidence_report.section(args.evidence_dir)
+        new = evidence_report.splice(new, evidence_section)
+        section = section + "\n" + evidence_section
+    doc.write_text(new)
     R.say(f"wrote the ablation section of {doc}")
     return section
 
@@ -195,7 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     prog = f"python -m ttpa_jax.ablate {command}"
-    if command == "report":
+    if command in ("recipe", "evidence"):
+        args = tyro.cli(EvidenceArgs, args=argv, prog=prog)
+        name = "evidence-quick" if args.quick else "evidence"
+        scale = ablate_scale.make_scale(name, args.model, args.out, args.progress)
+        results = args.results_dir or (args.out / "results" if args.quick else Path("docs/results/evidence"))
+        if command == "recipe":
+            print(evidence.run_recipe(scale, args.out, results))
+        else:
+            recipe = evidence.chosen_recipe(results, args.recipe)
+            for path in evidence.run_evidence(scale, args.out, results, args.seeds, args.systems, recipe):
+                print(path)
+    elif command == "report":
         print(report(tyro.cli(ReportArgs, args=argv, prog=prog)))
     elif command == "leakage":
         leakage(tyro.cli(LeakageArgs, args=argv, prog=prog))
@@ -215,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "epsilon":
             systems = epsilon_systems(scale.pipeline.epsilon)
         elif command == "weights":
-            systems = systems_of(["ttpa"] + [f"ttpa-w-{w}" for w in R.WEIGHT_SETS])
+            systems = systems_of(["ttpa"] + [f"ttpa-w-{w}" for w in WEIGHT_SETS])
         else:
             systems = systems_of(args.systems)
         if command == "estimate":

@@ -20,9 +20,10 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ttpa_jax.ablation.scale import Scale
+from ttpa_jax.ablation.systems import WEIGHT_SETS, System
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.cpu.malloc import release_free_memory
 from ttpa_jax.evaluate.leaderboard import run_bfcl
@@ -32,42 +33,6 @@ from ttpa_jax.model.settings import LoraConfig
 from ttpa_jax.train.config import MeshConfig
 from ttpa_jax.train.methods import method_config
 from ttpa_jax.train.rl.config import PpoArgs, RlConfig
-
-# Alternative ESM weights for the sensitivity check (the default is tools.esm.ErrorWeights()).
-WEIGHT_SETS: dict[str, dict[str, float]] = {
-    "flat": {t: 0.5 for t in ("format", "tool_hallucination", "wrong_tool", "param_name", "param_type", "param_value")},
-    "binary": {t: 1.0 for t in ("format", "tool_hallucination", "wrong_tool", "param_name", "param_type", "param_value")},
-}
-EPSILONS = (0.05, 0.1, 0.2, 0.3)
-
-
-@dataclasses.dataclass(frozen=True)
-class System:
-    name: str
-    label: str
-    kind: Literal["zero-shot", "sft", "dpo", "rl"]
-    construction: Literal["reversed", "forward"] = "reversed"
-    tl: bool = False
-    sample_mode: Literal["tps", "trajectory"] = "tps"
-    epsilon: float | None = None
-    weights: str | None = None
-    rl: Literal["grpo", "ppo"] | None = None
-    reward: str = ""
-
-
-SYSTEMS = (
-    System("zero-shot", "zero-shot", "zero-shot"),
-    System("sft", "SFT", "sft"),
-    System("tl-sft", "TL-SFT", "sft", tl=True),
-    System("dpo-traj", "SFT + DPO (trajectory)", "dpo", sample_mode="trajectory"),
-    System("ttpa", "TTPA", "dpo"),
-    System("ttpa-fwd", "TTPA (forward data)", "dpo", construction="forward"),
-    System("grpo", "SFT + GRPO (ESM)", "rl", rl="grpo", reward="esm"),
-    System("ppo", "SFT + PPO (TL reward)", "rl", rl="ppo", reward="tl"),
-)
-FOLLOW_UPS = tuple(System(f"ttpa-eps{e:g}", f"TTPA, epsilon {e:g}", "dpo", epsilon=e) for e in EPSILONS) + tuple(
-    System(f"ttpa-w-{w}", f"TTPA, {w} ESM weights", "dpo", weights=w) for w in WEIGHT_SETS)
-BY_NAME = {s.name: s for s in SYSTEMS + FOLLOW_UPS}
 
 
 def say(msg: str) -> None:
@@ -79,15 +44,22 @@ def result_path(results: Path, system: str, seed: int) -> Path:
 
 
 class SeedRun:
-    """The shared stages of one seed, each computed once and reused by every system."""
+    """The shared stages of one seed, each computed once and reused by every system. ``budget``: the
+    system whose DPO step count every preference system and SFT+ of this seed train for (the
+    evidence experiment's TTPA); None: each DPO system its own ``dpo_steps``."""
 
-    def __init__(self, scale: Scale, out: Path, seed: int):
-        self.scale, self.seed, self.root = scale, seed, Path(out) / f"seed{seed}"
+    def __init__(self, scale: Scale, out: Path, seed: int, budget: System | None = None):
+        self.scale, self.seed, self.root, self.budget = scale, seed, Path(out) / f"seed{seed}", budget
         self.seconds: dict[str, float] = {}
         self._cache: dict[str, Any] = {}
 
     def cfg(self, sub: str, **kw) -> PipelineConfig:
         return dataclasses.replace(self.scale.pipeline, out=self.root / sub, seed=self.seed, **kw)
+
+    def system_cfg(self, s: System) -> PipelineConfig:
+        """The pipeline settings of a preference system: its sampling mode, epsilon and recipe."""
+        return self.cfg(s.runs_as or s.name, mode=s.construction, sample_mode=s.sample_mode,
+                        epsilon=self.scale.pipeline.epsilon if s.epsilon is None else s.epsilon, **dict(s.recipe))
 
     def train_cfg(self, train_cfg):
         """A stage's training settings with the scale's progress bars, dtype and mesh."""
@@ -104,7 +76,17 @@ class SeedRun:
         return self._cache[name]
 
     def data(self, construction: str = "reversed") -> tuple[Path, Path]:
-        return self._timed(f"construct {construction}", P.construct_data, self.cfg(construction, mode=construction))
+        """(training records, held-out test records); with the scale's ``validation_records``, the
+        last that many training records are set aside (``validation_file``) and never trained on."""
+        cfg = self.cfg(construction, mode=construction)
+        train, test = self._timed(f"construct {construction}", P.construct_data, cfg)
+        if not self.scale.validation_records:
+            return train, test
+        return split_validation(train, self.scale.validation_records), test
+
+    def validation_file(self) -> Path:
+        train, _ = self.data("reversed")
+        return train.with_name("validation.jsonl")
 
     def base(self, construction: str = "reversed") -> Path:
         train, _ = self.data(construction)
@@ -120,12 +102,29 @@ class SeedRun:
         train_cfg = self.train_cfg(P.sft_config(cfg, self.base(construction), train))
         return self._timed(f"sft {sub}", train_and_export, train_cfg)
 
+    def prompts(self, s: System) -> Path:
+        train, _ = self.data(s.construction)
+        return P.sample_subset(self.system_cfg(s), train)
+
+    def pairs(self, s: System) -> tuple[Path, dict]:
+        sft = self.sft(s.construction, s.tl)
+        return self._timed(f"sample {s.runs_as or s.name}", P.sample_pairs, self.system_cfg(s), sft, self.prompts(s),
+                           WEIGHT_SETS.get(s.weights or ""))
+
+    def preference_steps(self, s: System) -> int:
+        """DPO steps of ``s``: the budget system's (its pairs sampled first) or its own."""
+        owner = self.budget or s
+        pairs, _ = self.pairs(owner)
+        return P.dpo_steps(self.system_cfg(owner), _lines(pairs))
+
     def model(self, system: System) -> tuple[Path, dict[str, Any]]:
         """The system's trained model directory and what went into it (data sizes, budgets)."""
         s, sc = system, self.scale
         train, _ = self.data(s.construction)
         info: dict[str, Any] = {"data": {"construction": s.construction, "train_records": _lines(train),
                                          "test_records": _lines(self.test_file())}, "budgets": {}}
+        if sc.validation_records:
+            info["data"]["validation_records"] = _lines(self.validation_file())
         if s.kind == "zero-shot":
             return self.base(s.construction), info
         sft_cfg = self.cfg("tl-sft" if s.tl else s.construction, mode=s.construction)
@@ -135,26 +134,48 @@ class SeedRun:
         sft = self.sft(s.construction, s.tl)
         if s.kind == "sft":
             return sft, info
-        cfg = self.cfg(s.name, mode=s.construction, sample_mode=s.sample_mode,
-                       epsilon=sc.pipeline.epsilon if s.epsilon is None else s.epsilon)
-        prompts = P.sample_subset(cfg, train)
+        cfg = self.system_cfg(s)
+        prompts = self.prompts(s)
         info["data"]["preference_prompt_records"] = _lines(prompts)
+        if s.kind == "sft-plus":  # the SFT model, more SFT on the preference prompts' gold turns
+            steps = self.preference_steps(s)
+            plus = dataclasses.replace(cfg, sft_steps=steps)
+            info["budgets"]["sft_plus"] = {"steps": steps, "batch": cfg.train_batch_size or cfg.batch_size,
+                                           "lora_rank": cfg.sft_lora_rank, "lr": cfg.sft_lr,
+                                           "steps_of": (self.budget or s).name}
+            return self._timed(f"sft-plus {s.name}", train_and_export,
+                               self.train_cfg(P.sft_config(plus, sft, prompts))), info
         if s.kind == "dpo":
-            pairs, audit = self._timed(f"sample {s.name}", P.sample_pairs, cfg, sft, prompts, WEIGHT_SETS.get(s.weights or ""))
+            pairs, audit = self.pairs(s)
+            steps = self.preference_steps(s)
             info["data"]["pairs"] = _lines(pairs)
             info["audit"] = audit
-            info["budgets"]["dpo"] = {"steps": cfg.dpo_steps, "batch": cfg.train_batch_size or cfg.batch_size,
+            info["budgets"]["dpo"] = {"steps": steps, "batch": cfg.train_batch_size or cfg.batch_size,
                                       "lora_rank": cfg.dpo_lora_rank, "lr": cfg.dpo_lr, "beta": cfg.beta,
                                       "epsilon": cfg.epsilon, "sample_mode": s.sample_mode,
-                                      "esm_weights": s.weights or "default"}
-            dpo_cfg = self.train_cfg(P.dpo_config(cfg, sft, pairs))
-            return self._timed(f"dpo {s.name}", train_and_export, dpo_cfg), info
+                                      "esm_weights": s.weights or "default", "recipe": dict(s.recipe),
+                                      "steps_of": (self.budget or s).name}
+            dpo_cfg = self.train_cfg(P.dpo_config(cfg, sft, pairs, steps))
+            return self._timed(f"dpo {s.runs_as or s.name}", train_and_export, dpo_cfg), info
         rl_cfg = self.train_cfg(rl_config(cfg, sc, sft, prompts, s))
         info["budgets"]["rl"] = {"algorithm": s.rl, "reward": s.reward, "steps": rl_cfg.steps,
                                  "prompts_per_step": rl_cfg.rl.prompts_per_step, "group_size": rl_cfg.rl.group_size,
                                  "episodes": rl_cfg.steps * rl_cfg.rl.prompts_per_step * rl_cfg.rl.group_size,
                                  "lora_rank": rl_cfg.lora.rank, "lr": rl_cfg.optim.lr, "kl_coef": rl_cfg.rl.kl_coef}
         return self._timed(f"{s.rl} {s.name}", train_and_export, rl_cfg), info
+
+
+def split_validation(train: Path, n: int) -> Path:
+    """``train`` without its last ``n`` records (``train-fit.jsonl``, returned) and those records
+    (``validation.jsonl``), next to it; written once."""
+    fit, val = train.with_name("train-fit.jsonl"), train.with_name("validation.jsonl")
+    if not (fit.is_file() and val.is_file()):
+        lines = [line for line in train.read_text().splitlines() if line.strip()]
+        if len(lines) <= n:
+            raise ConfigError(f"{train}: {len(lines)} records, too few to set {n} aside for validation")
+        val.write_text("".join(line + "\n" for line in lines[-n:]))
+        fit.write_text("".join(line + "\n" for line in lines[:-n]))
+    return fit
 
 
 def _lines(path: Path) -> int:
@@ -197,12 +218,16 @@ def evaluate(seed_run: SeedRun, system: System, model_dir: Path) -> tuple[dict, 
     if not held_path.is_file():
         cfg = seed_run.cfg(system.name)
         t0 = time.perf_counter()
-        result = P.evaluate_model(cfg, model_dir, seed_run.test_file(), system.name)
-        result.pop("per_turn", None)
+        validation = system.eval_split == "validation"
+        data = seed_run.validation_file() if validation else seed_run.test_file()
+        if validation:  # every validation record
+            cfg = dataclasses.replace(cfg, eval_records=_lines(data))
+        result = P.evaluate_model(cfg, model_dir, data, system.name)
+        _write(turns_path(held_path), [turn_row(r) for r in result.pop("per_turn", [])])
         _write(held_path, result)
         seed_run.seconds[f"evaluate {system.name}"] = time.perf_counter() - t0
     bfcl = None
-    if sc.bfcl_limit != 0:
+    if sc.bfcl_limit != 0 and system.eval_split == "test":
         if not bfcl_path.is_file():
             t0 = time.perf_counter()
             r = run_bfcl(sc.bfcl_categories, name=system.name, model=model_dir, limit=sc.bfcl_limit,
@@ -217,6 +242,18 @@ def evaluate(seed_run: SeedRun, system: System, model_dir: Path) -> tuple[dict, 
             seed_run.seconds[f"bfcl {system.name}"] = time.perf_counter() - t0
         bfcl = json.loads(bfcl_path.read_text())
     return json.loads(held_path.read_text()), bfcl
+
+
+def turns_path(path: Path) -> Path:
+    """``seed0.json`` -> ``seed0.turns.json``: the per-turn rows next to a result."""
+    return path.with_name(path.stem + ".turns.json")
+
+
+def turn_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One evaluated turn as the statistics and a re-scoring need it: key, kind, the prediction, and
+    its ESM score and errors (call turns) or return-value verdict (answer turns)."""
+    keep = ("id", "turn", "kind", "prediction", "score", "errors", "return_values", "no_call", "category")
+    return {k: row[k] for k in keep if k in row}
 
 
 def _write(path: Path, obj: Any) -> None:
@@ -248,7 +285,9 @@ def run_system(seed_run: SeedRun, system: System, results: Path) -> Path:
                    "system": dataclasses.asdict(system), "bfcl_limit": sc.bfcl_limit,
                    "bfcl_categories": list(sc.bfcl_categories)},
         **info,
-        "eval": {"heldout_records": min(sc.pipeline.eval_records, info["data"]["test_records"]),
+        "eval": {"split": system.eval_split,
+                 "heldout_records": (info["data"].get("validation_records") if system.eval_split == "validation"
+                                     else min(sc.pipeline.eval_records, info["data"]["test_records"])),
                  "max_new_tokens": sc.pipeline.max_new_tokens},
         # this invocation's time on the stages this system used first (shared stages count once)
         "stage_seconds": {k: round(v, 1) for k, v in seed_run.seconds.items() if k not in before},
@@ -256,6 +295,9 @@ def run_system(seed_run: SeedRun, system: System, results: Path) -> Path:
         "heldout": held, "bfcl": bfcl,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    turns = turns_path(seed_run.root / system.name / "eval-heldout.json")
+    if turns.is_file():  # written before the run file: a run file always has its turns beside it
+        _write(turns_path(path), json.loads(turns.read_text()))
     _write(path, run)
     say(f"wrote {path}")
     return path

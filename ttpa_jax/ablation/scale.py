@@ -51,6 +51,8 @@ class Scale:
     """Compute dtype of every training stage (the frozen base is stored in it)."""
     fsdp: int = 1
     """Devices the training stages shard parameters over (-1: all; the CPU scales use one)."""
+    validation_records: int = 0
+    """Training records set aside (the last ones) to pick settings on; never trained on."""
 
 
 def make_scale(name: str, model: str | None, out: Path, progress: bool = False, bfcl_limit: int | None = -1) -> Scale:
@@ -71,6 +73,22 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
                                 error_recovery=0.15)  # the failed calls MAE masks (TL-SFT); all systems see them
         # RL: 1 prompt x 4 completions per step, 6 steps: 24 episodes (DPO: 6 steps x 3 pairs, 36 sequences)
         scale = Scale("default", p, rl_steps=6, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
+    elif name in ("evidence", "evidence-quick"):
+        # the evidence experiment (systems.evidence_systems): 600 records (120 held out on unseen tools: the
+        # first 110 hold about 160 call turns), SFT as the ablation's, TPS on every call turn of 40 training
+        # records, DPO at the paper's lr for one pass over the pairs, 30 validation records (about 45 call
+        # turns) to pick the recipe on; BFCL non-live, 25 entries per category
+        if name == "evidence":
+            p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
+                                    num=600, sft_steps=20, sample_records=40, eval_records=110)
+            bfcl, bfcl_tokens, validation = 25, 96, 30
+        else:  # the same stages on the tiny model from scratch: checks the experiment's code in minutes
+            p = PipelineConfig.quick(out, 0)
+            bfcl, bfcl_tokens, validation = 1, 24, 4
+        p = dataclasses.replace(p, answer_turns=False, dpo_epochs=1.0, dpo_lr=1e-4 if model or name == "evidence"
+                                else p.dpo_lr, dpo_warmup=0.1)
+        scale = Scale(name, p, rl_steps=0, rl_prompts_per_step=1, rl_group_size=1, rl_lr=0.0, bfcl_limit=bfcl,
+                      bfcl_max_new_tokens=bfcl_tokens, validation_records=validation)
     elif name == "paper":
         if model is None:
             raise ValueError("--scale paper: give --model (a local 7B-class HF directory or FILE.gguf)")
@@ -82,7 +100,7 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         scale = Scale("paper", p, rl_steps=200, rl_prompts_per_step=8, rl_group_size=8, rl_lr=1e-5, bfcl_limit=None,
                       bfcl_max_new_tokens=256, train_dtype="bfloat16", fsdp=-1)
     else:
-        raise ValueError(f"--scale {name!r}: expected quick, default or paper")
+        raise ValueError(f"--scale {name!r}: expected quick, default, paper, evidence or evidence-quick")
     scale = dataclasses.replace(scale, pipeline=dataclasses.replace(scale.pipeline, progress=progress))
     return scale if bfcl_limit == -1 else dataclasses.replace(scale, bfcl_limit=bfcl_limit)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ def read_runs(results_dir: Path) -> dict[str, dict[int, dict[str, Any]]]:
     JSON raises naming it."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for path in sorted(Path(results_dir).glob("*/seed*.json")):
+        if not re.fullmatch(r"seed\d+\.json", path.name):  # seed<k>.turns.json: the per-turn rows
+            continue
         try:
             run = json.loads(path.read_text())
         except json.JSONDecodeError as e:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -95,7 +96,16 @@ class PipelineConfig:
     """Training records whose tool-call turns are sampled for preference pairs."""
     epsilon: float = 0.2
     """TPS: branch where the top-1/top-2 probability gap is below this."""
+    tps_anchor: Literal["greedy", "gold"] = "greedy"
+    """TPS: branch off the model's greedy decode, or off the teacher-forced gold call (``--tps.anchor``)."""
+    answer_turns: bool = True
+    """TPS: also sample final-answer turns (``--tps.answer-turns``)."""
     dpo_steps: int = 24
+    dpo_epochs: float = 0.0
+    """DPO: passes over the sampled pairs; > 0 sets the steps from the pair count (ceil(epochs x pairs /
+    batch)) instead of ``dpo_steps``."""
+    dpo_warmup: float = 0.1
+    """DPO: fraction of the steps with linear warm-up (then cosine decay)."""
     dpo_lr: float = 1e-3
     dpo_lora_rank: int = 8
     precompute_ref: bool = False
@@ -103,6 +113,12 @@ class PipelineConfig:
     beta: float = 0.1
     sft_weight: float = 1.0
     """DPO: weight of the SFT term on the chosen side (keeps the chosen calls' likelihood up)."""
+    sft_tokens: Literal["all", "after_branch"] = "all"
+    """DPO: the SFT term over every chosen completion token, or only those from the pair's branch point on."""
+    dpop_lambda: float = 0.0
+    """DPO-Positive's penalty on the chosen side falling below the reference (0: plain DPO)."""
+    balance_lengths: bool = False
+    """DPO: pairs whose chosen side is longer and those whose chosen side is shorter weigh the same in total."""
     eval_records: int = 40
     """Held-out records evaluated (all their assistant turns)."""
     max_new_tokens: int = 96
@@ -207,13 +223,25 @@ def sft_config(cfg: PipelineConfig, model: Path, data: Path, *, base: bool = Fal
     )
 
 
-def dpo_config(cfg: PipelineConfig, model: Path, data: Path) -> DpoArgs:
+def dpo_steps(cfg: PipelineConfig, pairs: int) -> int:
+    """The DPO stage's steps: ``dpo_epochs`` passes over ``pairs`` when set, else ``dpo_steps``."""
+    if cfg.dpo_epochs <= 0:
+        return cfg.dpo_steps
+    return max(math.ceil(cfg.dpo_epochs * pairs / (cfg.train_batch_size or cfg.batch_size)), 1)
+
+
+def dpo_config(cfg: PipelineConfig, model: Path, data: Path, steps: int | None = None) -> DpoArgs:
+    """DPO (LoRA on ``model``) on the pairs in ``data`` for ``steps`` (default: ``dpo_steps`` of the
+    pairs in ``data``)."""
+    if steps is None:
+        steps = dpo_steps(cfg, sum(1 for line in Path(data).read_text().splitlines() if line.strip()))
     return DpoArgs(
-        model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=cfg.dpo_steps,
+        model=str(model), data=str(data), out=str(cfg.out / "dpo"), steps=steps,
         seed=cfg.seed, lora=LoraConfig(rank=cfg.dpo_lora_rank, alpha=2.0 * cfg.dpo_lora_rank),
-        save_every=max(cfg.dpo_steps // 2, 1), logits_chunk=cfg.logits_chunk, dataset=_data(cfg),
-        optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(cfg.dpo_steps // 10, 1)),
-        dpo=DpoConfig(beta=cfg.beta, sft_weight=cfg.sft_weight, precompute_ref=cfg.precompute_ref),
+        save_every=max(steps // 2, 1), logits_chunk=cfg.logits_chunk, dataset=_data(cfg),
+        optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=max(round(steps * cfg.dpo_warmup), 1)),
+        dpo=DpoConfig(beta=cfg.beta, sft_weight=cfg.sft_weight, precompute_ref=cfg.precompute_ref,
+                      sft_tokens=cfg.sft_tokens, dpop_lambda=cfg.dpop_lambda, balance_lengths=cfg.balance_lengths),
         mesh=MeshConfig(data=1, fsdp=1, tensor=1),
     )
 
@@ -253,6 +281,10 @@ def sample_subset(cfg: PipelineConfig, train: Path) -> Path:
     return subset
 
 
+class NoPairs(RuntimeError):
+    """The sampled candidates made no preference pair (every one scored within the margin of the best)."""
+
+
 def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: dict[str, float] | None = None
                  ) -> tuple[Path, dict]:
     """Preference pairs (TPS or trajectory, ``cfg.sample_mode``) from ``model_dir`` on the turns of the
@@ -266,11 +298,12 @@ def sample_pairs(cfg: PipelineConfig, model_dir: Path, prompts: Path, weights: d
     summary = sample(SampleConfig(
         model=model_dir, data=prompts, out=tmp, mode=cfg.sample_mode,
         decoding=Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=1.0, seed=cfg.seed),
-        tps=TPSConfig(epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2),
+        tps=TPSConfig(epsilon=cfg.epsilon, dynamic_m=2, max_branch_points=3, top_k=2, anchor=cfg.tps_anchor,
+                      answer_turns=cfg.answer_turns),
         num_samples=4, esm=ErrorWeights(**(weights or {})), progress=cfg.progress,
     ))
     if summary["pairs"] == 0:
-        raise RuntimeError(f"sampling made no preference pairs from {prompts}")
+        raise NoPairs(f"sampling made no preference pairs from {prompts}")
     audit_path(tmp).replace(audit_path(out))
     prompt_log_path(tmp).replace(prompt_log_path(out))  # an interrupted sample resumed from pairs.tmp.*
     tmp.replace(out)
