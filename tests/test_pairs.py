@@ -167,7 +167,8 @@ def test_audit_counts_and_path(tmp_path):
     assert a["divergence"] == {"tool_name": 0, "key": 0, "value": 2, "close_vs_continue": 1, "answer": 0, "other": 1}
     assert a["divergence_by_kind"]["gold_anchored"] == {"tool_name": 0, "key": 0, "value": 1, "close_vs_continue": 1,
                                                         "answer": 0, "other": 0}
-    assert a["divergence_by_kind"]["gold_chosen"]["other"] == 1 and sum(a["divergence_by_kind"]["sampled_chosen"].values()) == 1
+    assert a["divergence_by_kind"]["gold_chosen"]["other"] == 1
+    assert sum(a["divergence_by_kind"]["sampled_chosen"].values()) == 1
     assert a["chosen_longer"] == {"longer": 2, "shorter": 1, "equal": 1}
     assert a["branch_locations"] == {"name": 1, "value": 1} and a["pair_branch_locations"] == {"value": 3}
     assert a["score_gaps"]["histogram"]["[0.2, 0.3)"] == 1 and a["score_gaps"]["histogram"]["[0.75, 1]"] == 1
@@ -181,7 +182,8 @@ def test_audit_counts_and_path(tmp_path):
     assert "pairs by kind: sampled_chosen 1 (25%), gold_anchored 2 (50%), gold_chosen 1 (25%)" in text
     assert "sides first differ at: value 2 (50%), close_vs_continue 1 (25%), other 1 (25%)" in text
     assert "shared completion prefix (tokens): median 6.5 (quartiles 3-39.25, min 0, max 130)" in text
-    assert "answer_not_judgeable 1" in text and "chosen completion longer than rejected: longer 2, shorter 1, equal 1" in text
+    assert "answer_not_judgeable 1" in text
+    assert "chosen completion longer than rejected: longer 2, shorter 1, equal 1" in text
     assert audit_path(tmp_path / "pairs.jsonl") == tmp_path / "pairs.audit.json"
     assert np.isclose(a["score_gaps"]["min"], 0.2)
     empty = build_audit([], prompts, {})
@@ -214,7 +216,8 @@ def test_divergence_class_of_hand_made_pairs(chosen, rejected, expected):
 
 
 def test_pair_meta_reads_the_token_ids(tok):
-    short, long = (tok.encode(t, add_special_tokens=False) for t in (ARGS, ARGS.replace('"Lyon"}', '"Lyon", "unit": "c"}')))
+    texts = (ARGS, ARGS.replace('"Lyon"}', '"Lyon", "unit": "c"}'))
+    short, long = (tok.encode(t, add_special_tokens=False) for t in texts)
     assert pair_meta(tok, short, long, "tool_call") == {"divergence": "close_vs_continue", "chosen_longer": False}
     assert pair_meta(tok, long, short, "tool_call") == {"divergence": "close_vs_continue", "chosen_longer": True}
     assert pair_meta(tok, short, short[:-1] + [short[0]], "answer") == {"divergence": "answer", "chosen_longer": None}

@@ -169,3 +169,98 @@ def test_a_call_answered_by_an_error_is_not_sampled(tiny, tmp_path):
     assert prompt.turn == 3 and prompt.gold == [{"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}}]
     _, with_answers = read_prompts(data, tok, 12, 4096, answer_turns=True)
     assert sorted((p.record_id, p.turn) for p in with_answers if p.kind == "answer") == [("r1", 3), ("r2", 6), ("r4", 5)]
+
+
+def gold_config(model_dir, data, out, **kw):
+    tps = TPSConfig(anchor="gold", epsilon=0.3, dynamic_m=2, max_branch_points=3, min_alt_prob=0.0)
+    return SampleConfig(model=model_dir, data=data, out=out, progress=False,
+                        decoding=Decoding(max_new_tokens=32, batch_size=2), tps=tps, **{"margin": 0.1, **kw})
+
+
+def test_gold_anchored_pairs_branch_from_the_gold_call_and_resume(tiny, tmp_path, monkeypatch):
+    """--tps.anchor gold: every tool-call pair is the gold completion (the ids a gold-chosen side
+    trains on) against the gold prefix + the model's own alternative token + its continuation,
+    branching only inside the call; answer turns pair as in TPS; a run stopped midway and started
+    again ends with the same bytes."""
+    from ttpa_jax.core import record_log
+    from ttpa_jax.decode.branching import call_steps
+    from ttpa_jax.sample.audit import DIVERGENCE
+    from ttpa_jax.sample.candidates import read_prompts
+    from ttpa_jax.sample.records import gold_ids
+
+    model_dir, data, model, tok = tiny
+    cfg = gold_config(model_dir, data, tmp_path / "whole.jsonl")
+    s = sample(cfg, model=model, tokenizer=tok)
+    records = read(cfg.out)
+    check_well_formed(records)
+    _, prompts = read_prompts(data, tok, 32, 4096, answer_turns=True)
+    by_turn = {(p.record_id, p.turn): p for p in prompts}
+    calls = [r for r in records if r["meta"]["turn_kind"] == "tool_call"]
+    assert len({(r["meta"]["id"], r["meta"]["turn"]) for r in calls}) == N_TOOL_TURNS  # every call turn pairs
+    for r in calls:
+        m, gold = r["meta"], gold_ids(tok, by_turn[(r["meta"]["id"], r["meta"]["turn"])])
+        b = m["branch_position"]
+        assert m["pair_kind"] == "gold_anchored" and m["rejected_kind"] == "anchored" and r["chosen_source"] == "gold"
+        assert r["chosen_ids"] == gold and r["chosen"][0]["tool_calls"]
+        assert r["rejected_ids"][:b] == gold[:b] and r["rejected_ids"][b] == m["rejected_branch"]["token_id"] != gold[b]
+        assert m["shared_prefix_tokens"] == b and m["rejected_branch"]["gold_token_id"] == gold[b]
+        assert call_steps(tok, gold)[b] and gold[b] != tok.eos_token_id  # inside the call, never EOS
+        assert m["branch_location"] in ("name", "key", "value", "syntax")
+        assert m["chosen_score"] == 1.0 and m["rejected_score"] <= 0.9 + 1e-9
+        assert m["divergence"] in DIVERGENCE and m["chosen_longer"] in (True, False, None)
+    points = {(r["meta"]["id"], r["meta"]["turn"], r["meta"]["branch_position"]) for r in calls}
+    assert len(points) == len(calls) and len(calls) <= 3 * N_TOOL_TURNS  # one alternative per point
+    assert {r["meta"]["pair_kind"] for r in records if r["meta"]["turn_kind"] == "answer"} <= {"gold_chosen",
+                                                                                             "sampled_chosen"}
+    audit = s["audit"]
+    assert audit["pair_kinds"]["gold_anchored"] == len(calls) and sum(audit["pair_kinds"].values()) == len(records)
+    assert "outside" not in audit["branch_locations"] and sum(audit["divergence"].values()) == len(records)
+    assert audit["shared_prefix_tokens"]["max"] < 32
+
+    # Stopped midway (the third prompt's log line torn), then the same run again: the whole run's bytes.
+    out, real, calls_made = tmp_path / "pairs.jsonl", record_log.RecordLog.append, [0]
+
+    class Stop(Exception):
+        pass
+
+    def append(self, record):
+        calls_made[0] += 1
+        if calls_made[0] == 3:
+            line = json.dumps(record).encode()
+            record_log.write_synced(self._fd, line[: len(line) // 2])
+            raise Stop
+        real(self, record)
+
+    monkeypatch.setattr(record_log.RecordLog, "append", append)
+    with pytest.raises(Stop):
+        sample(gold_config(model_dir, data, out), model=model, tokenizer=tok)
+    monkeypatch.setattr(record_log.RecordLog, "append", real)
+    again = sample(gold_config(model_dir, data, out), model=model, tokenizer=tok)
+    assert out.read_bytes() == cfg.out.read_bytes() and again["audit"] == s["audit"]
+
+
+def test_gold_anchored_pairs_keep_the_margin(tiny, tmp_path, monkeypatch):
+    """A branch scoring within --margin of the gold call (an equivalent alternative) is not rejected."""
+    model_dir, data, model, tok = tiny
+    seen = []
+
+    def score(text, prompt, weights, format):
+        s = _stub_score(text, prompt, weights, format)
+        if prompt.kind == "tool_call":
+            seen.append((text, s.score))
+        return s
+
+    monkeypatch.setattr(sampler, "score_candidate", score)
+    s = sample(gold_config(model_dir, data, tmp_path / "pairs.jsonl", margin=0.3), model=model, tokenizer=tok)
+    calls = [r for r in read(tmp_path / "pairs.jsonl") if r["meta"]["turn_kind"] == "tool_call"]
+    assert any(sc > 0.7 for _, sc in seen) and any(sc <= 0.7 for _, sc in seen)  # both sides of the margin
+    assert len(calls) == sum(sc <= 0.7 + 1e-9 for _, sc in seen) and all(r["meta"]["rejected_score"] <= 0.7 + 1e-9
+                                                                          for r in calls)
+    assert s["audit"]["pair_kinds"]["gold_anchored"] == len(calls)
+
+
+def test_sample_help_documents_the_anchor(capsys):
+    with pytest.raises(SystemExit):
+        sampler.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--tps.anchor {greedy,gold}" in out and "not the paper's" in out

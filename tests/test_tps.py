@@ -7,12 +7,16 @@ import torch
 from helpers import left_padded_batch, tiny_hf_model
 
 import ttpa_jax
+from ttpa_jax.decode.batching import collect
 from ttpa_jax.decode.tps import (
     TPSConfig,
     alternatives,
+    iter_anchored,
+    plan_anchored,
     plan_branches,
     probability_gaps,
     row_bucket,
+    select_anchor_points,
     select_branch_points,
     tps,
 )
@@ -101,3 +105,71 @@ def test_tps_branches_equal_decoding_the_branched_prefix(tmp_path):
             assert b.tokens[p] == b.token_id != res.greedy[p] and b.rank in (1, 2)
             assert b.tokens[p + 1:] == hf_continue(hf, prompt + b.tokens[: p + 1], n_new - p - 1)
         assert len({(b.position, b.token_id) for b in res.branches}) == 4  # distinct alternatives
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(epsilon=0.1), [1, 2, 3]),  # mismatches (step 2) and gaps under epsilon
+    (dict(epsilon=0.0), [2]),  # a mismatch needs no small gap
+    (dict(epsilon=0.0, dynamic_m=3), [1, 2, 3]),  # mismatch first, then the smallest gaps
+    (dict(epsilon=0.35, max_points=2), [2, 3]),  # the cap keeps the mismatch, then the smallest gap
+    (dict(epsilon=1.0, allowed=[True, True, False, True, True]), [0, 1, 3, 4]),
+])
+def test_select_anchor_points(kwargs, expected):
+    mismatch = [False, False, True, False, False]
+    assert select_anchor_points(GAPS, mismatch, **kwargs) == expected
+
+
+def test_plan_anchored_alternative_is_the_models_top_token_other_than_gold():
+    gold = np.array([5, 6, 7, 2])  # 2 is EOS
+    top_ids = np.array([[5, 8, 9], [4, 6, 9], [2, 7, 9], [2, 4, 9]])  # step 1: top-1 4 is not the gold 6
+    top_probs = np.array([[0.40, 0.35, 0.2], [0.5, 0.3, 0.1], [0.34, 0.33, 0.02], [0.40, 0.39, 0.2]])
+    cfg = TPSConfig(epsilon=0.1, max_branch_points=4, min_alt_prob=0.0)
+    gaps, mismatch, allowed, points, alts = plan_anchored(gold, top_ids, top_probs, cfg, eos_ids=(2,))
+    assert mismatch.tolist() == [False, True, True, False]
+    # step 2: the top-1 is EOS and the top-2 the gold token: no alternative; step 3 is the gold EOS.
+    assert allowed.tolist() == [True, True, False, False] and points == [0, 1]
+    assert alts == [(0, 8, 1, 0.35), (1, 4, 0, 0.5)]  # the top-2 where top-1 is gold, else the top-1
+    assert plan_anchored(gold, top_ids, top_probs, cfg, (2,), np.array([False, True, True, True]))[3] == [1]
+    strict = TPSConfig(epsilon=0.1, min_alt_prob=0.4)  # step 0's alternative (0.35) is too unlikely
+    assert plan_anchored(gold, top_ids, top_probs, strict, eos_ids=(2,))[3] == [1]
+
+
+def hf_top2(hf, ids):
+    with torch.no_grad():
+        probs = torch.softmax(hf(torch.tensor([ids])).logits[0, -1].float(), -1)
+    p, i = torch.topk(probs, 2)
+    return i.tolist(), p.tolist()
+
+
+@pytest.mark.parametrize("n_new", [10, 24])  # 10: the longest gold is cut to the budget; 24: 16 of 24 steps read
+def test_anchored_branches_fork_the_teacher_forced_gold(tmp_path, n_new):
+    """The model reads the gold completion once; each branch keeps the gold prefix, takes the model's
+    alternative there (as transformers ranks the next token after that prefix) and continues as
+    transformers' greedy decoding of it would."""
+    hf = tiny_hf_model("qwen2", seed=1)
+    hf.save_pretrained(tmp_path)
+    model = ttpa_jax.load_pretrained(tmp_path)
+    ids, mask = left_padded_batch(96, [12, 7, 3], seed=5)
+    prompts = [ids[b][mask[b] == 1].tolist() for b in range(3)]
+    rng = np.random.RandomState(3)
+    golds = [rng.randint(2, 96, n).tolist() + [1] for n in (6, 9, 30)]  # ends with EOS (id 1)
+    cfg = TPSConfig(epsilon=0.0, dynamic_m=3, max_branch_points=3, min_alt_prob=0.0)
+    eligible = lambda i, g: np.arange(len(g)) >= 1  # noqa: E731 - never the first step
+    results = collect(iter_anchored(model, prompts, golds, max_new_tokens=n_new, config=cfg, batch_size=2,
+                                    eligible=eligible), 3)
+    for prompt, gold, res in zip(prompts, golds, results):
+        assert res.anchor == gold[:n_new]
+        for s in range(len(res.anchor)):
+            top, probs = hf_top2(hf, prompt + gold[:s])
+            assert res.mismatch[s] == (top[0] != gold[s])
+            assert res.gaps[s] == pytest.approx(probs[0] - probs[1], abs=1e-4)
+        allowed = [s >= 1 and gold[s] != 1 for s in range(len(res.anchor))]
+        assert res.branch_points == select_anchor_points(res.gaps, res.mismatch, 0.0, 3, 3, allowed)
+        assert len(res.branches) == len(res.branch_points) == 3 and 0 not in res.branch_points
+        for b in res.branches:
+            p = b.position
+            top, _ = hf_top2(hf, prompt + gold[:p])
+            assert b.tokens[:p] == gold[:p] and b.tokens[p] == b.token_id != gold[p]
+            assert b.token_id == (top[0] if top[0] != gold[p] else top[1]) and b.rank == (top[0] == gold[p])
+            rest = n_new - p - 1  # a branch at the budget's last step has no continuation
+            assert b.tokens[p + 1:] == (hf_continue(hf, prompt + b.tokens[: p + 1], rest) if rest else [])

@@ -15,6 +15,15 @@ smallest gaps first (``select_branch_points``). Each alternative of each point i
 (``plan_branches``). The settings are ``settings.TPSConfig``; ``tps`` decodes the branches, and
 ``sample.candidates`` turns them into candidates. Pure numpy (and the tokenizer for spans).
 
+Gold-anchored branching (``--tps.anchor gold``, this project's option, not the TTPA paper's) applies
+the same rule to the gold completion read by the model (teacher forcing) instead of its greedy
+decode: a gold step may be a branch point under rules 1-3 (with the gold token in the greedy
+token's place); the points are the steps where the model's top-1 token is not the gold one or the
+gap is below ``epsilon``, ranked mismatches first, then smallest gaps (``select_anchor_points``),
+with ``dynamic_m`` and ``max_branch_points`` as above; each point has one alternative: the model's
+most likely token other than the gold one (its top-1 where that differs, else its top-2;
+``plan_anchored``).
+
 Shapes: N generated steps of one row, K recorded top-k (= ``top_k``).
 """
 
@@ -99,3 +108,44 @@ def plan_branches(greedy: np.ndarray, top_ids: np.ndarray, top_probs: np.ndarray
                         for s in range(n)], bool)
     points = select_branch_points(gaps, config.epsilon, config.dynamic_m, config.max_branch_points, allowed)
     return gaps, allowed, points, [(s, tok, rank, p) for s in points for tok, rank, p in alts[s]]
+
+
+def select_anchor_points(gaps: Sequence[float], mismatch: Sequence[bool], epsilon: float, dynamic_m: int = 0,
+                         max_points: int | None = None, allowed: Sequence[bool] | None = None) -> list[int]:
+    """Gold-anchored branch points, ascending.
+
+    Among the ``allowed`` steps (default: all) ranked by (not ``mismatch``, gap, step), i.e. the
+    steps where the model's top-1 is not the gold token first, then the smallest gaps: those that
+    mismatch or have ``gap < epsilon``; when ``dynamic_m > 0`` and fewer qualify, the first
+    ``dynamic_m`` of the ranking; then at most ``max_points`` of them, in ranking order.
+    """
+    gaps = np.asarray(gaps, np.float64)
+    miss = np.asarray(mismatch, bool)
+    steps = range(len(gaps)) if allowed is None else [s for s in range(len(gaps)) if allowed[s]]
+    ranked = sorted(steps, key=lambda s: (not miss[s], gaps[s], s))
+    chosen = [s for s in ranked if miss[s] or gaps[s] < epsilon]
+    if dynamic_m > 0 and len(chosen) < dynamic_m:
+        chosen = ranked[:dynamic_m]
+    if max_points is not None:
+        chosen = chosen[:max_points]
+    return sorted(chosen)
+
+
+def plan_anchored(gold: np.ndarray, top_ids: np.ndarray, top_probs: np.ndarray, config: TPSConfig,
+                  eos_ids: Sequence[int] = (), eligible: np.ndarray | None = None):
+    """Branch points and alternatives of one teacher-forced gold completion.
+
+    gold [N] ids; top_ids, top_probs [N, K] the model's top-K at each gold step (K >= 2); eligible
+    [N] bool (None: every step). Returns ``(gaps [N], mismatch [N] bool, allowed [N] bool, points,
+    [(step, token, rank, prob)])``, one alternative per point: the most likely of the model's top-2
+    that is not the gold token (nor EOS, nor below ``min_alt_prob``).
+    """
+    n = len(gold)
+    gaps = probability_gaps(top_probs[:n])
+    mismatch = np.array([int(top_ids[s, 0]) != int(gold[s]) for s in range(n)], bool)
+    eos = tuple(int(e) for e in eos_ids)
+    alts = [alternatives(top_ids[s], top_probs[s], int(gold[s]), 2, config.min_alt_prob, eos) for s in range(n)]
+    allowed = np.array([bool(alts[s]) and int(gold[s]) not in eos and (eligible is None or bool(eligible[s]))
+                        for s in range(n)], bool)
+    points = select_anchor_points(gaps, mismatch, config.epsilon, config.dynamic_m, config.max_branch_points, allowed)
+    return gaps, mismatch, allowed, points, [(s, *alts[s][0]) for s in points]

@@ -64,6 +64,9 @@ class TPSConfig:
     ``dynamic_m`` smallest gaps are taken instead; then at most ``max_branch_points``, smallest gaps
     first. At each point each of the top-``top_k`` tokens other than the greedy one (EOS excluded,
     probability >= ``min_alt_prob``) is forced and the branch decodes greedily to its end.
+
+    ``anchor = "gold"`` (this project's option, not the TTPA paper's) branches from the gold
+    completion instead of the greedy decode on tool-call turns (see ``anchor``).
     """
 
     epsilon: float = 0.1
@@ -83,6 +86,15 @@ class TPSConfig:
     """On tool-call turns, where branch points may fall: "calls" only inside tool-call spans (from
     the <tool_call> tag or the call's JSON start to its end); "anywhere" any generated step. The
     EOS step is never a branch point."""
+    anchor: Literal["greedy", "gold"] = "greedy"
+    """What tool-call turns branch from. "greedy": the model's greedy decode (TTPA's TPS). "gold" (this
+    project's option, not the paper's): the gold completion read by the model in one forward pass;
+    branch at the gold steps inside the call where the model's top-1 is not the gold token or the
+    top-1/top-2 gap is below epsilon (mismatches first, then smallest gaps; dynamic_m and
+    max_branch_points as above), forcing the model's most likely token other than the gold one and
+    continuing greedily. Each pair: chosen = the gold completion, rejected = that branch, kept when
+    it scores at least --margin below the gold (an equivalent alternative is not pushed down).
+    One alternative per point (top_k is not used); answer turns branch from the greedy decode."""
     answer_turns: bool = True
     """Also sample final-answer turns (after tool results), scored by whether the answer uses the
     values the tools returned (the return-value metric); branch points anywhere but EOS."""

@@ -61,17 +61,16 @@ def divergence_class(chosen: str, rejected: str, turn_kind: str = "tool_call") -
     i = next((j for j, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
     if i == len(chosen) == len(rejected):
         return "other"
+    locs = [char_locations(chosen), char_locations(rejected)]
     heads = []
-    for text in (chosen, rejected):
-        j = i + len(text[i:]) - len(text[i:].lstrip())
-        loc = char_locations(text)[j] if j < len(text) else "outside"
-        heads.append((text[j:], loc))
+    for text, loc in zip((chosen, rejected), locs):
+        j = i + len(text[i:]) - len(text[i:].lstrip())  # the next non-space character
+        heads.append((text[j:], loc[j] if j < len(text) else "outside"))
     (c, c_loc), (r, r_loc) = heads
     closes, continues = (lambda t: t.startswith(_CLOSES)), (lambda t: t.startswith(","))
     if c_loc == r_loc == "syntax" and ((closes(c) and continues(r)) or (continues(c) and closes(r))):
         return "close_vs_continue"
-    text = chosen if i < len(chosen) else rejected
-    return _LOCATION_CLASS.get(char_locations(text)[i], "other")
+    return _LOCATION_CLASS.get(locs[0][i] if i < len(chosen) else locs[1][i], "other")
 
 
 def pair_meta(tokenizer, chosen_ids: list[int], rejected_ids: list[int], turn_kind: str) -> dict[str, Any]:
@@ -164,7 +163,8 @@ def format_audit(a: dict[str, Any]) -> str:
     spread = (f"median {s['median']:g} (quartiles {s['q1']:g}-{s['q3']:g}, min {s['min']}, max {s['max']}); "
               if "median" in s else "")
     lines = [
-        f"pairs by kind: {share(a['pair_kinds'])} (chosen: {items(a['chosen_source'])}; sides: {items(a['pair_sides'])})",
+        f"pairs by kind: {share(a['pair_kinds'])} (chosen: {items(a['chosen_source'])}; "
+        f"sides: {items(a['pair_sides'])})",
         f"pairs by turn: {items(a['pairs_by_turn_kind'])}",
         f"sides first differ at: {share(a['divergence'])}",
         f"chosen completion longer than rejected: {items(a['chosen_longer'])}",

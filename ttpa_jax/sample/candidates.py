@@ -4,6 +4,10 @@ A prompt is one assistant turn of an SFT record: a tool-call turn (scored by ESM
 turn's gold calls) or, with ``--tps.answer-turns``, a final-answer turn after tool results (scored
 by the return-value metric: the share of the result values the reference mentions that the
 candidate mentions too). Candidates keep the token ids exactly as decoded.
+
+Candidate sources: ``greedy`` and ``branch`` (TPS), ``sample`` (trajectory mode), and ``anchored``
+(gold-anchored TPS, ``--tps.anchor gold``, this project's option: the gold completion up to a branch
+step, the model's alternative token there and its greedy continuation).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ttpa_jax.tools.return_values import check_answer
 class Candidate:
     text: str
     tokens: list[int]  # generated ids as decoded (the EOS or stop string that ended it included)
-    source: str  # greedy | branch | sample
+    source: str  # greedy | branch | sample | anchored
     branch: dict[str, Any] | None = None  # position, gap, token_id, rank, prob, location
 
 
@@ -130,6 +134,41 @@ def _tps_candidates(tokenizer, prompt: Prompt, res, eos, stop) -> list[Candidate
         info = {"position": b.position, "gap": b.gap, "token_id": b.token_id, "rank": b.rank, "prob": b.prob,
                 "location": locations[b.position]}
         cands.append(Candidate(c.text, c.token_ids, "branch", info))
+    return cands
+
+
+def anchored_candidates(model, tokenizer, prompts: list[Prompt], gold: list[list[int]], decoding: Decoding,
+                        tps_cfg: TPSConfig, eos, skip: Callable[[int], bool] | None = None) -> Iterator[Finished]:
+    """Gold-anchored TPS on tool-call prompts (``decode.tps.iter_anchored``), per decoded batch: each
+    prompt's ``anchored`` candidates (one per branch; ``gold[i]``: prompt i's gold completion ids,
+    the ids the pairs' chosen side trains on) and its branch points. A branch that a stop string
+    cuts before its branch token (the gold prefix holds the stop string) is dropped."""
+    from ttpa_jax.decode.tps import iter_anchored  # JAX is loaded only to decode
+
+    stop_seqs = stop_token_sequences(tokenizer, decoding.stop)
+
+    def eligible(i: int, ids: list[int]):
+        return eligible_steps(tokenizer, ids, True, tps_cfg.branch_in)
+
+    batches = iter_anchored(model, [p.ids for p in prompts], gold, max_new_tokens=decoding.max_new_tokens,
+                            config=tps_cfg, batch_size=decoding.batch_size, eos_ids=eos, stop_token_seqs=stop_seqs,
+                            bucket=decoding.bucket, eligible=eligible, skip=skip)
+    for idx, results in batches:
+        yield [(i, _anchored_candidates(tokenizer, prompts[i], res, eos, decoding.stop), len(res.branch_points))
+               for i, res in zip(idx, results or []) if skip is None or not skip(i)]
+
+
+def _anchored_candidates(tokenizer, prompt: Prompt, res, eos, stop) -> list[Candidate]:
+    locations = branch_locations(tokenizer, prompt, res.anchor) if res.branches else []
+    cands = []
+    for b in res.branches:
+        c = finish(tokenizer, b.tokens, eos, stop)
+        if len(c.token_ids) <= b.position:
+            continue
+        info = {"position": b.position, "gap": b.gap, "token_id": b.token_id, "rank": b.rank, "prob": b.prob,
+                "location": locations[b.position], "gold_token_id": res.anchor[b.position],
+                "mismatch": bool(res.mismatch[b.position])}
+        cands.append(Candidate(c.text, c.token_ids, "anchored", info))
     return cands
 
 

@@ -13,7 +13,13 @@ written as each prompt finishes, and the same command run again continues an int
 Modes:
   ``tps``         token-level preference sampling (``ttpa_jax.decode.tps``): the greedy decode plus forced
                   branches at uncertain tokens inside tool calls; a branch shares the greedy prefix up to
-                  its token.
+                  its token. With ``--tps.anchor gold`` (this project's choice, not the TTPA paper's),
+                  tool-call turns branch from the gold completion instead: the model reads it in one
+                  forward pass, and where its top-1 token is not the gold one (or the top-1/top-2 gap is
+                  below epsilon) inside the call, the model's alternative token is forced after the gold
+                  prefix and decoded greedily on; each pair is the gold completion against such a branch
+                  scoring at least ``--margin`` below it (pair kind ``gold_anchored``), so the pairs
+                  are about the tokens the model itself gets wrong. Answer turns branch as in TPS.
   ``trajectory``  ``--num-samples`` full samples at ``--decoding.temperature`` (the baseline TTPA is
                   compared with): no shared prefixes.
 """
@@ -23,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +43,9 @@ from ttpa_jax.model.config import load_config
 from ttpa_jax.sample.audit import audit_path, build_audit, format_audit, write_audit
 from ttpa_jax.sample.candidates import (
     Candidate,
+    Finished,
     Prompt,
+    anchored_candidates,
     read_prompts,
     score_candidate,
     tps_candidates,
@@ -45,7 +53,7 @@ from ttpa_jax.sample.candidates import (
 )
 from ttpa_jax.sample.output import PairOutput
 from ttpa_jax.sample.pairs import no_pair_reason
-from ttpa_jax.sample.records import pair_records
+from ttpa_jax.sample.records import gold_ids, pair_records
 from ttpa_jax.text.prompts import eos_token_ids, load_tokenizer
 from ttpa_jax.tools import esm
 
@@ -72,7 +80,8 @@ class SampleConfig:
     decoding: Decoding = Decoding()
     """Token budget, batch, stop strings; the temperature of trajectory mode (tps decodes greedily)."""
     tps: TPSConfig = TPSConfig()
-    """Where TPS branches and how wide."""
+    """Where TPS branches and how wide; --tps.anchor gold: tool-call turns branch from the gold
+    completion (gold-anchored pairs, this project's option, not the TTPA paper's)."""
     num_samples: int = 4
     """trajectory: samples per prompt."""
     margin: float = 0.1
@@ -128,16 +137,22 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
             model = load_model(config.model, config.dtype) if model is None else model
             eos = eos_token_ids(model.config, tokenizer, config.model)
             done = [output.done(p) for p in prompts]
+            anchored = config.mode == "tps" and config.tps.anchor == "gold"
+            golds = {i: gold_ids(tokenizer, p, f"{p.record_id} turn {p.turn}") for i, p in enumerate(prompts)
+                     if anchored and p.kind == "tool_call"}  # done ones too: a batch decodes as in a whole run
             with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"sample ({config.mode})",
                       unit="prompt", disable=not config.progress) as bar:
-                if config.mode == "tps":
+                if anchored:
+                    batches = _gold_anchored(model, tokenizer, prompts, golds, config, eos, done)
+                elif config.mode == "tps":
                     batches = tps_candidates(model, tokenizer, prompts, config.decoding, config.tps, eos, done.__getitem__)
                 else:
                     batches = trajectory_candidates(model, tokenizer, prompts, config.decoding, config.num_samples,
                                                     eos, done.__getitem__)
                 for finished in batches:
                     for i, cands, points in finished:
-                        output.write(prompts[i], *_pairs_of(prompts[i], cands, points, weights, tokenizer, config))
+                        output.write(prompts[i], *_pairs_of(prompts[i], cands, points, weights, tokenizer, config,
+                                                            golds.get(i)))
                     bar.update(len(finished))
         outcomes, records = output.outcomes(), output.records()
     audit = build_audit(records, outcomes, dict(skipped))
@@ -157,21 +172,42 @@ def sample(config: SampleConfig, *, model=None, tokenizer=None) -> dict[str, Any
     }
 
 
+def _gold_anchored(model, tokenizer, prompts: list[Prompt], golds: dict[int, list[int]], config: SampleConfig, eos,
+                   done: list[bool]) -> Iterator[Finished]:
+    """--tps.anchor gold: the tool-call prompts' gold-anchored candidates, then the answer prompts'
+    TPS candidates, per decoded batch (prompt indices into ``prompts``; ``golds``: the gold completion
+    ids of the tool-call prompts)."""
+    calls = [i for i, p in enumerate(prompts) if p.kind == "tool_call"]
+    answers = [i for i, p in enumerate(prompts) if p.kind != "tool_call"]
+    gold = [golds[i] for i in calls]
+    parts = [(calls, anchored_candidates(model, tokenizer, [prompts[i] for i in calls], gold, config.decoding,
+                                         config.tps, eos, lambda j: done[calls[j]])),
+             (answers, tps_candidates(model, tokenizer, [prompts[i] for i in answers], config.decoding, config.tps,
+                                      eos, lambda j: done[answers[j]]))]
+    for idx, batches in parts:
+        if idx:
+            for finished in batches:
+                yield [(idx[j], cands, points) for j, cands, points in finished]
+
+
 def _pairs_of(prompt: Prompt, cands: list[Candidate], points: int, weights: esm.ErrorWeights, tokenizer,
-              config: SampleConfig) -> tuple[list[dict], dict[str, Any]]:
+              config: SampleConfig, g_ids: list[int] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """One prompt's preference records and its outcome (what the audit and the summary count)."""
     scores = [score_candidate(c.text, prompt, weights, config.format) for c in cands]
     errors: Counter = Counter()
     for s in scores:
         errors.update({k: v for k, v in s.errors.items() if v})
     made = pair_records(prompt, cands, scores, tokenizer=tokenizer, mode=config.mode, margin=config.margin,
-                        gold_below=config.gold_below)
+                        gold_below=config.gold_below, g_ids=g_ids)
+    anchored = g_ids is not None
     distinct = len({tuple(c.tokens) for c in cands})
     locations = sorted({(c.branch["position"], c.branch["location"]) for c in cands if c.branch})
     return made, {"id": prompt.record_id, "turn": prompt.turn, "kind": prompt.kind, "candidates": len(cands),
                   "distinct": distinct, "branch_points": points, "branch_locations": [loc for _, loc in locations],
-                  "pairs": len(made), "reason": None if made else no_pair_reason(len(cands), distinct, points, config.mode),
-                  "branches": sum(c.source == "branch" for c in cands), "exact": sum(s.exact for s in scores),
+                  "pairs": len(made),
+                  "reason": None if made else no_pair_reason(len(cands), distinct, points, config.mode, anchored),
+                  "branches": sum(c.source in ("branch", "anchored") for c in cands),
+                  "exact": sum(s.exact for s in scores),
                   "errors": dict(sorted(errors.items()))}
 
 
