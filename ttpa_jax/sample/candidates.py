@@ -27,7 +27,7 @@ from ttpa_jax.text.prompts import check_length, encode_chat
 from ttpa_jax.text.spans import token_locations, token_offsets
 from ttpa_jax.tools import esm
 from ttpa_jax.tools.calls import calls_from_message
-from ttpa_jax.tools.return_values import check_answer
+from ttpa_jax.tools.return_values import judge_answer
 
 
 @dataclasses.dataclass
@@ -71,8 +71,7 @@ def read_prompts(path: Path, tokenizer, max_new_tokens: int, max_positions: int,
             if t.kind == "tool_call" and t.index in failed:
                 continue
             if t.kind == "answer" and answer_turns:
-                needed, _ = check_answer("", t.message.get("content") or "", t.tool_results)
-                if not needed:
+                if not judge_answer("", t.message.get("content") or "", t.tool_results, t.prompt).judged:
                     if skipped is not None:
                         skipped["answer_not_judgeable"] += 1
                     continue
@@ -87,12 +86,16 @@ def read_prompts(path: Path, tokenizer, max_new_tokens: int, max_positions: int,
 
 
 def score_candidate(text: str, prompt: Prompt, weights: esm.ErrorWeights, format: str) -> esm.ScoreResult:
-    """ESM for a tool-call turn; for an answer turn, the share of needed result values mentioned
-    (``errors["missed_values"]`` counts the rest)."""
+    """ESM for a tool-call turn; for an answer turn, the evaluation's return-value rule
+    (``return_values.judge_answer``): 0 for a tool call or an echo of the tool output (counted as
+    ``answer_tool_call`` / ``answer_echo``), else the share of needed result values mentioned
+    (``missed_values`` counts the rest)."""
     if prompt.kind == "tool_call":
         return esm.score(text, prompt.gold, prompt.tools, weights, format)
-    needed, found = check_answer(text, (prompt.reference or {}).get("content") or "", prompt.tool_results)
-    return esm.ScoreResult(score=len(found) / len(needed), errors={"missed_values": len(needed) - len(found)})
+    v = judge_answer(text, (prompt.reference or {}).get("content") or "", prompt.tool_results, prompt.messages, format)
+    if v.reason in ("tool_call", "echo"):
+        return esm.ScoreResult(score=0.0, errors={f"answer_{v.reason}": 1})
+    return esm.ScoreResult(score=len(v.found) / len(v.needed), errors={"missed_values": len(v.needed) - len(v.found)})
 
 
 def branch_locations(tokenizer, prompt: Prompt, greedy: list[int]) -> list[str]:

@@ -216,7 +216,7 @@ def format_summary(s: dict[str, Any]) -> str:
              f"prompts, {s['branch_points']} branch points, {s['branches']} branches, {s['candidates']} candidates, "
              f"{s['pairs']} pairs -> {s['out']}",
              f"error types over candidates ({s['exact_candidates']} exact):"]
-    for name in (*esm.ERROR_TYPES, "missed_values"):
+    for name in (*esm.ERROR_TYPES, "missed_values", "answer_tool_call", "answer_echo"):
         lines.append(f"  {name:<20} {s['errors'].get(name, 0)}")
     lines.append(f"audit -> {s['audit_path']}")
     lines.extend("  " + line for line in format_audit(s["audit"]).splitlines())
