@@ -81,8 +81,10 @@ class PairRows(Batch):
     rejected_ids: Any  # [B, L] int32
     rejected_mask: Any  # [B, L] int32
     rejected_weights: Any  # [B, L] float32
-    ref_chosen_logp: Any = None  # [B] float32, with --dpo.precompute-ref
+    ref_chosen_logp: Any = None  # [B] float32, with --precompute-ref
     ref_rejected_logp: Any = None  # [B] float32
+    chosen_branch: Any = None  # [B] int32: index of the pair's first token where chosen and rejected ids differ
+    pair_weight: Any = None  # [B] float32: the pair's loss weight, with --balance-lengths (mean 1 over the data)
 
     def masks(self):
         return [self.chosen_mask, self.rejected_mask]
@@ -106,8 +108,10 @@ class SharedPrefixPairs(Batch):
     sp_rejected_w: Any  # [R, M, L] float32
     sp_pair: Any  # [R, M] int32: the pair in each slot, -1 for an empty one
     sp_cols: Any = None  # [R, K] int32: the columns any slot scores, -1 after (``score_columns``)
-    ref_chosen_logp: Any = None  # [R, M] float32, with --dpo.precompute-ref
+    ref_chosen_logp: Any = None  # [R, M] float32, with --precompute-ref
     ref_rejected_logp: Any = None  # [R, M] float32
+    chosen_branch: Any = None  # [R, M] int32: ``PairRows.chosen_branch`` in each slot (0 in empty ones)
+    pair_weight: Any = None  # [R, M] float32: ``PairRows.pair_weight`` in each slot (0 in empty ones)
 
     def masks(self):
         return [self.sp_mask]

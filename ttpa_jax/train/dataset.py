@@ -4,6 +4,9 @@
 fingerprint of the source file, the tokenizer and the options: a rerun with the same inputs reuses
 the file, a changed input rebuilds it. The record file is written under a temporary name and renamed
 when complete, so a crash never leaves a half-written file that looks finished.
+
+``balance_lengths`` then derives per-pair loss weights from the whole preference file (DPO's
+``--balance-lengths``) and writes them, with the records, into a second file.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ttpa_jax.core.conversation import normalize_preference, normalize_record
 from ttpa_jax.core.jsonl import DataError
 from ttpa_jax.core.records import data_hash, is_dataset_dir, iter_records, parquet_files
 from ttpa_jax.text.render import preference_example, sft_example
-from ttpa_jax.train.example_proto import encode_example
-from ttpa_jax.train.recordio import RecordWriter
+from ttpa_jax.train.example_proto import decode_example, encode_example
+from ttpa_jax.train.recordio import RecordWriter, open_source
 
 KINDS = ("sft", "preference")
 
@@ -127,3 +131,55 @@ def prepare(
     stats_file.write_text(json.dumps(dataclasses.asdict(stats), indent=2) + "\n")
     return out, stats
 
+
+
+# --------------------------------------------------------------------------- pair weights
+def completion_length(weights) -> int:
+    """Tokens of a tokenized side from its first weighted (completion) token to its end."""
+    nz = np.flatnonzero(np.asarray(weights))
+    return int(len(weights) - nz[0]) if len(nz) else 0
+
+
+def length_balance_weights(chosen_lengths, rejected_lengths) -> np.ndarray:
+    """[N] float32 per-pair weights from the completion lengths of each pair's sides ([N] each): pairs of
+    equal length weigh 1; the n_long pairs whose chosen side is longer and the n_short whose chosen side
+    is shorter carry (n_long + n_short) / 2 each in total, so weights (n_long + n_short) / (2 n_long)
+    and (n_long + n_short) / (2 n_short), and the mean over the pairs is 1. When either kind is
+    missing there is nothing to balance: every weight is 1."""
+    c, r = np.asarray(chosen_lengths), np.asarray(rejected_lengths)
+    longer, shorter = c > r, c < r
+    n_long, n_short = int(longer.sum()), int(shorter.sum())
+    w = np.ones(len(c), np.float64)
+    if n_long and n_short:
+        w[longer] = (n_long + n_short) / (2 * n_long)
+        w[shorter] = (n_long + n_short) / (2 * n_short)
+    return w.astype(np.float32)
+
+
+def balance_lengths(records: Path, fmt: str) -> tuple[Path, dict]:
+    """The preference records of ``records`` with a ``pair_weight`` feature (``length_balance_weights``
+    over the whole file) added to each, written as ``<stem>-balanced.<fmt>`` next to it; reused while
+    the data's fingerprint (``stats.json``) is unchanged. Returns the file and a summary (how many
+    pairs have a longer, shorter, equally long chosen side, and the weights of the first two)."""
+    out = records.with_name(f"{records.stem}-balanced{records.suffix}")
+    marker = out.with_name(out.name + ".json")
+    fp = json.loads((records.parent / "stats.json").read_text())["fingerprint"]
+    if out.is_file() and marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.pop("fingerprint", None) == fp:
+            return out, old
+    src = open_source(records, fmt)
+    examples = [decode_example(src[i]) for i in range(len(src))]
+    c = np.array([completion_length(ex["chosen_weights"]) for ex in examples])
+    r = np.array([completion_length(ex["rejected_weights"]) for ex in examples])
+    weights = length_balance_weights(c, r)
+    tmp = out.with_name(out.name + ".tmp")
+    with RecordWriter(tmp, fmt) as w:
+        for ex, weight in zip(examples, weights):
+            w.write(encode_example({**ex, "pair_weight": np.array([weight], np.float32)}))
+    tmp.replace(out)
+    summary = {"longer": int((c > r).sum()), "shorter": int((c < r).sum()), "equal": int((c == r).sum()),
+               "longer_weight": float(weights[c > r][0]) if (c > r).any() else 1.0,
+               "shorter_weight": float(weights[c < r][0]) if (c < r).any() else 1.0}
+    marker.write_text(json.dumps({"fingerprint": fp, **summary}))
+    return out, summary

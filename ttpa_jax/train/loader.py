@@ -16,7 +16,7 @@ from ttpa_jax.train.example_proto import decode_example
 from ttpa_jax.train.packing import bucket_length, pack
 from ttpa_jax.train.recordio import open_source
 from ttpa_jax.train.score_columns import pair_columns, sft_columns
-from ttpa_jax.train.shared_prefix import prompt_groups, shared_prefix_batch
+from ttpa_jax.train.shared_prefix import branch_points, prompt_groups, shared_prefix_batch
 
 # Features that are token ids (padded with pad_id) -> the mask and weights that go with them, by record kind.
 SEQ_FEATURES = {TokenRows: {"input_ids": ("attention_mask", "weights")},
@@ -30,8 +30,9 @@ def collate(examples: list[dict[str, np.ndarray]], pad_id: int, pad_multiple: in
     """Right-pad a list of examples (decoded records of one kind) into a typed batch (``train.batches``).
 
     Sequence features become ``[B, L]`` (ids int32 with a matching ``*_mask``; weights float32);
-    scalar-per-example features (reference log-probs) become ``[B]``. All sequences of a batch, chosen
-    and rejected alike, share one length L.
+    scalar-per-example features (reference log-probs, pair weights) become ``[B]``; preference pairs
+    get their branch points (``chosen_branch`` [B], ``shared_prefix.branch_points``). All sequences of
+    a batch, chosen and rejected alike, share one length L.
 
     ``layout``: "rows" (one sequence per row, as above: ``TokenRows`` or ``PairRows``), "packed" (SFT:
     several records per row, ``PackedRows``,
@@ -81,10 +82,13 @@ def _rows(examples, pad_id, pad_multiple, max_length) -> TokenRows | PairRows:
             n = len(ex[k])
             ids[i, :n], mask[i, :n], weights[i, :n] = ex[k], 1, ex[weight_key]
         fields[k], fields[mask_key], fields[weight_key] = ids, mask, weights
-    for k in examples[0]:  # per-record values (precomputed reference log-probs) -> [B]
+    for k in examples[0]:  # per-record values (precomputed reference log-probs, pair weights) -> [B]
         if k not in fields and k not in {w for _, w in seq.values()}:
             fields[k] = np.stack([np.asarray(ex[k]).reshape(()) for ex in examples]).astype(np.float32)
-    return cls(**fields)
+    batch = cls(**fields)
+    if isinstance(batch, PairRows):
+        batch = batch.replace(chosen_branch=branch_points(batch))
+    return batch
 
 
 class Loader:

@@ -108,28 +108,50 @@ def sft_scores(model, batch: TokenRows, ctx: Ctx, logits_chunk: int = 0):
     return lp, w * valid
 
 
-def pair_scores(model, batch: PairRows | SharedPrefixPairs, ctx: Ctx, logits_chunk: int = 0):
+def pair_scores(model, batch: PairRows | SharedPrefixPairs, ctx: Ctx, logits_chunk: int = 0, *,
+                after_branch: bool = False):
     """Sequence log-probs, completion token counts and sums of the mean logits predicting completion
     tokens, each ``[2N]`` (chosen sides, then rejected sides), in either preference layout: ``PairRows``
-    (2B rows, N = B) or ``SharedPrefixPairs`` (R rows of M pair slots, N = R * M, empty slots score 0)."""
+    (2B rows, N = B) or ``SharedPrefixPairs`` (R rows of M pair slots, N = R * M, empty slots score 0).
+    ``after_branch``: a fourth array, ``[N]``, the log-probs of each chosen side's tokens from its pair's
+    branch point on (weights ``after_branch_weights``), from the same forward pass."""
     if isinstance(batch, PairRows):
         ids = jnp.concatenate([batch.chosen_ids, batch.rejected_ids])
         mask = jnp.concatenate([batch.chosen_mask, batch.rejected_mask])
         weights = jnp.concatenate([batch.chosen_weights, batch.rejected_weights])
         lp, vocab_mean = token_logps_and_vocab_mean(model, ids, mask, ctx=ctx, chunk=logits_chunk)  # [2B, L]
-        return (lp * weights).sum(-1), weights.sum(-1), (vocab_mean * (weights > 0)).sum(-1)
+        out = (lp * weights).sum(-1), weights.sum(-1), (vocab_mean * (weights > 0)).sum(-1)
+        if after_branch:
+            out += ((lp[:batch.num_pairs] * after_branch_weights(batch)).sum(-1),)
+        return out
     wc, wr = batch.sp_chosen_w, batch.sp_rejected_w  # [R, M, L]
+    wa = (after_branch_weights(batch),) if after_branch else ()  # [R, M, L]
     cols = None
     if batch.sp_cols is not None:  # the LM head on the completion columns only: [R, K] below
-        cols, valid, (wc, wr) = gather(batch.sp_cols, wc, wr)
+        cols, valid, (wc, wr, *wa) = gather(batch.sp_cols, wc, wr, *wa)
         wc, wr = wc * valid[:, None, :], wr * valid[:, None, :]
+        wa = tuple(w * valid[:, None, :] for w in wa)
     lp, vocab_mean = column_scores(
         model, batch.sp_ids, batch.sp_positions, batch.sp_mask, batch.sp_target, ctx=ctx, chunk=logits_chunk,
         segment_ids=batch.sp_segment, branch_ids=batch.sp_branch, columns=cols)  # [R, L] (or [R, K]) each
     lp, vocab_mean = lp[:, None, :], vocab_mean[:, None, :]
     side = lambda w: ((lp * w).sum(-1).reshape(-1), w.sum(-1).reshape(-1),  # noqa: E731
                       (vocab_mean * (w > 0)).sum(-1).reshape(-1))
-    return tuple(jnp.concatenate(pair) for pair in zip(side(wc), side(wr)))
+    out = tuple(jnp.concatenate(pair) for pair in zip(side(wc), side(wr)))
+    return out + tuple((lp * w).sum(-1).reshape(-1) for w in wa)
+
+
+def after_branch_weights(batch: PairRows | SharedPrefixPairs):
+    """The chosen sides' token weights from each pair's branch point on (``chosen_branch``: the first
+    token where its chosen and rejected ids differ), earlier tokens 0: ``[B, L]`` by token (``PairRows``)
+    or ``[R, M, L]`` by column (``SharedPrefixPairs``; column c scores the token at ``sp_positions + 1``)."""
+    if batch.chosen_branch is None:
+        raise ValueError("the batch has no chosen_branch (built outside loader.collate): set it with "
+                         "shared_prefix.branch_points")
+    if isinstance(batch, SharedPrefixPairs):
+        return batch.sp_chosen_w * (batch.sp_positions[:, None, :] + 1 >= batch.chosen_branch[:, :, None])
+    token = jnp.arange(batch.chosen_weights.shape[1])[None, :]
+    return batch.chosen_weights * (token >= batch.chosen_branch[:, None])
 
 
 def pair_valid(batch: PairRows | SharedPrefixPairs):

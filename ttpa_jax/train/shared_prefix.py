@@ -39,6 +39,13 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def branch_points(batch: PairRows) -> np.ndarray:
+    """[B] int32: each pair's branch point, the index of the first token where its chosen and rejected
+    ids differ (their common prefix's length; a side's length when it is a prefix of the other)."""
+    return np.array([common_prefix(_real(batch, "chosen", i)[0], _real(batch, "rejected", i)[0])
+                     for i in range(batch.num_pairs)], np.int32)
+
+
 def _real(batch: PairRows, side, i):
     m = batch[f"{side}_mask"][i].astype(bool)
     return batch[f"{side}_ids"][i][m], batch[f"{side}_weights"][i][m]
@@ -126,7 +133,8 @@ def shared_prefix_batch(batch: PairRows, pad_id: int = 0, pad_multiple: int = 8,
     """A collated preference batch (``PairRows``: ``chosen_ids``/``_mask``/``_weights``, the same for
     rejected, [B, L]; rows right-padded) -> the shared-prefix layout (``SharedPrefixPairs``): ``ROW_KEYS`` [R, L], ``SLOT_KEYS`` [R, M, L] and
     ``sp_pair`` [R, M] (the pair in each slot, -1 for an empty one); per-pair values (precomputed
-    reference log-probs, [B]) move to their slots, [R, M] (0 in empty ones).
+    reference log-probs, pair weights, [B]) move to their slots, [R, M] (0 in empty ones), and so do
+    the pairs' branch points (``chosen_branch``, computed here when the batch lacks them).
 
     With ``group``, R and L come from ``packing.plan_rows`` over the groups (lengths ``pad_multiple``
     times 2**k or 1.5 * 2**k, finer with ``per_octave`` 4 or 8; R a power of two times ``row_multiple``)
@@ -149,7 +157,9 @@ def shared_prefix_batch(batch: PairRows, pad_id: int = 0, pad_multiple: int = 8,
         at, branch, slot = 0, 0, 0
         for seg, g in enumerate(sorted(members), start=1):
             at, branch, slot = _write_group(out, r, groups[g], seg, at, branch, slot)
-    for k in ("ref_chosen_logp", "ref_rejected_logp"):  # per-pair values -> their slots
+    if batch.chosen_branch is None:
+        batch = batch.replace(chosen_branch=branch_points(batch))
+    for k in ("ref_chosen_logp", "ref_rejected_logp", "chosen_branch", "pair_weight"):  # per-pair values -> their slots
         v = batch[k]
         if v is not None:
             valid = out["sp_pair"] >= 0
