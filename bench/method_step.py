@@ -1,6 +1,6 @@
 """The method's training steps on the real base model, tool-shaped data, one process:
 
-- DPO: our shared-prefix step (what a prompt's pairs share run once, ``--dpo.shared-prefix``) vs our
+- DPO: our shared-prefix step (what a prompt's pairs share run once, ``--shared-prefix``) vs our
   concatenated step (2B full rows) vs the PyTorch reference (transformers + peft, TRL's loss
   computation; its batch padded to the longest row as TRL's collator does), the same pairs: a
   ~700-token tool prompt, then the gold completion (chosen) and a branch of it (rejected), with one

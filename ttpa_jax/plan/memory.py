@@ -49,7 +49,7 @@ class PlanArgs:
     grad_accum: int = 1
     """Micro-batches per step (as train --optim.grad-accum): activations are for one micro-batch."""
     precompute_ref: bool = False
-    """dpo: reference log-probs come with the data (train --dpo.precompute-ref): no reference weights."""
+    """dpo: reference log-probs come with the data (train --precompute-ref): no reference weights."""
     devices: int | None = None
     """Plan for this many devices (default: the mesh product, or this machine's devices when a mesh entry is -1)."""
     memories: tuple[float, ...] = (16, 24, 40, 80, 141)

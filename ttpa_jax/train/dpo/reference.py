@@ -1,4 +1,4 @@
-"""The DPO reference pass run once before training (``--dpo.precompute-ref``): reference log-probs of
+"""The DPO reference pass run once before training (``--precompute-ref``): reference log-probs of
 every pair, written into a second record file that the loader then reads."""
 
 from __future__ import annotations
