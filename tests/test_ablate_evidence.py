@@ -115,4 +115,4 @@ def test_report_section_from_files_alone(tmp_path):
     assert "TTPA - SFT: +0.400 over 40 paired call turns (seed 0 +0.400, seed 1 +0.400); TTPA is better" in text
     assert "recipe has not been picked" in text and "| TTPA (dpop), seed 1 | 3 | sampled_chosen 3 |" in text
     doc = evidence_report.splice("# Intro\n", text)
-    assert evidence_report.splice(doc, text) == doc and doc.startswith("# Intro\n")
+    assert evidence_report.splice(doc, text) == doc and doc.startswith(evidence_report.BEGIN) and doc.endswith("# Intro\n")

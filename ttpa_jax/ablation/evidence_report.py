@@ -174,8 +174,9 @@ def section(results: Path) -> str:
 
 
 def splice(document: str, new_section: str) -> str:
-    """``document`` with its evidence section replaced (or the section appended)."""
+    """``document`` with its evidence section replaced (or, the first time, put first: it is the
+    document's main result)."""
     if BEGIN in document and END in document:
         head, rest = document.split(BEGIN, 1)
         return head + new_section.rstrip("\n") + rest.split(END, 1)[1]
-    return document.rstrip("\n") + ("\n\n" if document.strip() else "") + new_section
+    return new_section + ("\n" + document if document.strip() else "")

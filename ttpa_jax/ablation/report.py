@@ -204,7 +204,7 @@ def section(runs, *, estimate: str, leak: Mapping[str, Any] | None, plots: list[
     main_systems = [s for s in ORDER if s in runs]
     summaries = {s: S.summarize(r) for s, r in runs.items()}
     seeds = sorted({seed for s in main_systems for seed in runs[s]})
-    lines = [BEGIN, "# Ablation: what each method does to a real model", ""]
+    lines = [BEGIN, "# Ablation at the earlier budget: what each method does to a real model", ""]
     if not main_systems:
         lines += ["No per-run results are committed yet, so there are no numbers here. `python -m ttpa_jax.ablate` "
                   "runs the eight systems (zero-shot; SFT; TL-SFT with MAE + PKT; SFT + DPO on trajectory-level "
