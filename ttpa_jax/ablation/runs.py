@@ -215,6 +215,8 @@ def evaluate(seed_run: SeedRun, system: System, model_dir: Path) -> tuple[dict, 
     sc, root = seed_run.scale, seed_run.root / system.name
     root.mkdir(parents=True, exist_ok=True)
     held_path, bfcl_path = root / "eval-heldout.json", root / "eval-bfcl.json"
+    if system.kind == "zero-shot":  # the base model on the fixed BFCL entries, greedy: the same for every seed
+        bfcl_path = seed_run.root.parent / f"{system.name}-eval-bfcl.json"
     if not held_path.is_file():
         cfg = seed_run.cfg(system.name)
         t0 = time.perf_counter()

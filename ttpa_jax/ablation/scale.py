@@ -77,10 +77,12 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         # the evidence experiment (systems.evidence_systems): 600 records (120 held out on unseen tools: the
         # first 110 hold about 160 call turns), SFT as the ablation's, TPS on every call turn of 40 training
         # records, DPO at the paper's lr for one pass over the pairs, 30 validation records (about 45 call
-        # turns) to pick the recipe on; BFCL non-live, 25 entries per category
+        # turns) to pick the recipe on; answer turns of the first 40 held-out records (about 40); BFCL non-live,
+        # 25 entries per category
         if name == "evidence":
             p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
-                                    num=600, sft_steps=20, sample_records=40, eval_records=110)
+                                    num=600, sft_steps=20, sample_records=40, eval_records=110,
+                                    eval_answer_records=40)
             bfcl, bfcl_tokens, validation = 25, 96, 30
         else:  # the same stages on the tiny model from scratch: checks the experiment's code in minutes
             p = PipelineConfig.quick(out, 0)

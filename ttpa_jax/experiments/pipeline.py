@@ -121,6 +121,8 @@ class PipelineConfig:
     """DPO: pairs whose chosen side is longer and those whose chosen side is shorter weigh the same in total."""
     eval_records: int = 40
     """Held-out records evaluated (all their assistant turns)."""
+    eval_answer_records: int = 0
+    """Answer turns are evaluated on the first this many of them only (0: on all; call turns always)."""
     max_new_tokens: int = 96
     batch_size: int = 8
     """Prompts decoded together (evaluation, sampling)."""
@@ -317,6 +319,9 @@ def evaluate_model(cfg: PipelineConfig, model_dir: Path, test_file: Path, name: 
 
     records = read_records(test_file)[: cfg.eval_records]
     items = items_from_records(records)
+    if cfg.eval_answer_records:
+        answered = {str(r.get("id", pos)) for pos, r in enumerate(records[: cfg.eval_answer_records], start=1)}
+        items = [i for i in items if i.kind != "answer" or i.id in answered]
     prompts = [{"messages": item.prompt, "tools": item.tools} for item in items]
     texts = generate_completions(str(model_dir), prompts, max_new_tokens=cfg.max_new_tokens,
                                  batch_size=cfg.batch_size, progress=cfg.progress)
