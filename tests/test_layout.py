@@ -1,5 +1,5 @@
-"""The package layout's rules: the pure-Python layers and the settings load no JAX, and no module-level
-import cycle. (``lint-imports``, run by ``make test``, checks the layer order from ``.importlinter``.)"""
+"""The package layout's rules: the pure-Python layers and the settings load no JAX, no module-level
+import cycle, and the tests mirror the package. (``lint-imports``, run by ``make test``, checks the layer order from ``.importlinter``.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from pathlib import Path
 import ttpa_jax
 
 PACKAGE = Path(ttpa_jax.__file__).parent
+TESTS = Path(__file__).resolve().parent
+# Test files that test the whole package, not one subpackage: they alone sit in tests/ itself.
+WHOLE_PACKAGE_TESTS = {
+    "test_cli.py",  # every stage's command line through core.cli.stage_main
+    "test_faults.py",  # sample and evaluate killed mid-run, then run again
+    "test_layout.py",  # the layers, the import cycles, this layout
+    "test_wheel.py",  # the built wheel, installed outside the checkout
+}
 JAX_FREE_PACKAGES = ("ttpa_jax.core", "ttpa_jax.tools", "ttpa_jax.construct")
 # Settings and metrics modules that stages and --help import: JAX is loaded only when a model runs.
 JAX_FREE_MODULES = ("ttpa_jax", "ttpa_jax.model.settings", "ttpa_jax.model.config", "ttpa_jax.train.config",
@@ -101,3 +109,17 @@ def test_no_module_level_import_cycle():
         if v not in index:
             visit(v)
     assert len(graph) > 80 and cycles == []
+
+
+def test_the_tests_mirror_the_package():
+    """``tests/<package>/test_*.py`` tests ``ttpa_jax/<package>``: each test file lies in a directory named
+    after an existing subpackage, or in ``tests/`` itself when it is one of WHOLE_PACKAGE_TESTS. The test
+    directories have no ``__init__.py`` (pytest imports each file by its base name), so names stay unique."""
+    files = sorted(TESTS.rglob("test_*.py"))
+    misplaced = [str(p.relative_to(TESTS)) for p in files if p.parent != TESTS
+                 and not (PACKAGE / p.parent.relative_to(TESTS) / "__init__.py").is_file()]
+    assert misplaced == [], f"test files outside a directory named after a ttpa_jax subpackage: {misplaced}"
+    assert {p.name for p in files if p.parent == TESTS} == WHOLE_PACKAGE_TESTS
+    names = [p.name for p in files]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+    assert len(files) > 40

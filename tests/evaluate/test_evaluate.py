@@ -134,7 +134,7 @@ def test_return_value_rules():
 
 def test_earlier_return_value_rule_is_kept():
     """``return_value_accuracy_v1`` gives on these fixtures what the metric gave before echoes and
-    answer-turn calls were judged (tests/test_return_values.py covers the current rule)."""
+    answer-turn calls were judged (tests/tools/test_return_values.py covers the current rule)."""
     items = evaluate.items_from_records(normalized())
     wrong = {**keyed(PREDICTIONS), ("w1", 4): "It is cloudy in Lyon."}
     echo = {**keyed(PREDICTIONS), ("w1", 4): " ".join(m["content"] for m in RECORDS[0]["messages"][2:4])}

@@ -18,7 +18,7 @@ from ttpa_jax.construct.build import ConfigError, ConstructConfig, construct, he
 from ttpa_jax.construct.checks import check_record, mentions, parse_turns
 from ttpa_jax.core.jsonl import read_jsonl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(out, **kw):

@@ -132,7 +132,7 @@ def test_missing_api_key_is_one_clear_error(tmp_path, tools_file):
     env = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
     proc = subprocess.run([sys.executable, "-m", "ttpa_jax.construct", "--generator", "openai", "--tools",
                            str(tools_file), "--out", str(tmp_path / "x.jsonl"), "--num", "2"],
-                          capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent)
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "OPENAI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,7 +15,7 @@ from ttpa_jax.construct.checks import check_record
 from ttpa_jax.core.conversation import mae_masked_messages, normalize_record
 from ttpa_jax.core.jsonl import read_jsonl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NUM = {"reversed": 60, "forward": 30}
 # sha256 of these runs (seed 3, NUM records, error_recovery 0) as written by the code before error
 # recovery existed: a fraction of 0 must not change a byte. An intended change to the template

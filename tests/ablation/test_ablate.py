@@ -12,7 +12,7 @@ from ttpa_jax.ablation import report as ablate_doc
 from ttpa_jax.ablation import scale as ablate_scale
 from ttpa_jax.ablation import stats as S
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_json(system, seed, *, tool, esm, wrong_tool=0, turns=10, bfcl=None, label=None, pairs=None):

@@ -33,7 +33,7 @@ from ttpa_jax.train.token_weights import make_weight_fn
 from ttpa_jax.train.trainer import make_train_step, split_model
 
 ONE_DEVICE = MeshConfig(data=1, fsdp=1, tensor=1)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sft_config(model_dir, data, out, **kw) -> SftArgs:

@@ -15,7 +15,7 @@ from ttpa_jax.decode.generate import complete, generate_completions, main
 from ttpa_jax.text.detokenize import finish, truncate_at_stop
 from ttpa_jax.text.prompts import encode_chat, load_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
     {"id": "chat", "messages": RECORDS[0]["messages"][:1], "tools": TOOLS},
     {"text": "What's the weather in"},

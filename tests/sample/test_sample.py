@@ -20,7 +20,7 @@ from ttpa_jax.sample.sampler import SampleConfig, sample
 from ttpa_jax.text.prompts import load_tokenizer
 from ttpa_jax.tools import esm
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N_TOOL_TURNS = 3  # r1 has one tool-call turn, r2 two, r3 none
 N_ANSWER_TURNS = 2  # r1's and r2's final answers use the tool results; r3's "Hi!" follows no tool
 

@@ -14,7 +14,7 @@ from ttpa_jax.plan.activations import TensorSplit, activation_bytes, layer_bytes
 from ttpa_jax.plan.memory import main, plan
 from ttpa_jax.train.config import MeshConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Arguments (parameters, optimizer state, batch, key) are counted array by array from the same
 # sharding rules the trainer uses: they must agree with XLA to within 1%. Temporaries (activations,

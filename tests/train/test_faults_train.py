@@ -20,7 +20,7 @@ from ttpa_jax.train.loop import train
 from ttpa_jax.train.methods import parse_cli
 from ttpa_jax.train.preemption import EXIT_PREEMPTED, Preempted
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 STEPS = 6
 
