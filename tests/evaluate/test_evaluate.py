@@ -207,6 +207,9 @@ def test_cli_predictions_end_to_end(tmp_path):
     assert "| Metric | mine |" in proc.stdout
     assert "| Parameter values | 50.0% |" in proc.stdout
     assert "| Return-value parsing | 100.0% |" in proc.stdout
+    assert result["esm_weights"]["param_value"] == 0.2  # the weights the esm_score used are recorded
+    proc = run_cli("--data", data, "--predictions", preds, "--out", out, "--esm.param-value", "0.5")
+    assert json.loads(out.read_text())["model"]["esm_weights"]["param_value"] == 0.5, proc.stderr
 
 
 def test_cli_errors_name_file_and_line(tmp_path):

@@ -17,6 +17,7 @@ the correct ones they add up to ``judged_answer_turns``
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ def evaluate_items(items: Sequence[EvalItem], predictions: Mapping[Key, Predicti
         "answer_echo_rate": _rate(tally["answer_echo"], tally["answer"]),
         "no_call_accuracy": _rate(tally["text_ok"], tally["text"]),
         "errors": dict(errors),
+        "esm_weights": dataclasses.asdict(weights or esm.ErrorWeights()),  # what the esm_score was scored with
         "turns": {"tool_call": kinds["tool_call"], "answer": kinds["answer"], "text": kinds["text"]},
         "scored_tool_call_turns": n,
         "judged_answer_turns": tally["answer"],
