@@ -89,7 +89,7 @@ class EvidenceArgs:
     systems: tuple[str, ...] = EVIDENCE_NAMES
     """Systems to run (``evidence``), in this order: TTPA's DPO steps set trajectory DPO's and SFT+'s."""
     recipe: str | None = None
-    """TTPA's recipe (a name in ``ablation.systems.RECIPES``); default: the one RESULTS/recipe.json chose."""
+    """TTPA's recipe (a name in ``experiments.pipeline.RECIPES``); default: the one RESULTS/recipe.json chose."""
     quick: bool = False
     """The same stages on a tiny model from scratch (checks the code in minutes; writes under --out)."""
     model: str | None = None

@@ -2,7 +2,7 @@
 seeds scored turn by turn, with paired bootstrap intervals (``python -m ttpa_jax.ablate recipe``,
 ``evidence``, ``report``).
 
-1. ``recipe``: on seed 0, SFT and each TTPA recipe of ``systems.RECIPES`` are scored on the
+1. ``recipe``: on seed 0, SFT and each TTPA recipe of ``experiments.pipeline.RECIPES`` are scored on the
    validation records (training tools, never trained on). The recipe with the highest mean ESM score
    on the validation call turns is chosen (ties: the earlier in ``RECIPES``); the candidates, their
    scores and the rule go to ``RESULTS/recipe.json``.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttpa_jax.experiments.pipeline import PipelineConfig
+from ttpa_jax.experiments.pipeline import EVIDENCE_DPO, RECIPES, PipelineConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BFCL_CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
@@ -70,7 +70,8 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         # steps, 8 prompts per decoding batch), on 20 held-out records: the committed runs' settings
         p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
                                 sft_steps=20, batch_size=8, sample_records=6, eval_records=20,
-                                error_recovery=0.15)  # the failed calls MAE masks (TL-SFT); all systems see them
+                                error_recovery=0.15, dpo_steps=6, dpo_lr=5e-4, dpo_epochs=0.0, answer_turns=True,
+                                **RECIPES["dpo-nll"])  # the failed calls MAE masks (TL-SFT); all systems see them
         # RL: 1 prompt x 4 completions per step, 6 steps: 24 episodes (DPO: 6 steps x 3 pairs, 36 sequences)
         scale = Scale("default", p, rl_steps=6, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
     elif name in ("evidence", "evidence-quick"):
@@ -87,8 +88,8 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         else:  # the same stages on the tiny model from scratch: checks the experiment's code in minutes
             p = PipelineConfig.quick(out, 0)
             bfcl, bfcl_tokens, validation = 1, 24, 4
-        p = dataclasses.replace(p, answer_turns=False, dpo_epochs=1.0, dpo_lr=1e-4 if model or name == "evidence"
-                                else p.dpo_lr, dpo_warmup=0.1)
+        p = dataclasses.replace(p, **{**EVIDENCE_DPO, "dpo_lr": EVIDENCE_DPO["dpo_lr"] if model or name == "evidence"
+                                      else p.dpo_lr})  # the tiny model from scratch keeps its own lr
         scale = Scale(name, p, rl_steps=0, rl_prompts_per_step=1, rl_group_size=1, rl_lr=0.0, bfcl_limit=bfcl,
                       bfcl_max_new_tokens=bfcl_tokens, validation_records=validation)
     elif name == "paper":

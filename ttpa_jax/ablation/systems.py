@@ -7,7 +7,7 @@ Two experiments share the run machinery (``runs``):
 * the **evidence** experiment (``EVIDENCE``): does TTPA help? Zero-shot, SFT, SFT+ (the SFT model
   trained on the gold turns of the preference prompts for as many steps as TTPA's DPO), trajectory
   DPO and TTPA with the same DPO recipe and steps. The TTPA recipe is picked on seed 0 on a
-  validation split of the training tools (``RECIPES``, ``python -m ttpa_jax.ablate recipe``),
+  validation split of the training tools (``experiments.pipeline.RECIPES``, ``python -m ttpa_jax.ablate recipe``),
   never on the held-out set.
 
 Pure data: no JAX.
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Literal
+
+from ttpa_jax.experiments.pipeline import RECIPES
 
 # Alternative ESM weights for the sensitivity check (the default is tools.esm.ErrorWeights()).
 WEIGHT_SETS: dict[str, dict[str, float]] = {
@@ -62,21 +64,6 @@ FOLLOW_UPS = tuple(System(f"ttpa-eps{e:g}", f"TTPA, epsilon {e:g}", "dpo", epsil
     System(f"ttpa-w-{w}", f"TTPA, {w} ESM weights", "dpo", weights=w) for w in WEIGHT_SETS)
 BY_NAME = {s.name: s for s in SYSTEMS + FOLLOW_UPS}
 
-# The TTPA recipes the evidence experiment picks from (on seed 0's validation split): what each changes
-# in the evidence scale's pipeline settings. Every one samples tool-call turns only and runs DPO at
-# the paper's lr (1e-4, cosine, 10% warm-up) for one pass over its pairs.
-RECIPES: dict[str, dict[str, Any]] = {
-    # the paper's loss as written: DPO alone on greedy-anchored TPS pairs
-    "dpo": {"tps_anchor": "greedy", "sft_weight": 0.0},
-    # the earlier ablation's loss: DPO + an NLL term (weight 1) on every chosen token
-    "dpo-nll": {"tps_anchor": "greedy", "sft_weight": 1.0, "sft_tokens": "all"},
-    # DPO-Positive, the NLL term after the branch point only, closing/continuing forks balanced
-    "dpop": {"tps_anchor": "greedy", "sft_weight": 1.0, "sft_tokens": "after_branch", "dpop_lambda": 50.0,
-             "balance_lengths": True},
-    # the same loss on gold-anchored pairs (the gold call against the model's own alternative token)
-    "gold-dpop": {"tps_anchor": "gold", "sft_weight": 1.0, "sft_tokens": "after_branch", "dpop_lambda": 50.0,
-                  "balance_lengths": True},
-}
 RECIPE_SYSTEMS = tuple(System(f"recipe-{name}", f"TTPA recipe {name}", "dpo", recipe=tuple(sorted(r.items())),
                               eval_split="validation") for name, r in RECIPES.items())
 RECIPE_BASELINE = System("recipe-sft", "SFT (validation)", "sft", eval_split="validation")

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ttpa_jax.construct.build import ConstructConfig, construct, held_out_path
 from ttpa_jax.construct.episodes import EpisodeSettings
@@ -43,6 +43,28 @@ from ttpa_jax.train.sft.config import SftArgs
 # Schema keywords a tiny model cannot use; dropping them shortens every prompt by about a third.
 _VERBOSE_KEYS = ("description", "pattern", "format", "maxLength", "minLength", "minimum", "maximum",
                  "additionalProperties", "examples", "default", "title", "minItems", "maxItems", "uniqueItems")
+
+
+# The TTPA recipes (what each changes in ``PipelineConfig``): the evidence experiment picks one on seed 0's
+# validation split (``python -m ttpa_jax.ablate recipe``, docs/results.md) and the demo uses that one
+# (``DEMO_RECIPE``). Every one samples tool-call turns only and runs DPO at the paper's lr (1e-4,
+# cosine, 10% warm-up) for one pass over its pairs (``EVIDENCE_DPO``).
+def _recipe(anchor: str, sft_weight: float, sft_tokens: str = "all", dpop_lambda: float = 0.0,
+            balance_lengths: bool = False) -> dict[str, Any]:
+    return {"tps_anchor": anchor, "sft_weight": sft_weight, "sft_tokens": sft_tokens, "dpop_lambda": dpop_lambda,
+            "balance_lengths": balance_lengths}
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "dpo": _recipe("greedy", 0.0),  # the paper's loss as written: DPO alone on greedy-anchored TPS pairs
+    "dpo-nll": _recipe("greedy", 1.0),  # the earlier ablation's loss: DPO + NLL (weight 1) on every chosen token
+    # DPO-Positive, the NLL term after the branch point only, closing/continuing forks balanced
+    "dpop": _recipe("greedy", 1.0, "after_branch", 50.0, True),
+    # the same loss on gold-anchored pairs (the gold call against the model's own alternative token)
+    "gold-dpop": _recipe("gold", 1.0, "after_branch", 50.0, True),
+}
+EVIDENCE_DPO: dict[str, Any] = {"answer_turns": False, "dpo_epochs": 1.0, "dpo_lr": 1e-4, "dpo_warmup": 0.1}
+DEMO_RECIPE = "dpo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,13 +165,14 @@ class PipelineConfig:
         budgets. Rows are padded to multiples of 1024 (an SFT step's 3 records of about 630 tokens packed
         into one row of 2048 where they fit): on a CPU a new batch shape costs a 40-60 s compile, about
         three steps. 96 new tokens hold the longest calls of the bundled tools (64 cut a sixth of them).
-        Evaluation on 10 held-out records (about 25 turns) at 16 prompts per batch. DPO computes the
-        reference live: 6 steps use 18 pairs, and precomputing it for every sampled pair would cost more
-        than the steps."""
+        Evaluation on 10 held-out records (about 25 turns) at 16 prompts per batch. TPS on the call turns
+        of 3 training records; DPO with the recipe the evidence experiment picked (``DEMO_RECIPE``), one
+        pass over the pairs at lr 1e-4 (``EVIDENCE_DPO``), the reference computed live (a few steps:
+        precomputing it would cost more than they do)."""
         return cls(out=out, seed=seed, model=model, num=300, min_candidates=3, max_candidates=3, max_calls=2,
+                   **EVIDENCE_DPO, **RECIPES[DEMO_RECIPE],
                    error_recovery=0.0, sft_steps=12, sft_lr=2e-3, sft_lora_rank=16, train_batch_size=3,
-                   logits_chunk=256, pad_multiple=1024, row_length=2048, sample_records=3, epsilon=0.2, dpo_steps=6,
-                   dpo_lr=5e-4,
+                   logits_chunk=256, pad_multiple=1024, row_length=2048, sample_records=3, epsilon=0.2,
                    dpo_lora_rank=16, precompute_ref=False, eval_records=10, max_new_tokens=96, batch_size=16,
                    max_length=1024, progress=progress)
 
