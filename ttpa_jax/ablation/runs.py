@@ -3,15 +3,20 @@
 Every system of a seed shares the seed's constructed data and held-out test set; the systems that
 build on SFT share one SFT model. Layout under ``OUT/seed<k>/``::
 
-    reversed/   data (train + held-out test), init model (tiny quick mode), sft/, sft-model/
+    reversed/   data (train + held-out test; with validation records, train-fit + validation), init
+                model (tiny quick mode), sft/, sft-model/
     forward/    the same on forward (query-first) data (TTPA-fwd)
     tl-sft/     sft/, sft-model/: SFT with MAE + PKT (w_max 9)
-    <system>/   data/pairs.jsonl (+ audit), dpo/ and dpo-model/, or rl/ and rl-model/
-    <system>/eval-heldout.json, eval-bfcl.json
+    <system>/   data/pairs.jsonl (+ audit), dpo/ and dpo-model/, or rl/ and rl-model/, or (SFT+) sft/ and
+                sft-model/; a system that ``runs_as`` another trains in that one's directory
+    <system>/eval-heldout.json (+ .turns.json, the per-turn rows), eval-bfcl.json
+    zero-shot-eval-bfcl.json   the base model on BFCL, the same for every seed
 
 A stage whose output is complete is skipped: construction keeps the records made, training resumes
 from its latest checkpoint, an export or evaluation is marked complete by a file written last.
-The per-run result goes to ``RESULTS/<system>/seed<k>.json``; a run whose file exists is skipped.
+The per-run result goes to ``RESULTS/<system>/seed<k>.json`` with its per-turn rows beside it
+(``seed<k>.turns.json``: predictions and verdicts, for the bootstrap and any re-scoring); a run
+whose file exists is skipped.
 """
 
 from __future__ import annotations
