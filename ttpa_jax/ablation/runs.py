@@ -10,7 +10,8 @@ build on SFT share one SFT model. Layout under ``OUT/seed<k>/``::
     <system>/   data/pairs.jsonl (+ audit), dpo/ and dpo-model/, or rl/ and rl-model/, or (SFT+) sft/ and
                 sft-model/; a system that ``runs_as`` another trains in that one's directory
     <system>/eval-heldout.json (+ .turns.json, the per-turn rows), eval-bfcl.json
-    zero-shot-eval-bfcl.json   the base model on BFCL, the same for every seed
+
+and ``OUT/zero-shot-eval-bfcl.json`` (the base model on BFCL: the same for every seed).
 
 A stage whose output is complete is skipped: construction keeps the records made, training resumes
 from its latest checkpoint, an export or evaluation is marked complete by a file written last.
