@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import ttpa_jax
 from ttpa_jax.model.config import ConfigError, list_presets, load_config
 from ttpa_jax.model.hf_io import CheckpointError
-from ttpa_jax.model.transformer import abstract_model, count_params, rotary
+from ttpa_jax.model.transformer import CacheSlot, Visibility, abstract_model, count_params, rotary
 
 
 def _compare(hf_model, tmp_path, lengths, atol=1e-4, **load_kw):
@@ -253,3 +253,15 @@ def test_segment_and_branch_masks():
     m = np.asarray(attention_mask(jnp.arange(5)[None], jnp.ones((1, 5)), 5, branch_ids=br))[0]
     assert m[4].tolist() == [True, True, False, False, True]  # a rejected token: trunk and itself
     assert m[3].tolist() == [True, True, True, True, False]
+
+
+def test_visibility_takes_whole_row_fields_or_a_cache_slot_not_both():
+    pos, mask = jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32)
+    slot = CacheSlot([], jnp.zeros((1,), jnp.int32))
+    for field in ("segment_ids", "branch_ids", "columns"):
+        with pytest.raises(ValueError, match=field):
+            Visibility(pos, mask, slot=slot, **{field: pos})
+    view = Visibility(pos, mask, segment_ids=pos, columns=pos[:, :2])
+    leaves, tree = jax.tree.flatten(view)  # absent fields are no leaves
+    assert len(leaves) == 4 and jax.tree.unflatten(tree, leaves).columns is leaves[3]
+    assert len(jax.tree.leaves(Visibility(pos, mask, slot=slot))) == 3

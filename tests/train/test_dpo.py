@@ -116,7 +116,7 @@ class FixedLogits:
     def __init__(self, logits):
         self.logits = jnp.asarray(logits)
 
-    def hidden_states(self, ids, positions, kv_mask, **kw):
+    def hidden_states(self, ids, view, **kw):
         return self.logits, None
 
     def head_weight(self):

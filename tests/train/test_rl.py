@@ -14,7 +14,7 @@ from helpers import metrics, sft_records, write_jsonl
 from ttpa_jax.decode.loop import DecodeResult
 from ttpa_jax.decode.rules import Sampling
 from ttpa_jax.model.settings import LoraConfig
-from ttpa_jax.model.transformer import Ctx, init_model, positions_from_mask
+from ttpa_jax.model.transformer import Ctx, Visibility, init_model, positions_from_mask
 from ttpa_jax.sample.sampler import Prompt
 from ttpa_jax.text.prompts import encode_chat, load_tokenizer
 from ttpa_jax.tools.rewards import parse_reward_spec
@@ -157,7 +157,7 @@ def test_ppo_loss_matches_numpy(two_models):
     batch = ValuedEpisodes(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(attn), loss_mask=jnp.asarray(mask),
                            **{k: jnp.asarray(v) for k, v in algo.host_inputs(scores, 1)[0].items()})
     prepared = algo.prepare(policy, reference, head, batch)
-    h, _ = policy.hidden_states(jnp.asarray(ids), positions_from_mask(jnp.asarray(attn)), jnp.asarray(attn))
+    h, _ = policy.hidden_states(jnp.asarray(ids), Visibility(positions_from_mask(jnp.asarray(attn)), jnp.asarray(attn)))
     v_all = np.asarray(h, np.float64) @ np.asarray(head.proj.kernel[...], np.float64) + 0.1  # [B, T, 1]
     values = np.pad(v_all[:, :-1, 0], ((0, 0), (1, 0))) * mask
     logp, _ = _np_logp_entropy(np.asarray(policy(jnp.asarray(ids), jnp.asarray(attn))), ids)

@@ -13,7 +13,7 @@ from test_packing import examples
 from test_shared_prefix import _assert_same, _steps, group_batch
 
 from ttpa_jax.model.config import load_config
-from ttpa_jax.model.transformer import init_model
+from ttpa_jax.model.transformer import Visibility, init_model
 from ttpa_jax.train.batches import PairRows
 from ttpa_jax.train.loader import collate
 from ttpa_jax.train.score_columns import pair_columns, score_columns, sft_columns
@@ -39,10 +39,11 @@ def test_hidden_states_at_columns_equal_every_columns_hidden_states(remat):
     cfg = load_config("tiny-llama3")
     batch = collate(examples(cfg.vocab_size, seed=5), 0, 8, 64, layout="packed")
     model = init_model(cfg, seed=1, remat=remat)
-    args = [jnp.asarray(batch[k]) for k in ("input_ids", "positions", "attention_mask")]
+    ids, positions, mask, segments = (jnp.asarray(batch[k]) for k in ("input_ids", "positions", "attention_mask",
+                                                                      "segment_ids"))
     cols = jnp.asarray(sft_columns(batch["weights"]).clip(0))  # [R, C]
-    every, _ = model.hidden_states(*args, segment_ids=jnp.asarray(batch["segment_ids"]))
-    at, _ = model.hidden_states(*args, segment_ids=jnp.asarray(batch["segment_ids"]), columns=cols)
+    every, _ = model.hidden_states(ids, Visibility(positions, mask, segment_ids=segments))
+    at, _ = model.hidden_states(ids, Visibility(positions, mask, segment_ids=segments, columns=cols))
     assert at.shape == (*cols.shape, cfg.hidden_size)
     np.testing.assert_allclose(np.asarray(at), np.asarray(jnp.take_along_axis(every, cols[..., None], axis=1)),
                                atol=1e-5, rtol=0)

@@ -35,7 +35,7 @@ from flax import nnx
 from ttpa_jax.decode.rules import GREEDY, Sampling, choose_tokens
 from ttpa_jax.decode.settings import DEFAULT_BUCKET
 from ttpa_jax.model.sharding import shard_activation
-from ttpa_jax.model.transformer import LayerCache, positions_from_mask
+from ttpa_jax.model.transformer import CacheSlot, LayerCache, Visibility, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _decode_loop(model, init: _Loop, kv_mask, prompt_lengths, keys, P: int, spec
         done = c.done | (active & ended)
         write = jnp.where(done, S, P + c.step).astype(jnp.int32)  # finished rows write nowhere
         pos = (prompt_lengths + c.step)[:, None]
-        h, cache = model.hidden_states(tok[:, None], pos, kv_mask, cache=c.cache, write_index=write)
+        h, cache = model.hidden_states(tok[:, None], Visibility(pos, kv_mask, slot=CacheSlot(c.cache, write)))
         return _on_mesh(_Loop(
             it=c.it + 1, step=jnp.where(active, c.step + 1, c.step), done=done,
             logits=model.logits(h[:, 0]), forced=jnp.full_like(c.forced, -1), cache=cache,
@@ -187,8 +187,8 @@ def _prefilled(model, conv_ids, conv_mask, row_conv, row_lengths, spec: LoopSpec
     cache = [LayerCache(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
              for _ in range(cfg.num_hidden_layers)]
     conv_kv = jnp.concatenate([conv_mask.astype(bool), jnp.ones((U, M), bool)], axis=1)  # [U, S]
-    h, cache = model.hidden_states(conv_ids, positions_from_mask(conv_mask), conv_kv, cache=cache,
-                                   write_index=jnp.zeros((U,), jnp.int32))  # h [U, P, D]
+    view = Visibility(positions_from_mask(conv_mask), conv_kv, slot=CacheSlot(cache, jnp.zeros((U,), jnp.int32)))
+    h, cache = model.hidden_states(conv_ids, view)  # h [U, P, D]
     start = P - conv_mask.astype(jnp.int32).sum(axis=1)[row_conv]  # [B] first real column
     cols = jnp.arange(S)[None, :]
     kv_mask = ((cols >= start[:, None]) & (cols < (start + row_lengths)[:, None])) | (cols >= P)  # [B, S]

@@ -24,6 +24,7 @@ from flax import nnx
 from ttpa_jax.decode.loop import DecodeResult, DecodeState, _prefilled, _spec, bucketed_inputs, row_keys
 from ttpa_jax.decode.rules import GREEDY
 from ttpa_jax.decode.settings import DEFAULT_BUCKET
+from ttpa_jax.model.transformer import CacheSlot, Visibility
 
 TOPK_CHUNK = 32  # completion steps projected to the vocabulary at once (bounds the [B, chunk, V] logits)
 
@@ -38,8 +39,8 @@ def _teacher_forced(graphdef, params, conv_ids, conv_mask, row_conv, row_lengths
     B, T = forced.shape
     P = conv_ids.shape[1]
     pos = row_lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
-    h, cache = model.hidden_states(forced, pos, kv_mask, cache=init.cache,
-                                   write_index=jnp.full((B,), P, jnp.int32))  # h [B, T, D]
+    slot = CacheSlot(init.cache, jnp.full((B,), P, jnp.int32))
+    h, cache = model.hidden_states(forced, Visibility(pos, kv_mask, slot=slot))  # h [B, T, D]
     k = spec.record_k
 
     def top(logits):  # [..., V] -> top-k probabilities and ids

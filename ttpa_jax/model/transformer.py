@@ -13,7 +13,7 @@ width, V vocabulary, r LoRA rank.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,45 @@ class Ctx:
 class LayerCache(NamedTuple):
     k: jax.Array  # [B, S, K, H]
     v: jax.Array  # [B, S, K, H]
+
+
+def _pytree(cls):
+    """A frozen dataclass registered as a pytree whose fields are all leaves (``None``: absent)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    return jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in dataclasses.fields(cls)],
+                                            meta_fields=[])
+
+
+@_pytree
+class CacheSlot:
+    """Where a call's keys and values go: a decode cache and the column each row writes from."""
+
+    cache: Any  # per layer LayerCache(k, v), each [B, S, K, H]
+    write_index: Any  # [B] int32: row b's token t is written at column write_index[b] + t (S: dropped)
+
+
+@_pytree
+class Visibility:
+    """Where the T tokens of one ``Transformer.hidden_states`` call sit and which keys each one sees.
+
+    A query at column ``q = write_index[b] + t`` (``slot``; ``q = t`` without one) sees key column
+    ``s <= q`` where ``kv_mask`` is set; ``segment_ids`` and ``branch_ids`` narrow that further
+    (``attention.attention_mask``). Those two and ``columns`` describe whole rows: they take no
+    ``slot`` (a ``ValueError`` here).
+    """
+
+    positions: Any  # [B, T] int32 rotary positions
+    kv_mask: Any  # [B, S] which key columns are real tokens (S = T without a slot, else the cache length)
+    segment_ids: Any = None  # [B, T] packed records: a query sees its own record's keys only
+    branch_ids: Any = None  # [B, T] shared-prefix rows: 0 the trunk, else a branch (sees trunk and own)
+    columns: Any = None  # [B, C] the last layer's queries, attention output and MLP at these columns only
+    slot: CacheSlot | None = None  # decoding: read and write this cache
+
+    def __post_init__(self):
+        if self.slot is not None:
+            whole_row = [n for n in ("segment_ids", "branch_ids", "columns") if getattr(self, n) is not None]
+            if whole_row:
+                raise ValueError(f"Visibility: {' / '.join(whole_row)} describe whole rows and take no cache slot")
 
 
 # --------------------------------------------------------------------------- layers
@@ -243,27 +282,21 @@ class Transformer(nnx.Module):
                 cfg_dtype=self.dtype, param_dtype=param_dtype, uid=-1, rngs=rngs,
             )
 
-    def hidden_states(self, input_ids, positions, kv_mask, *, ctx: Ctx = Ctx(), cache=None, write_index=None,
-                      segment_ids=None, branch_ids=None, columns=None):
-        """Final-norm hidden states ``[B, T, D]`` and the updated cache; with ``columns`` [B, C] (no cache),
-        ``[B, C, D]`` at those columns, the last layer computing its queries, attention output and MLP
-        there only (its keys and values still from every column).
-
-        input_ids, positions: [B, T]. kv_mask [B, S]: which key columns are real tokens (S = T without a
-        cache, else the cache length). A query at column ``write_index[b] + t`` sees key columns up to
-        its own. Without a cache, ``write_index`` is 0. Without a cache, ``segment_ids`` [B, T] (packed
-        records) and ``branch_ids`` [B, T] (shared-prefix rows: 0 trunk, else a branch) narrow what
-        each query sees (``attention.attention_mask``).
+    def hidden_states(self, input_ids, view: Visibility, *, ctx: Ctx = Ctx()):
+        """Final-norm hidden states ``[B, T, D]`` of ``input_ids`` [B, T] seen as ``view`` describes
+        (positions, masks, the decode cache slot if any), and the updated cache (None without a slot). With
+        ``view.columns`` [B, C], ``[B, C, D]`` at those columns, the last layer computing its queries,
+        attention output and MLP there only (its keys and values still from every column).
         """
         B, T = input_ids.shape
-        if write_index is None:
-            write_index = jnp.zeros((B,), jnp.int32)
-        if cache is not None and (segment_ids is not None or branch_ids is not None or columns is not None):
-            raise ValueError("segment_ids / branch_ids / columns apply to a whole row without a cache")
-        S = kv_mask.shape[1]
+        slot = view.slot
+        cache = None if slot is None else slot.cache
+        write_index = jnp.zeros((B,), jnp.int32) if slot is None else slot.write_index
+        columns = view.columns
+        S = view.kv_mask.shape[1]
         q_cols = write_index[:, None] + jnp.arange(T)[None, :]  # [B, T]
-        mask = attention_mask(q_cols, kv_mask, S, segment_ids, branch_ids)  # [B, T, S]
-        rot = rotary(positions, self.config.inv_freq(), S, self.dtype)  # shared by every layer
+        mask = attention_mask(q_cols, view.kv_mask, S, view.segment_ids, view.branch_ids)  # [B, T, S]
+        rot = rotary(view.positions, self.config.inv_freq(), S, self.dtype)  # shared by every layer
         x = shard_activation(self.embed_tokens(input_ids, self.dtype), ("batch", "seq", "act_embed"))
         new_cache = []
         last = len(self.layers) - 1
@@ -292,8 +325,7 @@ class Transformer(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, *, ctx: Ctx = Ctx()):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        positions = positions_from_mask(attention_mask)
-        h, _ = self.hidden_states(input_ids, positions, attention_mask, ctx=ctx)
+        h, _ = self.hidden_states(input_ids, Visibility(positions_from_mask(attention_mask), attention_mask), ctx=ctx)
         return self.logits(h)
 
 

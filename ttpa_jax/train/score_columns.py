@@ -2,7 +2,7 @@
 
 An SFT row weights only its assistant tokens and a DPO pair only its completions: in tool-use data
 about a tenth of the row. The LM head (``[D, V]``: a fifth of a small model's forward FLOPs) and its
-log-softmax then run on those columns only (``scoring.column_scores(columns=...)``); the loss is
+log-softmax then run on those columns only (``scoring.column_scores``, ``Visibility.columns``); the loss is
 the same sum over the same terms.
 
 The host picks them (``sft_columns``, ``pair_columns``: ``[B, K]`` column indices, -1 after a row's

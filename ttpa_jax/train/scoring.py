@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ttpa_jax.model.attention import even_chunks
-from ttpa_jax.model.transformer import Ctx, positions_from_mask, project_to_vocab
+from ttpa_jax.model.transformer import Ctx, Visibility, positions_from_mask, project_to_vocab
 from ttpa_jax.train.batches import PairRows, SharedPrefixPairs, TokenRows
 from ttpa_jax.train.score_columns import gather
 
@@ -56,8 +56,8 @@ def token_logps_and_vocab_mean(model, input_ids, attention_mask=None, *, ctx: Ct
         attention_mask = jnp.ones_like(input_ids)
     if positions is None:
         positions = positions_from_mask(attention_mask)
-    lp, vocab_mean = column_scores(model, input_ids, positions, attention_mask, next_ids(input_ids),
-                                   ctx=ctx, chunk=chunk, segment_ids=segment_ids)
+    view = Visibility(positions, attention_mask, segment_ids=segment_ids)
+    lp, vocab_mean = column_scores(model, input_ids, view, next_ids(input_ids), ctx=ctx, chunk=chunk)
     lp, vocab_mean = shift_right(lp), shift_right(vocab_mean)
     if segment_ids is not None:
         starts = positions == 0
@@ -65,17 +65,16 @@ def token_logps_and_vocab_mean(model, input_ids, attention_mask=None, *, ctx: Ct
     return lp, vocab_mean
 
 
-def column_scores(model, input_ids, positions, kv_mask, targets, *, ctx: Ctx = Ctx(), chunk: int = 0,
-                  segment_ids=None, branch_ids=None, columns=None):
+def column_scores(model, input_ids, view: Visibility, targets, *, ctx: Ctx = Ctx(), chunk: int = 0):
     """Scores of each column's logits, no shift: ``(log p(targets[:, t] | column t), vocab_mean)``, [B, T]
     each. ``targets`` [B, T]: the id each column predicts (a shared-prefix row's column predicts the
-    next token of its own branch); the other arguments as ``Transformer.hidden_states``; ``chunk`` as
-    ``token_logps_and_vocab_mean`` (``even_chunks``). ``columns`` [B, K] (valid column indices): the LM
-    head runs on those columns only and the scores are [B, K] (``train.score_columns``)."""
-    h, _ = model.hidden_states(input_ids, positions, kv_mask, ctx=ctx, segment_ids=segment_ids,
-                               branch_ids=branch_ids, columns=columns)  # [B, K, D] with columns
-    if columns is not None:
-        targets = jnp.take_along_axis(targets, columns, axis=1)
+    next token of its own branch); ``input_ids``, ``view`` and ``ctx`` as ``Transformer.hidden_states``
+    (no cache slot); ``chunk`` as ``token_logps_and_vocab_mean`` (``even_chunks``). ``view.columns``
+    [B, K] (valid column indices): the LM head runs on those columns only and the scores are [B, K]
+    (``train.score_columns``)."""
+    h, _ = model.hidden_states(input_ids, view, ctx=ctx)  # [B, K, D] with columns
+    if view.columns is not None:
+        targets = jnp.take_along_axis(targets, view.columns, axis=1)
     w = model.head_weight()
     B, T, D = h.shape
     if chunk <= 0 or chunk >= T:
@@ -103,8 +102,9 @@ def sft_scores(model, batch: TokenRows, ctx: Ctx, logits_chunk: int = 0):
         return lp, batch.weights
     next_w = jnp.pad(batch.weights[:, 1:], ((0, 0), (0, 1)))  # [B, L]: column c's weight is token c + 1's
     cols, valid, (w,) = gather(batch.score_cols, next_w)
-    lp, _ = column_scores(model, ids, positions_from_mask(mask) if positions is None else positions, mask,
-                          next_ids(ids), ctx=ctx, chunk=logits_chunk, segment_ids=segments, columns=cols)
+    view = Visibility(positions_from_mask(mask) if positions is None else positions, mask, segment_ids=segments,
+                      columns=cols)
+    lp, _ = column_scores(model, ids, view, next_ids(ids), ctx=ctx, chunk=logits_chunk)
     return lp, w * valid
 
 
@@ -131,9 +131,10 @@ def pair_scores(model, batch: PairRows | SharedPrefixPairs, ctx: Ctx, logits_chu
         cols, valid, (wc, wr, *wa) = gather(batch.sp_cols, wc, wr, *wa)
         wc, wr = wc * valid[:, None, :], wr * valid[:, None, :]
         wa = tuple(w * valid[:, None, :] for w in wa)
-    lp, vocab_mean = column_scores(
-        model, batch.sp_ids, batch.sp_positions, batch.sp_mask, batch.sp_target, ctx=ctx, chunk=logits_chunk,
-        segment_ids=batch.sp_segment, branch_ids=batch.sp_branch, columns=cols)  # [R, L] (or [R, K]) each
+    view = Visibility(batch.sp_positions, batch.sp_mask, segment_ids=batch.sp_segment, branch_ids=batch.sp_branch,
+                      columns=cols)
+    lp, vocab_mean = column_scores(model, batch.sp_ids, view, batch.sp_target, ctx=ctx,
+                                   chunk=logits_chunk)  # [R, L] (or [R, K]) each
     lp, vocab_mean = lp[:, None, :], vocab_mean[:, None, :]
     side = lambda w: ((lp * w).sum(-1).reshape(-1), w.sum(-1).reshape(-1),  # noqa: E731
                       (vocab_mean * (w > 0)).sum(-1).reshape(-1))

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ttpa_jax.model.transformer import Ctx, positions_from_mask
+from ttpa_jax.model.transformer import Ctx, Visibility, positions_from_mask
 
 
 def _shift_right(a):
@@ -33,7 +33,7 @@ def token_stats(model, input_ids, attention_mask, ctx: Ctx = Ctx(), temperature:
     ``chunk > 0`` runs the LM head over that many positions at a time, recomputed in the backward
     pass (``--logits-chunk``): no [B, T, V] buffer exists.
     """
-    h, _ = model.hidden_states(input_ids, positions_from_mask(attention_mask), attention_mask, ctx=ctx)
+    h, _ = model.hidden_states(input_ids, Visibility(positions_from_mask(attention_mask), attention_mask), ctx=ctx)
     scale = 1.0 if temperature in (0.0, 1.0) else 1.0 / temperature
     nxt = jnp.concatenate([input_ids[:, 1:], input_ids[:, :1]], axis=1)  # the token each position predicts
     B, T, D = h.shape
