@@ -76,13 +76,13 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         scale = Scale("default", p, rl_steps=6, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
     elif name in ("evidence", "evidence-quick"):
         # the evidence experiment (systems.evidence_systems): 600 records (120 held out on unseen tools: the
-        # first 110 hold about 160 call turns), SFT as the ablation's, TPS on every call turn of 40 training
-        # records, DPO at the paper's lr for one pass over the pairs, 30 validation records (about 45 call
+        # first 110 hold about 160 call turns), SFT as the ablation's, TPS on every call turn of 20 training
+        # records (40 made 139 pairs on seed 0: a DPO pass of about 40 minutes on 2 cores), DPO at the paper's lr for one pass over the pairs, 30 validation records (about 45 call
         # turns) to pick the recipe on; answer turns of the first 40 held-out records (about 40); BFCL non-live,
         # 25 entries per category
         if name == "evidence":
             p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
-                                    num=600, sft_steps=20, sample_records=40, eval_records=110,
+                                    num=600, sft_steps=20, sample_records=20, eval_records=110,
                                     eval_answer_records=40)
             bfcl, bfcl_tokens, validation = 25, 96, 30
         else:  # the same stages on the tiny model from scratch: checks the experiment's code in minutes
