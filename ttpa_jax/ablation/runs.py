@@ -7,8 +7,9 @@ build on SFT share one SFT model. Layout under ``OUT/seed<k>/``::
                 model (tiny quick mode), sft/, sft-model/
     forward/    the same on forward (query-first) data (TTPA-fwd)
     tl-sft/     sft/, sft-model/: SFT with MAE + PKT (w_max 9)
-    <system>/   data/pairs.jsonl (+ audit), dpo/ and dpo-model/, or rl/ and rl-model/, or (SFT+) sft/ and
-                sft-model/; a system that ``runs_as`` another trains in that one's directory
+    pairs-<sampling settings>/data/   the preference pairs (+ audit) of every system sampling that way
+    <system>/   dpo/ and dpo-model/, or rl/ and rl-model/, or (SFT+) sft/ and sft-model/; a system that
+                ``runs_as`` another trains in that one's directory
     <system>/eval-heldout.json (+ .turns.json, the per-turn rows), eval-bfcl.json
 
 and ``OUT/zero-shot-eval-bfcl.json`` (the base model on BFCL: the same for every seed).
@@ -112,9 +113,20 @@ class SeedRun:
         train, _ = self.data(s.construction)
         return P.sample_subset(self.system_cfg(s), train)
 
+    def sampling_dir(self, s: System) -> str:
+        """Where a preference system's pairs are sampled: one directory per sampling setting, so that
+        systems that differ only in their DPO loss (the recipes) share one set of pairs."""
+        c = self.system_cfg(s)
+        parts = ["pairs", s.construction, "tl-sft" if s.tl else "sft", c.sample_mode]
+        if c.sample_mode == "tps":
+            parts += [c.tps_anchor, f"eps{c.epsilon:g}"] + (["answers"] if c.answer_turns else [])
+        return "-".join(parts + ([f"w-{s.weights}"] if s.weights else []))
+
     def pairs(self, s: System) -> tuple[Path, dict]:
         sft = self.sft(s.construction, s.tl)
-        return self._timed(f"sample {s.runs_as or s.name}", P.sample_pairs, self.system_cfg(s), sft, self.prompts(s),
+        train, _ = self.data(s.construction)
+        cfg = dataclasses.replace(self.system_cfg(s), out=self.root / self.sampling_dir(s))
+        return self._timed(f"sample {self.sampling_dir(s)}", P.sample_pairs, cfg, sft, P.sample_subset(cfg, train),
                            WEIGHT_SETS.get(s.weights or ""))
 
     def preference_steps(self, s: System) -> int:
