@@ -110,9 +110,9 @@ class ReportArgs:
     """The per-run files, RESULTS/<system>/seed<k>.json (and RESULTS/leakage.json)."""
     doc: Path = Path("docs/results.md")
     """The document whose ablation section is replaced (other sections are kept); plots go next to it."""
-    evidence_dir: Path = Path("docs/results/evidence")
-    """The evidence experiment's files (recipe.json, <system>/seed<k>.json and .turns.json); when the
-    directory exists its section of the document is replaced too."""
+    evidence_dir: Path | None = None
+    """The evidence experiment's files (recipe.json, <system>/seed<k>.json and .turns.json; default
+    RESULTS/evidence); when the directory exists its section of the document is replaced too."""
 
 
 @dataclasses.dataclass
@@ -207,8 +207,9 @@ def report(args: ReportArgs) -> str:
         ablate_doc.plot(plot_name, runs, ablate_stats.HELDOUT + ablate_stats.BFCL)
     old = doc.read_text() if doc.is_file() else ""
     new = ablate_doc.splice(old, section)
-    if Path(args.evidence_dir).is_dir():
-        evidence_section = evidence_report.section(args.evidence_dir)
+    evidence_dir = Path(args.evidence_dir or Path(args.results_dir) / "evidence")
+    if evidence_dir.is_dir():
+        evidence_section = evidence_report.section(evidence_dir)
         new = evidence_report.splice(new, evidence_section)
         section = section + "\n" + evidence_section
     doc.write_text(new)
