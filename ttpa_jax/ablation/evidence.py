@@ -66,13 +66,15 @@ def run_recipe(scale: Scale, out: Path, results: Path) -> Path:
                     "param_name_accuracy": c["heldout"].get("param_name_accuracy"),
                     "param_value_accuracy": c["heldout"].get("param_value_accuracy"),
                     "scored_tool_call_turns": c["heldout"].get("scored_tool_call_turns"),
+                    "return_value_accuracy": c["heldout"].get("return_value_accuracy"),
+                    "answer_turn_tool_call_rate": c["heldout"].get("answer_turn_tool_call_rate"),
                     "pairs": c.get("data", {}).get("pairs"),
                     "dpo_steps": c.get("budgets", {}).get("dpo", {}).get("steps"),
                     "settings": RECIPES.get(name[len("recipe-"):], {})}
              for name, c in candidates.items()}
     path = Path(results) / RECIPE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    R._write(path, {"chosen": chosen, "rule": RULE, "scale": scale.name, "seed": 0,
+    R.write_json(path, {"chosen": chosen, "rule": RULE, "scale": scale.name, "seed": 0,
                     "validation_records": scale.validation_records, "candidates": table, "no_pairs": no_pairs})
     R.say(f"recipe: {chosen} ({RULE}); wrote {path}")
     return path

@@ -36,16 +36,17 @@ def recipe_lines(recipe: Mapping[str, Any] | None) -> list[str]:
         return ["The recipe has not been picked yet (`python -m ttpa_jax.ablate recipe`)."]
     lines = [f"**Recipe, picked on validation data** ({recipe['validation_records']} validation records; rule: "
              f"{recipe['rule']}): **{recipe['chosen']}**.", "",
-             "| Candidate | Settings | Pairs | DPO steps | Validation call turns | ESM | Tool | Names | Values |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Candidate | Settings | Pairs | DPO steps | Validation call turns | ESM | Tool | Names | Values | "
+             "Return values | Answer turns with a call |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in recipe["candidates"].items():
         settings = ", ".join(f"{k}={v}" for k, v in c["settings"].items()) or "SFT model, no DPO"
         esm = "–" if c["esm_score"] is None else f"{c['esm_score']:.3f}"
         lines.append(f"| {name} | {settings} | {c['pairs'] or '–'} | {c['dpo_steps'] or '–'} | "
                      f"{c['scored_tool_call_turns']} | {esm} | {_pct(c['tool_selection_accuracy'])} | "
-                     f"{_pct(c['param_name_accuracy'])} | {_pct(c['param_value_accuracy'])} |")
+                     f"{_pct(c['param_name_accuracy'])} | {_pct(c['param_value_accuracy'])} | "
+                     f"{_pct(c.get('return_value_accuracy'))} | {_pct(c.get('answer_turn_tool_call_rate'))} |")
     for name, why in (recipe.get("no_pairs") or {}).items():
-        lines.append(f"| {name} | {why} | 0 | – | – | – | – | – | – |")
+        lines.append(f"| {name} | {why} | 0 | – | – | – | – | – | – | – | – |")
     return lines
 
 

@@ -243,8 +243,8 @@ def evaluate(seed_run: SeedRun, system: System, model_dir: Path) -> tuple[dict, 
         if validation:  # every validation record
             cfg = dataclasses.replace(cfg, eval_records=_lines(data))
         result = P.evaluate_model(cfg, model_dir, data, system.name)
-        _write(turns_path(held_path), [turn_row(r) for r in result.pop("per_turn", [])])
-        _write(held_path, result)
+        write_json(turns_path(held_path), [turn_row(r) for r in result.pop("per_turn", [])])
+        write_json(held_path, result)
         seed_run.seconds[f"evaluate {system.name}"] = time.perf_counter() - t0
     bfcl = None
     if sc.bfcl_limit != 0 and system.eval_split == "test":
@@ -255,7 +255,7 @@ def evaluate(seed_run: SeedRun, system: System, model_dir: Path) -> tuple[dict, 
                          progress=sc.pipeline.progress)
             esm_all = dict(r["esm"][system.name])
             esm_all.pop("per_turn", None)
-            _write(bfcl_path, {"mode": r["mode"], "limit": r["limit"], "categories": r["categories"],
+            write_json(bfcl_path, {"mode": r["mode"], "limit": r["limit"], "categories": r["categories"],
                                "leaderboard": r["leaderboard"], "esm": esm_all,
                                "prompts_too_long": len(r["prompts_too_long"]),
                                "missing_predictions": r["missing_predictions"]})
@@ -276,7 +276,7 @@ def turn_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in keep if k in row}
 
 
-def _write(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     tmp.replace(path)
@@ -317,7 +317,7 @@ def run_system(seed_run: SeedRun, system: System, results: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     turns = turns_path(seed_run.root / system.name / "eval-heldout.json")
     if turns.is_file():  # written before the run file: a run file always has its turns beside it
-        _write(turns_path(path), json.loads(turns.read_text()))
-    _write(path, run)
+        write_json(turns_path(path), json.loads(turns.read_text()))
+    write_json(path, run)
     say(f"wrote {path}")
     return path
