@@ -277,6 +277,7 @@ def turn_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as JSON, written aside and renamed into place: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     tmp.replace(path)
