@@ -260,7 +260,7 @@ def test_tiny_gguf_round_trip_matches_the_original_model(arch, tmp_path):
     import jax.numpy as jnp
 
     import ttpa_jax
-    from tests.helpers import left_padded_batch, tiny_hf_model, torch_logits
+    from helpers import left_padded_batch, tiny_hf_model, torch_logits
 
     hf = tiny_hf_model(arch, tie=arch == "llama", rope_scaling=None, rope_theta=10000.0) if arch == "llama" \
         else tiny_hf_model(arch)

@@ -64,7 +64,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gold-dpop": _recipe("gold", 1.0, "after_branch", 50.0, True),
 }
 EVIDENCE_DPO: dict[str, Any] = {"answer_turns": False, "dpo_epochs": 1.0, "dpo_lr": 1e-4, "dpo_warmup": 0.1}
-DEMO_RECIPE = "dpo"
+DEMO_RECIPE = "dpo-nll"
 
 
 @dataclasses.dataclass(frozen=True)
