@@ -258,9 +258,9 @@ def _gguf_from_hf(hf, path: Path, arch: str, q8_embed: bool = False) -> Path:
 def test_tiny_gguf_round_trip_matches_the_original_model(arch, tmp_path):
     """transformers model -> GGUF (llama.cpp's layout) -> convert_gguf -> our model: the original logits."""
     import jax.numpy as jnp
+    from helpers import left_padded_batch, tiny_hf_model, torch_logits
 
     import ttpa_jax
-    from helpers import left_padded_batch, tiny_hf_model, torch_logits
 
     hf = tiny_hf_model(arch, tie=arch == "llama", rope_scaling=None, rope_theta=10000.0) if arch == "llama" \
         else tiny_hf_model(arch)
