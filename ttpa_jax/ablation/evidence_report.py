@@ -199,7 +199,13 @@ def section(results: Path) -> str:
     if any(system in runs for system in (MAIN, "dpo-traj")):
         lines += ["", "## What the preference pairs are (pair audits)", "", *audit_lines(runs)]
     lines += ["", "## Return-value parsing: the earlier rule against the new one", "",
-              *rule_change_lines(runs, systems), END, ""]
+              "Both rules judge the same predictions of each run (means over seeds). The earlier rule counted an "
+              "answer as parsed when it mentioned every result value the reference repeats, so an answer that "
+              "echoes the raw tool output passed; the new rule (`tools/return_values.py`) fails echoes and tool "
+              "calls on answer turns, counts them apart (last two columns), and asks only for the result values "
+              "the reference gives that the user's messages and the calls' arguments do not already hold. The "
+              "earlier ablation's per-run files kept aggregate metrics, not predictions, so its tables stay as "
+              "scored then.", "", *rule_change_lines(runs, systems), END, ""]
     return "\n".join(lines)
 
 
