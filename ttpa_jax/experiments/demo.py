@@ -77,7 +77,8 @@ def run(cfg: PipelineConfig) -> dict:
     sft_model = stage("sft", P.run_training, P.sft_config(cfg, base, train_file), cfg.progress)
     sft = stage("evaluate sft", evaluated, cfg, sft_model, test_file, "sft")
     pairs, _ = stage("sample (TPS + ESM)", P.sample_pairs, cfg, sft_model, P.sample_subset(cfg, train_file))
-    dpo_model = stage("dpo", P.run_training, P.dpo_config(cfg, sft_model, pairs), cfg.progress)
+    dpo_args = P.dpo_config(cfg, sft_model, pairs)  # its steps: a pass over the pairs sampled (dpo_epochs)
+    dpo_model = stage("dpo", P.run_training, dpo_args, cfg.progress)
     dpo = stage("evaluate dpo", evaluated, cfg, dpo_model, test_file, "dpo")
     results = dict(zip(SYSTEMS, (zero_shot, sft, dpo), strict=True))
     if cfg.model:
@@ -89,7 +90,7 @@ def run(cfg: PipelineConfig) -> dict:
     notes = [f"Run directory `{cfg.out}`, seed {cfg.seed}, {cfg.num} constructed records "
              f"({cfg.min_candidates}-{cfg.max_candidates} candidate tools, 1-{cfg.max_calls} calls each, compact "
              f"schemas), {what}; TPS on {cfg.sample_records} training records; DPO with LoRA rank "
-             f"{cfg.dpo_lora_rank}, {cfg.dpo_steps} steps; evaluation on the first {cfg.eval_records} held-out "
+             f"{cfg.dpo_lora_rank}, lr {cfg.dpo_lr:g}, NLL weight {cfg.sft_weight:g}, {dpo_args.steps} steps; evaluation on the first {cfg.eval_records} held-out "
              f"records (tools never seen in training), greedy, {cfg.max_new_tokens} new tokens per turn.",
              "Stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
     curves = {"SFT": read_metrics(cfg.out / "sft"), "DPO": read_metrics(cfg.out / "dpo")}
