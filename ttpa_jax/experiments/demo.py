@@ -90,8 +90,9 @@ def run(cfg: PipelineConfig) -> dict:
     notes = [f"Run directory `{cfg.out}`, seed {cfg.seed}, {cfg.num} constructed records "
              f"({cfg.min_candidates}-{cfg.max_candidates} candidate tools, 1-{cfg.max_calls} calls each, compact "
              f"schemas), {what}; TPS on {cfg.sample_records} training records; DPO with LoRA rank "
-             f"{cfg.dpo_lora_rank}, lr {cfg.dpo_lr:g}, NLL weight {cfg.sft_weight:g}, {dpo_args.steps} steps; evaluation on the first {cfg.eval_records} held-out "
-             f"records (tools never seen in training), greedy, {cfg.max_new_tokens} new tokens per turn.",
+             f"{cfg.dpo_lora_rank}, lr {cfg.dpo_lr:g}, NLL weight {cfg.sft_weight:g}, {dpo_args.steps} steps; "
+             f"evaluation on the first {cfg.eval_records} held-out records (tools never seen in training), greedy, "
+             f"{cfg.max_new_tokens} new tokens per turn.",
              "Stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
     curves = {"SFT": read_metrics(cfg.out / "sft"), "DPO": read_metrics(cfg.out / "dpo")}
     report = write_report(cfg.out, results, curves, notes)
