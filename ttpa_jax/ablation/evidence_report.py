@@ -52,7 +52,10 @@ def recipe_lines(recipe: Mapping[str, Any] | None) -> list[str]:
 
 def seed_table(runs, turns, systems: list[str]) -> list[str]:
     """Per system and metric: the mean over seeds of the per-seed means, and the per-seed means."""
-    lines = ["| Metric | " + " | ".join(_label(runs, s) for s in systems) + " |", "|---|" + "---:|" * len(systems)]
+    all_seeds = sorted({seed for s in systems for seed in turns.get(s, {})})
+    lines = [f"Each cell: the mean over the system's seeds, then seeds {' / '.join(map(str, all_seeds))} "
+             "(–: not run yet).", "",
+             "| Metric | " + " | ".join(_label(runs, s) for s in systems) + " |", "|---|" + "---:|" * len(systems)]
     for label, _key, metric in B.TURN_METRICS:
         cells = []
         for s in systems:
@@ -63,7 +66,8 @@ def seed_table(runs, turns, systems: list[str]) -> list[str]:
             scale = 1 if _key == B.PRIMARY else 100
             d = 3 if _key == B.PRIMARY else 1
             mean = sum(per.values()) / len(per)
-            cells.append(f"{scale * mean:.{d}f} ({' / '.join(f'{scale * v:.{d}f}' for v in per.values())})")
+            each = " / ".join("–" if k not in per else f"{scale * per[k]:.{d}f}" for k in all_seeds)
+            cells.append(f"{scale * mean:.{d}f} ({each})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -179,8 +183,11 @@ def section(results: Path) -> str:
     summaries = {s: S.summarize(runs[s]) for s in systems}
     lines += ["Seeds finished: " + "; ".join(f"{_label(runs, s)} {', '.join(map(str, seeds[s]))}" for s in systems)
               + ". Systems or seeds missing here have not run yet: nothing below compares them.", "",
-              "## Per-seed means (turn level; mean over seeds, then each seed)", "",
-              *seed_table(runs, turns, systems), ""]
+              "## Per-seed means (turn level; mean over seeds, then each seed)", ""]
+    if len({tuple(v) for v in seeds.values()}) > 1:
+        lines += ["Each system's mean is over its own finished seeds, which differ between systems here: compare "
+                  "systems seed by seed (in parentheses) or in the paired table below, not by these means.", ""]
+    lines += [*seed_table(runs, turns, systems), ""]
     if comparisons:
         lines += ["## TTPA against each baseline: paired bootstrap, stratified by seed", "",
                   "Mean difference over the paired turns [95% interval over 5,000 resamples of the turns within "
