@@ -16,6 +16,7 @@ from typing import Any
 from ttpa_jax.ablation import bootstrap as B
 from ttpa_jax.ablation import stats as S
 from ttpa_jax.ablation.evidence import RECIPE_FILE
+from ttpa_jax.ablation.report import replace_marked
 from ttpa_jax.ablation.scale import make_scale
 from ttpa_jax.ablation.systems import EVIDENCE_NAMES
 
@@ -219,7 +220,6 @@ def section(results: Path) -> str:
 def splice(document: str, new_section: str) -> str:
     """``document`` with its evidence section replaced (or, the first time, put first: it is the
     document's main result)."""
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        return head + new_section.rstrip("\n") + rest.split(END, 1)[1]
+    if (replaced := replace_marked(document, BEGIN, END, new_section)) is not None:
+        return replaced
     return new_section + ("\n" + document if document.strip() else "")

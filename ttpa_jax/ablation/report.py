@@ -304,11 +304,19 @@ def _estimate_lines(runs, fitted: Mapping[str, float]) -> list[str]:
             *measured_lines(runs)]
 
 
+def replace_marked(document: str, begin: str, end: str, new_section: str) -> str | None:
+    """``document`` with the text from ``begin`` to ``end`` replaced by ``new_section`` (which holds
+    both markers), or None when ``document`` lacks either marker."""
+    if begin not in document or end not in document:
+        return None
+    head, rest = document.split(begin, 1)
+    return head + new_section.rstrip("\n") + rest.split(end, 1)[1]
+
+
 def splice(document: str, new_section: str) -> str:
     """``document`` with its ablation section replaced by ``new_section`` (see the module doc)."""
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        return head + new_section.rstrip("\n") + rest.split(END, 1)[1]
+    if (replaced := replace_marked(document, BEGIN, END, new_section)) is not None:
+        return replaced
     lines = document.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.startswith("# Ablation")), None)
     if start is None:
