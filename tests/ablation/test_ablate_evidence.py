@@ -12,6 +12,7 @@ from ttpa_jax.ablation import evidence, evidence_report
 from ttpa_jax.ablation.runs import split_validation
 from ttpa_jax.ablation.systems import RECIPES, evidence_systems
 from ttpa_jax.core.errors import ConfigError
+from ttpa_jax.experiments.pipeline import FOLLOW_UP_RECIPES
 
 
 def _call(i, score, errors=None):
@@ -62,6 +63,18 @@ def test_recipe_rule_picks_the_best_validation_esm_and_the_earlier_on_ties():
     assert evidence.choose({names[0]: run(0.5), names[2]: run(0.7), "recipe-sft": run(0.9)}) == list(RECIPES)[2]
     assert evidence.choose({names[1]: run(0.7), names[2]: run(0.7)}) == list(RECIPES)[1]
     assert evidence.choose({}) is None
+    follow_up = f"recipe-{next(iter(FOLLOW_UP_RECIPES))}"  # tried after the runs: scored, never chosen
+    assert evidence.choose({names[0]: run(0.5), follow_up: run(0.9)}) == list(RECIPES)[0]
+
+
+def test_recipe_table_marks_follow_ups():
+    row = {"esm_score": 0.5, "tool_selection_accuracy": 0.5, "param_name_accuracy": 0.4, "param_value_accuracy": 0.3,
+           "scored_tool_call_turns": 45, "pairs": 60, "dpo_steps": 20, "settings": {"sft_weight": 1.0}}
+    text = "\n".join(evidence_report.recipe_lines({
+        "chosen": "dpo", "rule": evidence.RULE, "validation_records": 30, "candidates": {"recipe-dpo": row},
+        "follow_ups": {"recipe-dpo-nll-answers": {**row, "esm_score": 0.6}}}))
+    assert "| recipe-dpo | sft_weight=1.0 | 60 |" in text and "| recipe-dpo-nll-answers (follow-up) |" in text
+    assert "**dpo**" in text and "never a candidate" in text
 
 
 def test_chosen_recipe_needs_the_file_or_a_name(tmp_path):

@@ -90,6 +90,9 @@ class EvidenceArgs:
     """Systems to run (``evidence``), in this order: TTPA's DPO steps set trajectory DPO's and SFT+'s."""
     recipe: str | None = None
     """TTPA's recipe (a name in ``experiments.pipeline.RECIPES``); default: the one RESULTS/recipe.json chose."""
+    follow_ups: bool = False
+    """``recipe``: also score the follow-up recipes (``experiments.pipeline.FOLLOW_UP_RECIPES``, tried after
+    the evidence runs), recorded apart in recipe.json and never chosen."""
     quick: bool = False
     """The same stages on a tiny model from scratch (checks the code in minutes; writes under --out)."""
     model: str | None = None
@@ -238,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = ablate_scale.make_scale(name, args.model, args.out, args.progress)
         results = args.results_dir or (args.out / "results" if args.quick else Path("docs/results/evidence"))
         if command == "recipe":
-            print(evidence.run_recipe(scale, args.out, results))
+            print(evidence.run_recipe(scale, args.out, results, args.follow_ups))
         else:
             recipe = evidence.chosen_recipe(results, args.recipe)
             for path in evidence.run_evidence(scale, args.out, results, args.seeds, args.systems, recipe):

@@ -5,7 +5,9 @@ seeds scored turn by turn, with paired bootstrap intervals (``python -m ttpa_jax
 1. ``recipe``: on seed 0, SFT and each TTPA recipe of ``experiments.pipeline.RECIPES`` are scored on the
    validation records (training tools, never trained on). The recipe with the highest mean ESM score
    on the validation call turns is chosen (ties: the earlier in ``RECIPES``); the candidates, their
-   scores and the rule go to ``RESULTS/recipe.json``.
+   scores and the rule go to ``RESULTS/recipe.json``. With ``--follow-ups`` the recipes of
+   ``FOLLOW_UP_RECIPES`` (tried after the evidence runs) are scored the same way and recorded apart
+   (``follow_ups``), never chosen.
 2. ``evidence``: per seed, zero-shot, SFT, TTPA (the chosen recipe), trajectory DPO (the same loss
    settings and steps) and SFT+ (the SFT model, SFT on the preference prompts' gold turns for as many
    steps as TTPA's DPO) are run and scored on the held-out tools (and BFCL); each (system, seed) writes
@@ -21,9 +23,9 @@ from typing import Any
 
 from ttpa_jax.ablation import runs as R
 from ttpa_jax.ablation.scale import Scale
-from ttpa_jax.ablation.systems import RECIPE_BASELINE, RECIPE_SYSTEMS, RECIPES, System, evidence_systems
+from ttpa_jax.ablation.systems import RECIPE_BASELINE, RECIPE_FOLLOW_UPS, RECIPE_SYSTEMS, System, evidence_systems
 from ttpa_jax.core.errors import ConfigError
-from ttpa_jax.experiments.pipeline import NoPairs
+from ttpa_jax.experiments.pipeline import FOLLOW_UP_RECIPES, RECIPES, NoPairs
 
 RECIPE_FILE = "recipe.json"
 RULE = ("highest mean ESM score on the validation call turns of seed 0 (the last validation_records training "
@@ -33,7 +35,7 @@ RULE = ("highest mean ESM score on the validation call turns of seed 0 (the last
 def recipe_candidates(results: Path) -> dict[str, dict[str, Any]]:
     """``{name: per-run result}`` of the recipe runs written so far (``RESULTS/recipe/<system>/seed0.json``)."""
     out = {}
-    for s in (RECIPE_BASELINE, *RECIPE_SYSTEMS):
+    for s in (RECIPE_BASELINE, *RECIPE_SYSTEMS, *RECIPE_FOLLOW_UPS):
         path = R.result_path(Path(results) / "recipe", s.name, 0)
         if path.is_file():
             out[s.name] = json.loads(path.read_text())
@@ -47,13 +49,24 @@ def choose(candidates: dict[str, dict[str, Any]]) -> str | None:
     return max(scored)[2] if scored else None
 
 
-def run_recipe(scale: Scale, out: Path, results: Path) -> Path:
-    """Run (or resume) the recipe candidates on seed 0's validation split and write the choice."""
+def _row(name: str, c: dict[str, Any]) -> dict[str, Any]:
+    """One recipe run's line in ``recipe.json``."""
+    h = c["heldout"]
+    return {**{k: h.get(k) for k in ("esm_score", "tool_selection_accuracy", "param_name_accuracy",
+                                       "param_value_accuracy", "scored_tool_call_turns", "return_value_accuracy",
+                                       "answer_turn_tool_call_rate")},
+            "pairs": c.get("data", {}).get("pairs"), "dpo_steps": c.get("budgets", {}).get("dpo", {}).get("steps"),
+            "settings": {**RECIPES, **FOLLOW_UP_RECIPES}.get(name[len("recipe-"):], {})}
+
+
+def run_recipe(scale: Scale, out: Path, results: Path, follow_ups: bool = False) -> Path:
+    """Run (or resume) the recipe candidates on seed 0's validation split and write the choice; with
+    ``follow_ups`` also the follow-up recipes, recorded apart and never chosen."""
     if not scale.validation_records:
         raise ConfigError(f"--scale {scale.name}: no validation records to pick a recipe on (use evidence)")
     seed_run = R.SeedRun(scale, out, 0)
     no_pairs = {}
-    for system in (RECIPE_BASELINE, *RECIPE_SYSTEMS):
+    for system in (RECIPE_BASELINE, *RECIPE_SYSTEMS, *(RECIPE_FOLLOW_UPS if follow_ups else ())):
         try:
             R.run_system(seed_run, system, Path(results) / "recipe")
         except NoPairs as e:  # a recipe whose sampling finds no pair cannot be chosen
@@ -61,21 +74,14 @@ def run_recipe(scale: Scale, out: Path, results: Path) -> Path:
             R.say(f"recipe {system.name}: {e}")
     candidates = recipe_candidates(results)
     chosen = choose(candidates)
-    table = {name: {"esm_score": c["heldout"].get("esm_score"),
-                    "tool_selection_accuracy": c["heldout"].get("tool_selection_accuracy"),
-                    "param_name_accuracy": c["heldout"].get("param_name_accuracy"),
-                    "param_value_accuracy": c["heldout"].get("param_value_accuracy"),
-                    "scored_tool_call_turns": c["heldout"].get("scored_tool_call_turns"),
-                    "return_value_accuracy": c["heldout"].get("return_value_accuracy"),
-                    "answer_turn_tool_call_rate": c["heldout"].get("answer_turn_tool_call_rate"),
-                    "pairs": c.get("data", {}).get("pairs"),
-                    "dpo_steps": c.get("budgets", {}).get("dpo", {}).get("steps"),
-                    "settings": RECIPES.get(name[len("recipe-"):], {})}
-             for name, c in candidates.items()}
+    later = {s.name for s in RECIPE_FOLLOW_UPS}
+    table = {name: _row(name, c) for name, c in candidates.items() if name not in later}
+    follow = {name: _row(name, c) for name, c in candidates.items() if name in later}
     path = Path(results) / RECIPE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     R.write_json(path, {"chosen": chosen, "rule": RULE, "scale": scale.name, "seed": 0,
-                    "validation_records": scale.validation_records, "candidates": table, "no_pairs": no_pairs})
+                    "validation_records": scale.validation_records, "candidates": table, "no_pairs": no_pairs,
+                    **({"follow_ups": follow} if follow else {})})
     R.say(f"recipe: {chosen} ({RULE}); wrote {path}")
     return path
 

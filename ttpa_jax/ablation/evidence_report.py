@@ -39,15 +39,20 @@ def recipe_lines(recipe: Mapping[str, Any] | None) -> list[str]:
              f"{recipe['rule']}): **{recipe['chosen']}**.", "",
              "| Candidate | Settings | Pairs | DPO steps | Validation call turns | ESM | Tool | Names | Values | "
              "Return values | Answer turns with a call |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, c in recipe["candidates"].items():
+    later = recipe.get("follow_ups") or {}
+    for name, c in {**recipe["candidates"], **later}.items():
         settings = ", ".join(f"{k}={v}" for k, v in c["settings"].items()) or "SFT model, no DPO"
         esm = "–" if c["esm_score"] is None else f"{c['esm_score']:.3f}"
-        lines.append(f"| {name} | {settings} | {c['pairs'] or '–'} | {c['dpo_steps'] or '–'} | "
-                     f"{c['scored_tool_call_turns']} | {esm} | {_pct(c['tool_selection_accuracy'])} | "
-                     f"{_pct(c['param_name_accuracy'])} | {_pct(c['param_value_accuracy'])} | "
-                     f"{_pct(c.get('return_value_accuracy'))} | {_pct(c.get('answer_turn_tool_call_rate'))} |")
+        lines.append(f"| {name}{' (follow-up)' if name in later else ''} | {settings} | {c['pairs'] or '–'} | "
+                     f"{c['dpo_steps'] or '–'} | {c['scored_tool_call_turns']} | {esm} | "
+                     f"{_pct(c['tool_selection_accuracy'])} | {_pct(c['param_name_accuracy'])} | "
+                     f"{_pct(c['param_value_accuracy'])} | {_pct(c.get('return_value_accuracy'))} | "
+                     f"{_pct(c.get('answer_turn_tool_call_rate'))} |")
     for name, why in (recipe.get("no_pairs") or {}).items():
         lines.append(f"| {name} | {why} | 0 | – | – | – | – | – | – | – | – |")
+    if later:
+        lines += ["", "Follow-up: tried on the same validation split after the evidence runs, so never a candidate "
+                  "(`python -m ttpa_jax.ablate recipe --follow-ups`, `experiments.pipeline.FOLLOW_UP_RECIPES`)."]
     return lines
 
 

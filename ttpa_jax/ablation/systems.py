@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ttpa_jax.experiments.pipeline import RECIPES
+from ttpa_jax.experiments.pipeline import FOLLOW_UP_RECIPES, RECIPES
 
 # Alternative ESM weights for the sensitivity check (the default is tools.esm.ErrorWeights()).
 WEIGHT_SETS: dict[str, dict[str, float]] = {
@@ -64,8 +64,13 @@ FOLLOW_UPS = tuple(System(f"ttpa-eps{e:g}", f"TTPA, epsilon {e:g}", "dpo", epsil
     System(f"ttpa-w-{w}", f"TTPA, {w} ESM weights", "dpo", weights=w) for w in WEIGHT_SETS)
 BY_NAME = {s.name: s for s in SYSTEMS + FOLLOW_UPS}
 
-RECIPE_SYSTEMS = tuple(System(f"recipe-{name}", f"TTPA recipe {name}", "dpo", recipe=tuple(sorted(r.items())),
-                              eval_split="validation") for name, r in RECIPES.items())
+def _recipe_system(name: str, recipe: dict[str, Any], label: str) -> System:
+    return System(f"recipe-{name}", label, "dpo", recipe=tuple(sorted(recipe.items())), eval_split="validation")
+
+
+RECIPE_SYSTEMS = tuple(_recipe_system(name, r, f"TTPA recipe {name}") for name, r in RECIPES.items())
+RECIPE_FOLLOW_UPS = tuple(_recipe_system(name, r, f"TTPA recipe {name} (follow-up)")
+                          for name, r in FOLLOW_UP_RECIPES.items())
 RECIPE_BASELINE = System("recipe-sft", "SFT (validation)", "sft", eval_split="validation")
 
 

@@ -63,6 +63,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the same loss on gold-anchored pairs (the gold call against the model's own alternative token)
     "gold-dpop": _recipe("gold", 1.0, "after_branch", 50.0, True),
 }
+# Tried after the evidence runs on the same validation split (``python -m ttpa_jax.ablate recipe
+# --follow-ups``): recorded beside the candidates, never chosen, since the choice came before the runs.
+FOLLOW_UP_RECIPES: dict[str, dict[str, Any]] = {
+    # the chosen loss with answer-turn pairs too: call-turn-only pairs taught the model to keep calling
+    "dpo-nll-answers": {**_recipe("greedy", 1.0), "answer_turns": True},
+}
 EVIDENCE_DPO: dict[str, Any] = {"answer_turns": False, "dpo_epochs": 1.0, "dpo_lr": 1e-4, "dpo_warmup": 0.1}
 DEMO_RECIPE = "dpo-nll"
 
