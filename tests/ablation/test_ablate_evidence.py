@@ -129,3 +129,13 @@ def test_report_section_from_files_alone(tmp_path):
     assert "recipe has not been picked" in text and "| TTPA (dpop), seed 1 | 3 | sampled_chosen 3 |" in text
     doc = evidence_report.splice("# Intro\n", text)
     assert evidence_report.splice(doc, text) == doc and doc.startswith(evidence_report.BEGIN) and doc.endswith("# Intro\n")
+
+
+def test_call_length_table_counts_arguments_against_sft():
+    def rows(*n_args):
+        calls = [json.dumps({"name": "f", "arguments": {f"a{j}": j for j in range(n)}}) for n in n_args]
+        return [{"id": f"r{i}", "turn": 1, "kind": "tool_call", "prediction": f"<tool_call>{c}</tool_call>"}
+                for i, c in enumerate(calls)] + [{"id": "r9", "turn": 1, "kind": "tool_call", "prediction": "no call"}]
+    turns = {"sft": {0: rows(2, 2, 1)}, "ttpa": {0: rows(1, 2, 3)}}
+    lines = evidence_report.call_length_lines({}, turns, ["zero-shot", "sft", "ttpa", "sft-plus"])
+    assert lines[2:] == ["| ttpa | 1 / 1 / 3 |", "| sft-plus | – |"]

@@ -35,10 +35,14 @@ def n_args(output: Any) -> int | None:
     return len(result.calls[0]["arguments"]) if result.status == "ok" and len(result.calls) == 1 else None
 
 
-def turn_args(eval_file: Path) -> dict[tuple[str, int], int | None]:
-    """(record id, turn) -> arguments of the predicted call, over the tool-call turns of an evaluation."""
-    per_turn = json.loads(eval_file.read_text()).get("per_turn", [])
+def rows_args(per_turn: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], int | None]:
+    """(record id, turn) -> arguments of the predicted call, over the tool-call turns of per-turn rows."""
     return {(t["id"], t["turn"]): n_args(t.get("prediction")) for t in per_turn if t.get("kind") == "tool_call"}
+
+
+def turn_args(eval_file: Path) -> dict[tuple[str, int], int | None]:
+    """``rows_args`` of an evaluation file's ``per_turn`` rows."""
+    return rows_args(json.loads(eval_file.read_text()).get("per_turn", []))
 
 
 def compare_turns(system: Mapping[tuple[str, int], int | None], base: Mapping[tuple[str, int], int | None]):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_jax.ablation import bootstrap as B
+from ttpa_jax.ablation import calls
 from ttpa_jax.ablation import stats as S
 from ttpa_jax.ablation.evidence import RECIPE_FILE
 from ttpa_jax.ablation.report import replace_marked
@@ -129,6 +130,23 @@ def audit_lines(runs) -> list[str]:
     return lines
 
 
+def call_length_lines(runs, turns, systems: list[str]) -> list[str]:
+    """Per system and seed: the held-out call turns where both its output and SFT's are one parsable call,
+    and on how many its call has fewer (more) arguments than SFT's."""
+    base = turns.get("sft", {})
+    seeds = sorted(base)
+    lines = ["| System | " + " | ".join(f"seed {k}: fewer / more / turns" for k in seeds) + " |",
+             "|---|" + "---:|" * len(seeds)]
+    for system in (s for s in systems if s not in ("zero-shot", "sft")):
+        cells = []
+        for seed in seeds:
+            rows = turns.get(system, {}).get(seed)
+            c = None if rows is None else calls.compare_turns(calls.rows_args(rows), calls.rows_args(base[seed]))
+            cells.append("–" if c is None else f"{c['fewer']} / {c['more']} / {c['turns']}")
+        lines.append(f"| {_label(runs, system)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def rule_change_lines(runs, systems: list[str]) -> list[str]:
     lines = ["| System | Return-value parsing, earlier rule | New rule | Answer turns with a tool call | "
              "Answers echoing the tool output |", "|---|---:|---:|---:|---:|"]
@@ -211,6 +229,12 @@ def section(results: Path) -> str:
                 for c in cells) + " |")
     if any(system in runs for system in (MAIN, "dpo-traj")):
         lines += ["", "## What the preference pairs are (pair audits)", "", *audit_lines(runs)]
+    if "sft" in turns and len(systems) > 2:
+        lines += ["", "## Call length against SFT's", "",
+                  "Held-out call turns where both the system's output and SFT's are one parsable call: on how "
+                  "many the system's call has fewer or more arguments than SFT's (a model that learnt to close "
+                  "the arguments early shows many \"fewer\" and few \"more\").", "",
+                  *call_length_lines(runs, turns, systems)]
     lines += ["", "## Return-value parsing: the earlier rule against the new one", "",
               "Both rules judge the same predictions of each run (means over seeds). The earlier rule counted an "
               "answer as parsed when it mentioned every result value the reference repeats, so an answer that "
