@@ -1,6 +1,7 @@
 """The evidence experiment's pieces: the paired bootstrap, the recipe rule, the validation split, the
 systems and their shared budget, and its report section from per-run files alone."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 
 from ttpa_jax.ablation import bootstrap as B
+from ttpa_jax.ablation import cli as ablate_cli
 from ttpa_jax.ablation import evidence, evidence_report
 from ttpa_jax.ablation.runs import split_validation
+from ttpa_jax.ablation.scale import make_scale
 from ttpa_jax.ablation.systems import RECIPES, evidence_systems
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.experiments.pipeline import FOLLOW_UP_RECIPES
@@ -139,3 +142,28 @@ def test_call_length_table_counts_arguments_against_sft():
     turns = {"sft": {0: rows(2, 2, 1)}, "ttpa": {0: rows(1, 2, 3)}}
     lines = evidence_report.call_length_lines({}, turns, ["zero-shot", "sft", "ttpa", "sft-plus"])
     assert lines[2:] == ["| ttpa | 1 / 1 / 3 |", "| sft-plus | – |"]
+
+
+def test_larger_evidence_scale_multiplies_every_size():
+    one, ten = (make_scale(name, None, Path("runs")) for name in ("evidence", "evidence-x10"))
+    sizes = ("num", "sft_steps", "sample_records", "eval_records", "eval_answer_records")
+    assert all(getattr(ten.pipeline, f) == 10 * getattr(one.pipeline, f) for f in sizes)
+    same = {f.name for f in dataclasses.fields(one.pipeline)} - set(sizes) - {"out"}
+    assert all(getattr(ten.pipeline, f) == getattr(one.pipeline, f) for f in same)  # the recipe and lrs stay
+    assert (ten.validation_records, ten.bfcl_limit, one.bfcl_limit) == (10 * one.validation_records, None, 25)
+    assert "BFCL non-live by bfcl-eval's checker, every entry" in "\n".join(evidence_report.design_lines("evidence-x10"))
+    for bad in ("evidence-x0", "evidence-xten"):
+        with pytest.raises(ValueError, match="evidence-x<k>"):
+            make_scale(bad, None, Path("runs"))
+
+
+def test_larger_run_writes_apart_and_takes_the_recipe_picked_at_cpu_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs/results/evidence").mkdir(parents=True)
+    (tmp_path / "docs/results/evidence/recipe.json").write_text(json.dumps({"chosen": "dpop"}))
+    seen = {}
+    monkeypatch.setattr(evidence, "run_evidence", lambda scale, out, results, seeds, names, recipe: seen.update(
+        scale=scale.name, out=out, results=results, recipe=recipe) or [])
+    ablate_cli.run_evidence("evidence", ablate_cli.EvidenceArgs(size=10))
+    assert seen == {"scale": "evidence-x10", "out": Path("runs/evidence-x10"),
+                    "results": Path("docs/results/evidence-x10"), "recipe": "dpop"}

@@ -47,6 +47,7 @@ from ttpa_jax.core.cli import stage_main
 from ttpa_jax.core.errors import ConfigError
 
 COMMANDS = ("run", "epsilon", "weights", "leakage", "calls", "report", "estimate", "recipe", "evidence")
+EVIDENCE_RESULTS = Path("docs/results/evidence")  # the CPU-sized evidence runs (and the recipe they picked)
 WEIGHT_LABELS = {"flat": "flat (every error 0.5)", "binary": "binary (every error 1.0)"}
 
 
@@ -93,14 +94,19 @@ class EvidenceArgs:
     follow_ups: bool = False
     """``recipe``: also score the follow-up recipes (``experiments.pipeline.FOLLOW_UP_RECIPES``, tried after
     the evidence runs), recorded apart in recipe.json and never chosen."""
+    size: int = 1
+    """Every size of the experiment times this (records, SFT steps, TPS records, held-out and validation
+    records; BFCL on every non-live entry): 10 is the run for a GPU or TPU machine. Its files go to
+    docs/results/evidence-x<size>; TTPA's recipe is the one docs/results/evidence/recipe.json chose."""
     quick: bool = False
     """The same stages on a tiny model from scratch (checks the code in minutes; writes under --out)."""
     model: str | None = None
     """Base model (default smollm2-135m-instruct)."""
-    out: Path = Path("runs/evidence")
-    """Run directories (OUT/seed<k>/<system>/)."""
+    out: Path | None = None
+    """Run directories (OUT/seed<k>/<system>/; default runs/evidence, runs/evidence-x<size> with --size)."""
     results_dir: Path | None = None
-    """Per-run files (default docs/results/evidence; OUT/results with --quick)."""
+    """Per-run files (default docs/results/evidence, docs/results/evidence-x<size> with --size; OUT/results
+    with --quick)."""
     progress: bool = False
     """Progress bars of every stage."""
 
@@ -230,22 +236,31 @@ def leakage(args: LeakageArgs) -> Path:
     return path
 
 
+def run_evidence(command: str, args: EvidenceArgs) -> None:
+    """``recipe`` or ``evidence``: run (or resume) and print the per-run files written."""
+    if args.size < 1:
+        raise ValueError(f"--size {args.size}: expected a positive whole number")
+    name = "evidence-quick" if args.quick else "evidence" if args.size == 1 else f"evidence-x{args.size}"
+    out = args.out or Path("runs") / ("evidence" if args.quick else name)
+    scale = ablate_scale.make_scale(name, args.model, out, args.progress)
+    results = args.results_dir or (out / "results" if args.quick else Path("docs/results") / name)
+    if command == "recipe":
+        print(evidence.run_recipe(scale, out, results, args.follow_ups))
+        return
+    # a larger run takes the recipe picked at the CPU size unless it picked its own
+    picked = results if args.size == 1 or (results / evidence.RECIPE_FILE).is_file() else EVIDENCE_RESULTS
+    for path in evidence.run_evidence(scale, out, results, args.seeds, args.systems,
+                                      evidence.chosen_recipe(picked, args.recipe)):
+        print(path)
+
+
 @stage_main(user_errors=(ValueError,))
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     prog = f"python -m ttpa_jax.ablate {command}"
     if command in ("recipe", "evidence"):
-        args = tyro.cli(EvidenceArgs, args=argv, prog=prog)
-        name = "evidence-quick" if args.quick else "evidence"
-        scale = ablate_scale.make_scale(name, args.model, args.out, args.progress)
-        results = args.results_dir or (args.out / "results" if args.quick else Path("docs/results/evidence"))
-        if command == "recipe":
-            print(evidence.run_recipe(scale, args.out, results, args.follow_ups))
-        else:
-            recipe = evidence.chosen_recipe(results, args.recipe)
-            for path in evidence.run_evidence(scale, args.out, results, args.seeds, args.systems, recipe):
-                print(path)
+        run_evidence(command, tyro.cli(EvidenceArgs, args=argv, prog=prog))
     elif command == "report":
         print(report(tyro.cli(ReportArgs, args=argv, prog=prog)))
     elif command == "leakage":

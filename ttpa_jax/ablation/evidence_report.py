@@ -164,14 +164,21 @@ def rule_change_lines(runs, systems: list[str]) -> list[str]:
     return lines
 
 
-def design_lines() -> list[str]:
-    """The experiment's design, from the evidence scale's settings (``scale.make_scale("evidence")``)."""
-    scale = make_scale("evidence", None, Path("runs/evidence"))
+def _scale_name(runs) -> str:
+    """The scale the runs were made at (``evidence`` when none has finished)."""
+    return next((r["scale"] for per in runs.values() for r in per.values() if r.get("scale")), "evidence")
+
+
+def design_lines(scale_name: str = "evidence") -> list[str]:
+    """The experiment's design, from its scale's settings (``scale.make_scale``: ``evidence`` or
+    ``evidence-x<k>``)."""
+    scale = make_scale(scale_name, None, Path("runs") / scale_name)
     p = scale.pipeline
+    bfcl = "every entry" if scale.bfcl_limit is None else f"{scale.bfcl_limit} entries per category"
     held = "answer turns of the first " + str(p.eval_answer_records) if p.eval_answer_records else "all answer turns"
     return ["**Design** (three seeds; each seed constructs its own data):",
             f"- data: {p.num} records from the bundled tool library, a fifth on tools never seen in training; the "
-            f"held-out set is the first {p.eval_records} of those (about 160 call turns) with {held}; the last "
+            f"held-out set is the first {p.eval_records} of those with {held}; the last "
             f"{scale.validation_records} training records are the validation "
             "split (recipes are picked there, never on the held-out set);",
             f"- SFT: LoRA rank {p.sft_lora_rank}, {p.sft_steps} steps of {p.train_batch_size} records, lr {p.sft_lr:g};",
@@ -182,7 +189,7 @@ def design_lines() -> list[str]:
             "and the same number of steps as TTPA;",
             "- SFT+: the SFT model trained further on the gold turns of the same preference records, for as many "
             "steps as TTPA's DPO at SFT's lr: more training without preferences;",
-            "- evaluation: greedy, 96 new tokens; BFCL non-live by bfcl-eval's checker, 25 entries per category."]
+            f"- evaluation: greedy, {p.max_new_tokens} new tokens; BFCL non-live by bfcl-eval's checker, {bfcl}."]
 
 
 def section(results: Path) -> str:
@@ -198,7 +205,7 @@ def section(results: Path) -> str:
              "(`ttpa_jax/ablation/evidence.py`; each run resumes where it stopped). SmolLM2-135M-Instruct. Primary "
              "metric, named before the runs: the ESM score on held-out call turns. Secondary: tool selection, "
              "parameter names, exact calls, return-value parsing (the new rule), BFCL non-live.", "",
-             *design_lines(), "", *recipe_lines(recipe), ""]
+             *design_lines(_scale_name(runs)), "", *recipe_lines(recipe), ""]
     if not systems:
         lines += ["No evidence run has finished yet.", END, ""]
         return "\n".join(lines)

@@ -55,6 +55,17 @@ class Scale:
     """Training records set aside (the last ones) to pick settings on; never trained on."""
 
 
+def evidence_size(name: str) -> int:
+    """How many times the evidence experiment's sizes a scale name asks for: ``evidence`` 1,
+    ``evidence-x<k>`` k."""
+    if name == "evidence":
+        return 1
+    k = name[len("evidence-x"):] if name.startswith("evidence-x") else ""
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"scale {name!r}: expected evidence or evidence-x<k> with k a positive whole number")
+    return int(k)
+
+
 def make_scale(name: str, model: str | None, out: Path, progress: bool = False, bfcl_limit: int | None = -1) -> Scale:
     """``quick`` (tiny model from scratch, unless ``model``), ``default`` (SmolLM2-135M unless
     ``model``) or ``paper`` (``model`` required: a 7B base on a GPU/TPU). ``bfcl_limit`` -1 keeps the
@@ -74,21 +85,23 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
                                 **RECIPES["dpo-nll"])  # the failed calls MAE masks (TL-SFT); all systems see them
         # RL: 1 prompt x 4 completions per step, 6 steps: 24 episodes (DPO: 6 steps x 3 pairs, 36 sequences)
         scale = Scale("default", p, rl_steps=6, rl_prompts_per_step=1, rl_group_size=4, rl_lr=5e-4, bfcl_limit=4)
-    elif name in ("evidence", "evidence-quick"):
+    elif name in ("evidence", "evidence-quick") or name.startswith("evidence-x"):
         # the evidence experiment (systems.evidence_systems): 600 records (120 held out on unseen tools: the
         # first 110 hold about 160 call turns), SFT as the ablation's, TPS on every call turn of 20 training
         # records (40 made 139 pairs on seed 0: a DPO pass of about 40 minutes on 2 cores), DPO at the paper's lr for one pass over the pairs, 30 validation records (about 45 call
         # turns) to pick the recipe on; answer turns of the first 40 held-out records (about 40); BFCL non-live,
         # 25 entries per category
-        if name == "evidence":
+        # evidence-x<k> (a GPU/TPU machine): every size k times, BFCL on every non-live entry
+        if name != "evidence-quick":
+            k = evidence_size(name)
             p = dataclasses.replace(PipelineConfig.pretrained(out, model or DEFAULT_MODEL, 0, progress=progress),
-                                    num=600, sft_steps=20, sample_records=20, eval_records=110,
-                                    eval_answer_records=40)
-            bfcl, bfcl_tokens, validation = 25, 96, 30
+                                    num=600 * k, sft_steps=20 * k, sample_records=20 * k, eval_records=110 * k,
+                                    eval_answer_records=40 * k)
+            bfcl, bfcl_tokens, validation = 25 if k == 1 else None, 96, 30 * k
         else:  # the same stages on the tiny model from scratch: checks the experiment's code in minutes
             p = PipelineConfig.quick(out, 0)
             bfcl, bfcl_tokens, validation = 1, 24, 4
-        p = dataclasses.replace(p, **{**EVIDENCE_DPO, "dpo_lr": EVIDENCE_DPO["dpo_lr"] if model or name == "evidence"
+        p = dataclasses.replace(p, **{**EVIDENCE_DPO, "dpo_lr": EVIDENCE_DPO["dpo_lr"] if model or name != "evidence-quick"
                                       else p.dpo_lr})  # the tiny model from scratch keeps its own lr
         scale = Scale(name, p, rl_steps=0, rl_prompts_per_step=1, rl_group_size=1, rl_lr=0.0, bfcl_limit=bfcl,
                       bfcl_max_new_tokens=bfcl_tokens, validation_records=validation)
@@ -103,7 +116,7 @@ def make_scale(name: str, model: str | None, out: Path, progress: bool = False, 
         scale = Scale("paper", p, rl_steps=200, rl_prompts_per_step=8, rl_group_size=8, rl_lr=1e-5, bfcl_limit=None,
                       bfcl_max_new_tokens=256, train_dtype="bfloat16", fsdp=-1)
     else:
-        raise ValueError(f"--scale {name!r}: expected quick, default, paper, evidence or evidence-quick")
+        raise ValueError(f"--scale {name!r}: expected quick, default, paper, evidence, evidence-x<k> or evidence-quick")
     scale = dataclasses.replace(scale, pipeline=dataclasses.replace(scale.pipeline, progress=progress))
     return scale if bfcl_limit == -1 else dataclasses.replace(scale, bfcl_limit=bfcl_limit)
 
