@@ -13,7 +13,7 @@ from ttpa_jax.ablation import cli as ablate_cli
 from ttpa_jax.ablation import evidence, evidence_report
 from ttpa_jax.ablation.runs import split_validation
 from ttpa_jax.ablation.scale import make_scale
-from ttpa_jax.ablation.systems import RECIPES, evidence_systems
+from ttpa_jax.ablation.systems import FOLLOW_UP_NAMES, RECIPES, evidence_systems
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.experiments.pipeline import FOLLOW_UP_RECIPES
 
@@ -167,3 +167,20 @@ def test_larger_run_writes_apart_and_takes_the_recipe_picked_at_cpu_size(tmp_pat
     ablate_cli.run_evidence("evidence", ablate_cli.EvidenceArgs(size=10))
     assert seen == {"scale": "evidence-x10", "out": Path("runs/evidence-x10"),
                     "results": Path("docs/results/evidence-x10"), "recipe": "dpop"}
+
+
+def test_follow_up_arm_takes_its_own_steps_and_gets_its_own_comparisons(tmp_path, monkeypatch):
+    arm = FOLLOW_UP_NAMES[0]
+    budgets = {}
+    monkeypatch.setattr(evidence.R, "run_system", lambda seed_run, s, results: budgets.update(
+        {s.name: seed_run.budget and seed_run.budget.name}) or s.name)
+    scale = make_scale("evidence", None, tmp_path)
+    assert evidence.run_evidence(scale, tmp_path, tmp_path, (0,), ("ttpa", arm), "dpo-nll") == ["ttpa", arm]
+    assert budgets == {"ttpa": "ttpa", arm: None}
+    for seed in (0, 1):
+        _write_run(tmp_path, "sft", seed, [0.5] * 20, "SFT")
+        _write_run(tmp_path, "ttpa", seed, [0.9] * 20, "TTPA (dpo-nll)")
+        _write_run(tmp_path, arm, seed, [0.7] * 20, "TTPA (answers, follow-up)")
+    text = evidence_report.section(tmp_path)
+    assert "## Follow-up arm: TTPA (answers, follow-up) against SFT, TTPA and SFT+" in text
+    assert "TTPA (answers, follow-up) - TTPA (dpo-nll): -0.200 over 40 paired call turns" in text

@@ -23,7 +23,14 @@ from typing import Any
 
 from ttpa_jax.ablation import runs as R
 from ttpa_jax.ablation.scale import Scale
-from ttpa_jax.ablation.systems import RECIPE_BASELINE, RECIPE_FOLLOW_UPS, RECIPE_SYSTEMS, System, evidence_systems
+from ttpa_jax.ablation.systems import (
+    FOLLOW_UP_ARMS,
+    RECIPE_BASELINE,
+    RECIPE_FOLLOW_UPS,
+    RECIPE_SYSTEMS,
+    System,
+    evidence_systems,
+)
 from ttpa_jax.core.errors import ConfigError
 from ttpa_jax.experiments.pipeline import FOLLOW_UP_RECIPES, RECIPES, NoPairs
 
@@ -102,9 +109,9 @@ def chosen_recipe(results: Path, given: str | None) -> str:
 
 def run_evidence(scale: Scale, out: Path, results: Path, seeds: tuple[int, ...], names: tuple[str, ...],
                  recipe: str) -> list[Path]:
-    """Run (or resume) the evidence systems named in ``names`` for each seed; TTPA's DPO steps set
-    trajectory DPO's and SFT+'s."""
-    systems = evidence_systems(recipe)
+    """Run (or resume) the evidence systems (and follow-up arms) named in ``names`` for each seed; TTPA's
+    DPO steps set trajectory DPO's and SFT+'s, a follow-up arm takes its own."""
+    systems = evidence_systems(recipe) + FOLLOW_UP_ARMS
     by_name = {s.name: s for s in systems}
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -112,6 +119,7 @@ def run_evidence(scale: Scale, out: Path, results: Path, seeds: tuple[int, ...],
     budget: System = by_name["ttpa"]
     written = []
     for seed in seeds:
-        seed_run = R.SeedRun(scale, out, seed, budget=budget)
-        written += [R.run_system(seed_run, s, results) for s in systems if s.name in names]
+        seed_run, own_steps = R.SeedRun(scale, out, seed, budget=budget), R.SeedRun(scale, out, seed)
+        written += [R.run_system(own_steps if s in FOLLOW_UP_ARMS else seed_run, s, results)
+                    for s in systems if s.name in names]
     return written

@@ -90,3 +90,8 @@ def evidence_systems(recipe: str) -> tuple[System, ...]:
 
 
 EVIDENCE_NAMES = ("zero-shot", "sft", "ttpa", "dpo-traj", "sft-plus")
+# Arms tried after the evidence runs (``--systems ttpa-<recipe>``): a follow-up recipe as TTPA on the held-out
+# set, trained in its validation run's directory, with its own DPO steps (one pass over its own pairs).
+FOLLOW_UP_ARMS = tuple(System(f"ttpa-{name}", f"TTPA ({name}, follow-up)", "dpo", recipe=tuple(sorted(r.items())),
+                              runs_as=f"recipe-{name}") for name, r in FOLLOW_UP_RECIPES.items())
+FOLLOW_UP_NAMES = tuple(s.name for s in FOLLOW_UP_ARMS)
