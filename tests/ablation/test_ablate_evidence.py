@@ -164,7 +164,7 @@ def test_larger_run_writes_apart_and_takes_the_recipe_picked_at_cpu_size(tmp_pat
     seen = {}
     monkeypatch.setattr(evidence, "run_evidence", lambda scale, out, results, seeds, names, recipe: seen.update(
         scale=scale.name, out=out, results=results, recipe=recipe) or [])
-    ablate_cli.run_evidence("evidence", ablate_cli.EvidenceArgs(size=10))
+    ablate_cli.evidence_main("evidence", ablate_cli.EvidenceArgs(size=10))
     assert seen == {"scale": "evidence-x10", "out": Path("runs/evidence-x10"),
                     "results": Path("docs/results/evidence-x10"), "recipe": "dpop"}
 

@@ -236,7 +236,7 @@ def leakage(args: LeakageArgs) -> Path:
     return path
 
 
-def run_evidence(command: str, args: EvidenceArgs) -> None:
+def evidence_main(command: str, args: EvidenceArgs) -> None:
     """``recipe`` or ``evidence``: run (or resume) and print the per-run files written."""
     if args.size < 1:
         raise ValueError(f"--size {args.size}: expected a positive whole number")
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     prog = f"python -m ttpa_jax.ablate {command}"
     if command in ("recipe", "evidence"):
-        run_evidence(command, tyro.cli(EvidenceArgs, args=argv, prog=prog))
+        evidence_main(command, tyro.cli(EvidenceArgs, args=argv, prog=prog))
     elif command == "report":
         print(report(tyro.cli(ReportArgs, args=argv, prog=prog)))
     elif command == "leakage":
